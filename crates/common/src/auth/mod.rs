@@ -1,0 +1,71 @@
+//! Bearer-token authentication and per-route scopes.
+//!
+//! The [`authenticate`] middleware validates a bearer token when one is sent and leaves the
+//! outcome in the request; handlers take a [`Principal`] (401 when the token is missing or
+//! bad) and call [`Principal::require`] for their scope (403 when it is missing).
+
+mod dev_secret;
+mod jwks;
+mod middleware;
+mod tokens;
+
+pub use dev_secret::{DevSecretError, load_or_create_dev_secret};
+pub use jwks::JwksClient;
+pub use middleware::authenticate;
+pub use tokens::{Authenticator, AuthError, Claims, mint_dev_token};
+
+use std::collections::BTreeSet;
+use std::future::{Ready, ready};
+
+use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// Who is calling, as proven by a valid token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub scopes: BTreeSet<String>,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.contains(scope)
+    }
+
+    /// 403 unless the token grants `scope`.
+    pub fn require(&self, scope: &str) -> Result<(), ApiError> {
+        if self.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this operation needs the scope `{scope}`"),
+            ))
+        }
+    }
+}
+
+/// Why a request carries no [`Principal`]; kept in the request by the middleware.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthFailure(pub String);
+
+impl FromRequest for Principal {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let extensions = req.extensions();
+        let outcome = if let Some(principal) = extensions.get::<Principal>() {
+            Ok(principal.clone())
+        } else if let Some(AuthFailure(reason)) = extensions.get::<AuthFailure>() {
+            Err(ApiError::new(ErrorCode::Unauthenticated, reason.clone()))
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "send an Authorization: Bearer <token> header",
+            ))
+        };
+        ready(outcome)
+    }
+}

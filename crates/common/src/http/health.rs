@@ -1,0 +1,45 @@
+use std::sync::Arc;
+
+use actix_web::{HttpResponse, web};
+use async_trait::async_trait;
+use serde_json::json;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::store::SharedStore;
+
+/// Something `/health/ready` must find working (the store, later the bus).
+#[async_trait]
+pub trait ReadinessCheck: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    async fn check(&self) -> Result<(), String>;
+}
+
+pub struct StoreReadiness(pub SharedStore);
+
+#[async_trait]
+impl ReadinessCheck for StoreReadiness {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+pub(crate) type Readiness = Vec<Arc<dyn ReadinessCheck>>;
+
+pub(crate) async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "live"}))
+}
+
+pub(crate) async fn ready(checks: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
+    let mut report = serde_json::Map::new();
+    for check in checks.iter() {
+        if let Err(reason) = check.check().await {
+            tracing::warn!(check = check.name(), %reason, "readiness check failed");
+            return Err(ApiError::new(ErrorCode::Unavailable, format!("{} is not ready", check.name())));
+        }
+        report.insert(check.name().to_owned(), json!("ok"));
+    }
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": report})))
+}

@@ -1,0 +1,101 @@
+use std::time::Instant;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{ResponseError, web};
+use tracing::Instrument;
+
+use crate::error::{ApiError, ErrorCode, PROBLEM_CONTENT_TYPE};
+use crate::telemetry;
+
+/// The service's name, as app data, for spans.
+#[derive(Clone, Copy)]
+pub(crate) struct ServiceName(pub &'static str);
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// One span per request, child of the caller's `traceparent` when one is sent.
+pub async fn trace_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let service = req.app_data::<ServiceName>().map_or("service", |name| name.0);
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        service,
+        http.method = %req.method(),
+        http.route = tracing::field::Empty,
+        http.status_code = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+        request_id = %request_id,
+        client = tracing::field::Empty,
+    );
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    telemetry::adopt_parent(&span, header("traceparent"), header("tracestate"));
+    let started = Instant::now();
+    let method = req.method().clone();
+    let mut response = next.call(req).instrument(span.clone()).await?;
+    let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let status = response.status().as_u16();
+    span.record("otel.name", format!("{method} {route}"));
+    span.record("http.route", route.as_str());
+    span.record("http.status_code", status);
+    span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
+    span.in_scope(|| tracing::debug!(status, "request finished"));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    Ok(response)
+}
+
+/// Turns any error answer that is not already problem+json (unknown route, wrong method,
+/// actix's own failures) into one, keeping the headers that matter.
+pub async fn problem_fallback(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let response = next.call(req).await?;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_CONTENT_TYPE.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return Ok(response.map_into_left_body());
+    }
+    let code = ErrorCode::from_status(status);
+    let detail = match code {
+        ErrorCode::NotFound => format!("no resource at {}", response.request().path()),
+        ErrorCode::MethodNotAllowed => format!("{} is not allowed here", response.request().method()),
+        _ => code.title().to_owned(),
+    };
+    let kept: Vec<(HeaderName, HeaderValue)> = [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE]
+        .into_iter()
+        .filter_map(|name| response.headers().get(&name).map(|v| (name, v.clone())))
+        .collect();
+    let (request, _) = response.into_parts();
+    let mut problem = ApiError::new(code, detail).error_response();
+    for (name, value) in kept {
+        problem.headers_mut().insert(name, value);
+    }
+    Ok(ServiceResponse::new(request, problem).map_into_right_body())
+}
+
+pub(crate) async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::new(ErrorCode::NotFound, format!("no resource at {}", req.path())))
+}
+
+pub(crate) async fn openapi(document: web::Data<serde_json::Value>) -> web::Json<serde_json::Value> {
+    web::Json(document.get_ref().clone())
+}

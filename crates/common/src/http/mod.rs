@@ -1,0 +1,15 @@
+//! HTTP plumbing every service shares: problem+json for every failure (including actix's
+//! own extractor errors), a span per request, health and OpenAPI routes, conditional
+//! request headers, and one function that starts a service's server.
+
+mod conditional;
+mod extractors;
+mod health;
+mod middleware;
+mod server;
+
+pub use conditional::{etag_header_value, if_match, if_none_match_hits, IfMatch};
+pub use extractors::{json_config, path_config, query_config};
+pub use health::{ReadinessCheck, StoreReadiness};
+pub use middleware::{problem_fallback, trace_request};
+pub use server::{HttpContext, ServiceHandle, bind, serve};

@@ -1,0 +1,111 @@
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+
+use actix_web::middleware::{Compress, from_fn};
+use actix_web::{App, HttpServer, web};
+
+use super::health::{self, ReadinessCheck};
+use super::middleware::{ServiceName, not_found, openapi, problem_fallback, trace_request};
+use super::{json_config, path_config, query_config};
+use crate::auth::{Authenticator, authenticate};
+use crate::config::Settings;
+use crate::rate_limit::{RateLimiter, limit_rate};
+
+/// Everything the shared HTTP layer needs from a service.
+#[derive(Clone)]
+pub struct HttpContext {
+    pub name: &'static str,
+    pub settings: Settings,
+    pub authenticator: Authenticator,
+    pub readiness: Vec<Arc<dyn ReadinessCheck>>,
+    pub openapi: serde_json::Value,
+}
+
+/// A running service: its address, and the way to stop it.
+pub struct ServiceHandle {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    server: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServiceHandle {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections and, when `graceful`, lets requests in flight finish.
+    pub async fn stop(self, graceful: bool) -> std::io::Result<()> {
+        self.server.stop(graceful).await;
+        self.wait().await
+    }
+
+    /// Waits until the server stops by itself.
+    pub async fn wait(self) -> std::io::Result<()> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(std::io::Error::other(join)),
+        }
+    }
+}
+
+/// Starts a service on `listener`: the shared middleware, health and OpenAPI routes, plus
+/// whatever `configure` adds. Signals are left to the caller (one process may host several).
+pub fn serve<F>(context: HttpContext, listener: TcpListener, configure: F) -> std::io::Result<ServiceHandle>
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    let addr = listener.local_addr()?;
+    let settings = context.settings.clone();
+    let authenticator = web::Data::new(context.authenticator.clone());
+    let limiter = web::Data::new(RateLimiter::from_settings(&settings.rate_limit));
+    let readiness = web::Data::new(context.readiness.clone());
+    let document = web::Data::new(context.openapi.clone());
+    let name = context.name;
+    let max_body = settings.http.max_body_bytes;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(ServiceName(name))
+            .app_data(authenticator.clone())
+            .app_data(limiter.clone())
+            .app_data(readiness.clone())
+            .app_data(document.clone())
+            .app_data(json_config(max_body))
+            .app_data(web::PayloadConfig::new(max_body))
+            .app_data(path_config())
+            .app_data(query_config())
+            .wrap(from_fn(limit_rate))
+            .wrap(from_fn(authenticate))
+            .wrap(Compress::default())
+            .wrap(from_fn(problem_fallback))
+            .wrap(from_fn(trace_request))
+            .route("/health/live", web::get().to(health::live))
+            .route("/health/ready", web::get().to(health::ready))
+            .route("/openapi.json", web::get().to(openapi))
+            .configure(configure.clone())
+            .default_service(web::to(not_found))
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(settings.http.shutdown_timeout_seconds);
+    if settings.http.workers > 0 {
+        server = server.workers(settings.http.workers);
+    }
+    let server = server.run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    tracing::info!(service = name, %addr, "listening");
+    Ok(ServiceHandle {
+        name,
+        addr,
+        server: handle,
+        task,
+    })
+}
+
+/// Binds `host:port` from the settings (port 0 picks a free one).
+pub fn bind(settings: &Settings) -> std::io::Result<TcpListener> {
+    TcpListener::bind((settings.http.host.as_str(), settings.http.port))
+}
+

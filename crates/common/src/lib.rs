@@ -1,0 +1,16 @@
+//! Everything the platform's services share: configuration, errors, authentication,
+//! rate limiting, telemetry, HTTP plumbing, and the ports (traits) with their adapters.
+//!
+//! Business code in the services depends on the ports only; which adapter runs is chosen
+//! from configuration in each service's start-up function.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod rate_limit;
+pub mod store;
+pub mod telemetry;
+pub mod validation;
+
+pub use error::{ApiError, ErrorCode, FieldError};

@@ -1,0 +1,395 @@
+//! The embedded adapter: one SQLite file per service (WAL mode), Cosmos-like semantics.
+//!
+//! Every write runs in an `IMMEDIATE` transaction that also bumps a per-file sequence; the
+//! sequence is the document's position on the change feed and, formatted, its ETag. SQLite's
+//! file locks make the file safe for several processes; in WAL mode a committed transaction
+//! survives the process being killed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    ChangeBatch, Checkpoint, ContinuationToken, Document, DocumentStore, ETag, Json, Page, Query,
+    QueryScope, StoreError,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS documents (
+    container TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (container, pk, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS documents_by_id ON documents (container, id);
+CREATE UNIQUE INDEX IF NOT EXISTS documents_by_seq ON documents (container, seq);
+CREATE TABLE IF NOT EXISTS sequence (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO sequence (name, value) VALUES ('documents', 0);
+";
+
+/// How hard SQLite flushes at commit. `Normal` in WAL mode keeps every committed write
+/// across a process crash (`kill -9`); `Full` also across power loss, at a cost per write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    #[default]
+    Normal,
+    Full,
+}
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    durability: Durability,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let writer = open_connection(path, durability, false)?;
+        writer.execute_batch(SCHEMA).map_err(backend)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                durability,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    async fn with_writer<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        run_blocking(move || {
+            let mut connection = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("writer connection poisoned".into()))?;
+            work(&mut connection)
+        })
+        .await
+    }
+
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        run_blocking(move || {
+            let pooled = inner.readers.lock().ok().and_then(|mut pool| pool.pop());
+            let connection = match pooled {
+                Some(connection) => connection,
+                None => open_connection(&inner.path, inner.durability, true)?,
+            };
+            let result = work(&connection);
+            if let Ok(mut pool) = inner.readers.lock() {
+                pool.push(connection);
+            }
+            result
+        })
+        .await
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+}
+
+fn open_connection(path: &Path, durability: Durability, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let connection = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    connection
+        .busy_timeout(Duration::from_secs(10))
+        .map_err(backend)?;
+    if !read_only {
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+    }
+    let synchronous = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    connection
+        .pragma_update(None, "synchronous", synchronous)
+        .map_err(backend)?;
+    Ok(connection)
+}
+
+fn backend(error: rusqlite::Error) -> StoreError {
+    match error {
+        rusqlite::Error::SqliteFailure(code, _)
+            if matches!(
+                code.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Throttled { retry_after_ms: 100 }
+        }
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+fn etag_of(seq: i64) -> ETag {
+    ETag::new(format!("{seq:016x}"))
+}
+
+fn to_document(container_pk: String, id: String, body: String, seq: i64) -> Result<Document, StoreError> {
+    let body: Json = serde_json::from_str(&body).map_err(|e| StoreError::Serialization(e.to_string()))?;
+    Ok(Document {
+        id,
+        partition_key: container_pk,
+        body,
+        etag: etag_of(seq),
+    })
+}
+
+fn serialize(body: &Json) -> Result<String, StoreError> {
+    serde_json::to_string(body).map_err(|e| StoreError::Serialization(e.to_string()))
+}
+
+fn next_seq(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
+    tx.query_row(
+        "UPDATE sequence SET value = value + 1 WHERE name = 'documents' RETURNING value",
+        [],
+        |row| row.get(0),
+    )
+    .map_err(backend)
+}
+
+fn current_seq(tx: &rusqlite::Transaction<'_>, container: &str, pk: &str, id: &str) -> Result<Option<i64>, StoreError> {
+    tx.query_row(
+        "SELECT seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
+        params![container, pk, id],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(backend)
+}
+
+enum WriteMode<'a> {
+    Create,
+    Replace(Option<&'a ETag>),
+    Upsert,
+}
+
+fn write(
+    connection: &mut Connection,
+    container: &str,
+    pk: &str,
+    id: &str,
+    body: &Json,
+    mode: WriteMode<'_>,
+) -> Result<Document, StoreError> {
+    let text = serialize(body)?;
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let existing = current_seq(&tx, container, pk, id)?;
+    match (&mode, existing) {
+        (WriteMode::Create, Some(_)) => return Err(StoreError::Conflict),
+        (WriteMode::Replace(_), None) => return Err(StoreError::NotFound),
+        (WriteMode::Replace(Some(expected)), Some(seq)) if etag_of(seq) != **expected => {
+            return Err(StoreError::PreconditionFailed);
+        }
+        _ => {}
+    }
+    let seq = next_seq(&tx)?;
+    tx.execute(
+        "INSERT INTO documents (container, pk, id, body, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (container, pk, id) DO UPDATE SET body = excluded.body, seq = excluded.seq",
+        params![container, pk, id, text, seq],
+    )
+    .map_err(backend)?;
+    tx.commit().map_err(backend)?;
+    Ok(Document {
+        id: id.to_owned(),
+        partition_key: pk.to_owned(),
+        body: body.clone(),
+        etag: etag_of(seq),
+    })
+}
+
+#[async_trait]
+impl DocumentStore for EmbeddedStore {
+    async fn read(&self, container: &str, pk: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
+        self.with_reader(move |connection| {
+            let row = connection
+                .prepare_cached("SELECT body, seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3")
+                .map_err(backend)?
+                .query_row(params![container, pk, id], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
+                .optional()
+                .map_err(backend)?;
+            row.map(|(body, seq)| to_document(pk, id, body, seq)).transpose()
+        })
+        .await
+    }
+
+    async fn create(&self, container: &str, pk: &str, id: &str, body: Json) -> Result<Document, StoreError> {
+        let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
+        self.with_writer(move |c| write(c, &container, &pk, &id, &body, WriteMode::Create))
+            .await
+    }
+
+    async fn replace(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        body: Json,
+        if_match: Option<&ETag>,
+    ) -> Result<Document, StoreError> {
+        let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
+        let if_match = if_match.cloned();
+        self.with_writer(move |c| write(c, &container, &pk, &id, &body, WriteMode::Replace(if_match.as_ref())))
+            .await
+    }
+
+    async fn upsert(&self, container: &str, pk: &str, id: &str, body: Json) -> Result<Document, StoreError> {
+        let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
+        self.with_writer(move |c| write(c, &container, &pk, &id, &body, WriteMode::Upsert))
+            .await
+    }
+
+    async fn delete(&self, container: &str, pk: &str, id: &str, if_match: Option<&ETag>) -> Result<(), StoreError> {
+        let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
+        let if_match = if_match.cloned();
+        self.with_writer(move |connection| {
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let seq = current_seq(&tx, &container, &pk, &id)?.ok_or(StoreError::NotFound)?;
+            if if_match.is_some_and(|expected| expected != etag_of(seq)) {
+                return Err(StoreError::PreconditionFailed);
+            }
+            tx.execute(
+                "DELETE FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
+                params![container, pk, id],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn query(&self, container: &str, query: &Query) -> Result<Page, StoreError> {
+        let position = query.validated()?;
+        let container = container.to_owned();
+        let query = query.clone();
+        self.with_reader(move |connection| {
+            let mut sql = String::from("SELECT pk, id, body, seq FROM documents WHERE container = ?");
+            let mut values: Vec<rusqlite::types::Value> = vec![container.into()];
+            if let QueryScope::Partition(pk) = &query.scope {
+                sql.push_str(" AND pk = ?");
+                values.push(pk.clone().into());
+            }
+            if let Some(position) = position {
+                sql.push_str(" AND id > ?");
+                values.push(position.after_id.into());
+            }
+            for filter in &query.filters {
+                // Comparing JSON texts keeps types apart: "1" does not match 1.
+                sql.push_str(&format!(
+                    " AND json_quote(json_extract(body, '$.{}')) = json(?)",
+                    filter.field
+                ));
+                values.push(serialize(&filter.value)?.into());
+            }
+            sql.push_str(" ORDER BY id, pk LIMIT ?");
+            values.push(i64::from(query.limit + 1).into());
+            let mut statement = connection.prepare_cached(&sql).map_err(backend)?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(values), |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+                })
+                .map_err(backend)?;
+            let mut items = Vec::new();
+            for row in rows {
+                let (pk, id, body, seq) = row.map_err(backend)?;
+                items.push(to_document(pk, id, body, seq)?);
+            }
+            Ok(ContinuationToken::paginate(items, query.limit))
+        })
+        .await
+    }
+
+    async fn changes(
+        &self,
+        container: &str,
+        since: Option<&Checkpoint>,
+        max: usize,
+    ) -> Result<ChangeBatch, StoreError> {
+        let after: i64 = match since {
+            None => 0,
+            Some(Checkpoint(token)) => token
+                .strip_prefix("seq:")
+                .and_then(|n| n.parse().ok())
+                .ok_or(StoreError::InvalidContinuation)?,
+        };
+        let container = container.to_owned();
+        let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        self.with_reader(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT pk, id, body, seq FROM documents WHERE container = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let rows = statement
+                .query_map(params![container, after, max], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+                })
+                .map_err(backend)?;
+            let mut documents = Vec::new();
+            let mut last = after;
+            for row in rows {
+                let (pk, id, body, seq) = row.map_err(backend)?;
+                last = seq;
+                documents.push(to_document(pk, id, body, seq)?);
+            }
+            Ok(ChangeBatch {
+                documents,
+                checkpoint: Checkpoint(format!("seq:{last}")),
+            })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_reader(|connection| {
+            connection
+                .query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(backend)
+        })
+        .await
+    }
+}

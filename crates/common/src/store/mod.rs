@@ -1,0 +1,245 @@
+//! The document store port: a small trait shaped after Cosmos DB containers.
+//!
+//! Items live in named containers, addressed by partition key and id, carry an opaque ETag
+//! that changes on every write, and appear on an ordered per-container change feed that a
+//! consumer resumes from a checkpoint. Both adapters ([`embedded::EmbeddedStore`] and
+//! [`cosmos::CosmosStore`]) pass the same contract suite (`crates/common/tests/it/store_contract.rs`).
+
+pub mod cosmos;
+pub mod embedded;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+pub type Json = serde_json::Value;
+
+/// An opaque version stamp of a document; it changes on every write.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ETag(String);
+
+impl ETag {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ETag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A stored item with its system properties.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub id: String,
+    pub partition_key: String,
+    pub body: Json,
+    pub etag: ETag,
+}
+
+impl Document {
+    pub fn into_model<T: serde::de::DeserializeOwned>(self) -> Result<(T, ETag), StoreError> {
+        let model = serde_json::from_value(self.body)
+            .map_err(|error| StoreError::Serialization(error.to_string()))?;
+        Ok((model, self.etag))
+    }
+}
+
+/// Which partitions a query reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryScope {
+    Partition(String),
+    AllPartitions,
+}
+
+/// An equality filter on a top-level field of the document body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldEquals {
+    pub field: String,
+    pub value: Json,
+}
+
+/// A page request: documents ordered by id, filtered by equality on top-level fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub scope: QueryScope,
+    pub filters: Vec<FieldEquals>,
+    pub limit: u32,
+    pub continuation: Option<String>,
+}
+
+impl Query {
+    pub fn new(scope: QueryScope, limit: u32) -> Self {
+        Self {
+            scope,
+            filters: Vec::new(),
+            limit,
+            continuation: None,
+        }
+    }
+
+    pub fn filter(mut self, field: impl Into<String>, value: impl Into<Json>) -> Self {
+        self.filters.push(FieldEquals {
+            field: field.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    pub fn continue_from(mut self, continuation: Option<String>) -> Self {
+        self.continuation = continuation;
+        self
+    }
+
+    /// Checks what both adapters rely on: a sane page size and field names that are plain
+    /// identifiers (they end up inside SQL and JSON paths).
+    pub(crate) fn validated(&self) -> Result<Option<ContinuationToken>, StoreError> {
+        if self.limit == 0 || self.limit > MAX_PAGE_SIZE {
+            return Err(StoreError::Backend(format!(
+                "page size must be 1..={MAX_PAGE_SIZE}, got {}",
+                self.limit
+            )));
+        }
+        for filter in &self.filters {
+            let valid = !filter.field.is_empty()
+                && filter
+                    .field
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(StoreError::Backend(format!(
+                    "filter field {:?} is not a plain identifier",
+                    filter.field
+                )));
+            }
+        }
+        self.continuation
+            .as_deref()
+            .map(ContinuationToken::decode)
+            .transpose()
+    }
+}
+
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// One page of query results; `continuation` is present while more results may follow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub items: Vec<Document>,
+    pub continuation: Option<String>,
+}
+
+/// Keyset position shared by both adapters: results are ordered by id, the token remembers
+/// the last id served. Opaque to clients (base64url of JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ContinuationToken {
+    #[serde(rename = "a")]
+    pub after_id: String,
+}
+
+impl ContinuationToken {
+    pub(crate) fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    pub(crate) fn decode(token: &str) -> Result<Self, StoreError> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| StoreError::InvalidContinuation)?;
+        serde_json::from_slice(&bytes).map_err(|_| StoreError::InvalidContinuation)
+    }
+
+    /// Turns a result set fetched with one extra row into a page.
+    pub(crate) fn paginate(mut items: Vec<Document>, limit: u32) -> Page {
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let continuation = more
+            .then(|| items.last())
+            .flatten()
+            .map(|last| ContinuationToken { after_id: last.id.clone() }.encode());
+        Page { items, continuation }
+    }
+}
+
+/// Where a change-feed consumer stands; opaque, store it and hand it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint(pub String);
+
+/// Changes since a checkpoint: the latest version of each changed document, oldest change
+/// first within a partition. An empty batch means nothing new was seen this time, not that
+/// the feed is drained for good; keep polling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeBatch {
+    pub documents: Vec<Document>,
+    pub checkpoint: Checkpoint,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("document not found")]
+    NotFound,
+    #[error("a document with this id already exists in the partition")]
+    Conflict,
+    #[error("the ETag does not match the document's current ETag")]
+    PreconditionFailed,
+    #[error("the continuation token is not valid")]
+    InvalidContinuation,
+    #[error("the store is throttling requests; retry after {retry_after_ms} ms")]
+    Throttled { retry_after_ms: u64 },
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("a document could not be (de)serialized: {0}")]
+    Serialization(String),
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+#[async_trait]
+pub trait DocumentStore: Send + Sync + 'static {
+    /// Point read; `None` when the item does not exist.
+    async fn read(&self, container: &str, pk: &str, id: &str) -> Result<Option<Document>, StoreError>;
+
+    /// Creates the item; [`StoreError::Conflict`] when the id is taken in that partition.
+    async fn create(&self, container: &str, pk: &str, id: &str, body: Json) -> Result<Document, StoreError>;
+
+    /// Replaces an existing item, optionally only if its ETag still matches.
+    async fn replace(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        body: Json,
+        if_match: Option<&ETag>,
+    ) -> Result<Document, StoreError>;
+
+    /// Creates or replaces the item unconditionally.
+    async fn upsert(&self, container: &str, pk: &str, id: &str, body: Json) -> Result<Document, StoreError>;
+
+    /// Deletes the item, optionally only if its ETag still matches.
+    async fn delete(&self, container: &str, pk: &str, id: &str, if_match: Option<&ETag>) -> Result<(), StoreError>;
+
+    /// One page of a query, ordered by id.
+    async fn query(&self, container: &str, query: &Query) -> Result<Page, StoreError>;
+
+    /// Up to `max` changes after `since` (from the beginning when `None`).
+    async fn changes(
+        &self,
+        container: &str,
+        since: Option<&Checkpoint>,
+        max: usize,
+    ) -> Result<ChangeBatch, StoreError>;
+
+    /// Cheap round trip used by readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub type SharedStore = Arc<dyn DocumentStore>;

@@ -1,0 +1,136 @@
+//! Tracing set up in one place: a log layer, an OpenTelemetry layer that exports over OTLP
+//! when an endpoint is configured, and W3C `traceparent` propagation in and out.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::{Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{LogFormat, TelemetrySettings};
+
+/// Keeps the tracer provider alive; dropping it flushes spans not yet exported.
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("telemetry shutdown: {error}");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry.otlp_endpoint: {0}")]
+    Exporter(String),
+    #[error("telemetry.log_level: {0}")]
+    Filter(String),
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// Builds the tracer provider: spans always get W3C trace ids (used in problem answers
+/// and propagated downstream); they are exported only when an endpoint is set.
+pub fn tracer_provider(settings: &TelemetrySettings, service_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
+    let mut builder = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_resource(resource);
+    if !settings.otlp_endpoint.trim().is_empty() {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(settings.otlp_endpoint.trim())
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// Installs the global subscriber for a binary. Tests use [`init_for_tests`].
+pub fn init(settings: &TelemetrySettings, service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = tracer_provider(settings, service_name)?;
+    let tracer = provider.tracer("integration-platform");
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive),
+        _ => EnvFilter::try_new(&settings.log_level),
+    }
+    .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let installed = match settings.log_format {
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .try_init(),
+    };
+    installed.map_err(|_| TelemetryError::AlreadyInstalled)?;
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(TelemetryGuard { provider })
+}
+
+/// A quiet subscriber with trace ids, for test binaries; safe to call many times.
+pub fn init_for_tests() {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = SdkTracerProvider::builder().build();
+    let tracer = provider.tracer("tests");
+    let _ = tracing_subscriber::registry()
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(tracing_subscriber::fmt::layer().with_test_writer())
+        .try_init();
+}
+
+/// The W3C trace id of the current span, if tracing with OpenTelemetry is installed.
+pub fn current_trace_id() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// The `traceparent` (and `tracestate`) of the current span, for an outgoing call or message.
+pub fn current_trace_headers() -> HashMap<String, String> {
+    let mut carrier = HashMap::new();
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut MapInjector(&mut carrier));
+    carrier
+}
+
+/// Makes `span` a child of the trace described by a received `traceparent` (and optional
+/// `tracestate`); does nothing when there is no valid `traceparent`.
+pub fn adopt_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    let Some(traceparent) = traceparent else { return };
+    let mut carrier = HashMap::new();
+    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    if let Some(tracestate) = tracestate {
+        carrier.insert("tracestate".to_owned(), tracestate.to_owned());
+    }
+    let context = TraceContextPropagator::new().extract(&carrier);
+    if context.span().span_context().is_valid() {
+        let _ = span.set_parent(context);
+    }
+}
+
+struct MapInjector<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for MapInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}

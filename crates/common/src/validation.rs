@@ -1,0 +1,187 @@
+//! Field-by-field validation of JSON request bodies that reports every failing field at
+//! once (unknown fields, wrong types, lengths, ranges), rather than serde's first error.
+//!
+//! Values are kept as raw JSON text, so a number's digits reach the domain untouched (no
+//! float ever holds a price).
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+
+use serde_json::value::RawValue;
+
+use crate::error::{ApiError, FieldError};
+
+/// A JSON object with its values still as raw text.
+pub type JsonObject = BTreeMap<String, Box<RawValue>>;
+
+pub struct Fields {
+    object: JsonObject,
+    prefix: String,
+    known: Vec<&'static str>,
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    pub fn new(object: JsonObject) -> Self {
+        Self::nested(object, "")
+    }
+
+    fn nested(object: JsonObject, prefix: &str) -> Self {
+        Self {
+            object,
+            prefix: prefix.to_owned(),
+            known: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Adds an error found by a domain rule.
+    pub fn reject(&mut self, name: &str, message: impl Into<String>) {
+        let path = self.path(name);
+        self.errors.push(FieldError::new(path, message));
+    }
+
+    fn take(&mut self, name: &'static str, required: bool) -> Option<Box<RawValue>> {
+        self.known.push(name);
+        let raw = self.object.remove(name).filter(|raw| raw.get() != "null");
+        if raw.is_none() && required {
+            self.reject(name, "is required");
+        }
+        raw
+    }
+
+    /// A string of `chars` characters (counted as Unicode scalar values), trimmed of
+    /// surrounding white space.
+    pub fn string(&mut self, name: &'static str, required: bool, chars: RangeInclusive<usize>) -> Option<String> {
+        let raw = self.take(name, required)?;
+        match serde_json::from_str::<String>(raw.get()) {
+            Ok(text) => {
+                let text = text.trim().to_owned();
+                let count = text.chars().count();
+                if chars.contains(&count) {
+                    Some(text)
+                } else {
+                    self.reject(name, format!("must be {} to {} characters long", chars.start(), chars.end()));
+                    None
+                }
+            }
+            Err(_) => {
+                self.reject(name, "must be a string");
+                None
+            }
+        }
+    }
+
+    /// An integer within `range`.
+    pub fn integer(&mut self, name: &'static str, required: bool, range: RangeInclusive<i64>) -> Option<i64> {
+        let raw = self.take(name, required)?;
+        match serde_json::from_str::<i64>(raw.get()) {
+            Ok(value) if range.contains(&value) => Some(value),
+            Ok(_) => {
+                self.reject(name, format!("must be between {} and {}", range.start(), range.end()));
+                None
+            }
+            Err(_) => {
+                self.reject(name, "must be a whole number");
+                None
+            }
+        }
+    }
+
+    /// The literal text of a JSON number, as sent.
+    pub fn number_text(&mut self, name: &'static str, required: bool) -> Option<String> {
+        let raw = self.take(name, required)?;
+        let text = raw.get().trim();
+        if serde_json::from_str::<serde_json::Number>(text).is_ok() {
+            Some(text.to_owned())
+        } else {
+            self.reject(name, "must be a number");
+            None
+        }
+    }
+
+    /// A nested object, validated by `validate`.
+    pub fn object<T>(&mut self, name: &'static str, required: bool, validate: impl FnOnce(&mut Fields) -> Option<T>) -> Option<T> {
+        let raw = self.take(name, required)?;
+        match serde_json::from_str::<JsonObject>(raw.get()) {
+            Ok(object) => {
+                let path = self.path(name);
+                let mut nested = Fields::nested(object, &path);
+                let value = validate(&mut nested);
+                nested.refuse_unknown();
+                self.errors.append(&mut nested.errors);
+                value
+            }
+            Err(_) => {
+                self.reject(name, "must be an object");
+                None
+            }
+        }
+    }
+
+    fn refuse_unknown(&mut self) {
+        let unknown: Vec<String> = self
+            .object
+            .keys()
+            .filter(|key| !self.known.contains(&key.as_str()))
+            .cloned()
+            .collect();
+        for key in unknown {
+            let path = self.path(&key);
+            self.errors.push(FieldError::new(path, "is not a known field"));
+        }
+    }
+
+    /// Ends validation: `value` when every field was fine, else a 422 listing them all.
+    pub fn finish<T>(mut self, value: Option<T>) -> Result<T, ApiError> {
+        self.refuse_unknown();
+        match value {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ if self.errors.is_empty() => Err(ApiError::validation(vec![FieldError::new("", "is invalid")])),
+            _ => Err(ApiError::validation(self.errors)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(json: &str) -> JsonObject {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn every_failing_field_is_listed() {
+        let mut fields = Fields::new(object(r#"{"name": 5, "count": "x", "extra": true}"#));
+        let name = fields.string("name", true, 1..=10);
+        let count = fields.integer("count", true, 0..=5);
+        let missing = fields.string("missing", true, 1..=10);
+        let error = fields.finish(name.zip(count).zip(missing)).unwrap_err();
+        let names: Vec<_> = error.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(names, ["name", "count", "missing", "extra"]);
+    }
+
+    #[test]
+    fn number_text_keeps_digits() {
+        let mut fields = Fields::new(object(r#"{"price": 12.50}"#));
+        assert_eq!(fields.number_text("price", true).as_deref(), Some("12.50"));
+    }
+
+    #[test]
+    fn nested_paths_are_qualified() {
+        let mut fields = Fields::new(object(r#"{"price": {"amount": 1, "bogus": 2}}"#));
+        let amount = fields.object("price", true, |price| price.string("amount", true, 1..=20));
+        let error = fields.finish(amount).unwrap_err();
+        let names: Vec<_> = error.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(names, ["price.amount", "price.bogus"]);
+    }
+}
