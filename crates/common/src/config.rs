@@ -37,6 +37,8 @@ durability = "normal"
 [store.cosmos]
 endpoint = ""
 database = "platform"
+# Azure region the service runs in; the SDK prefers the account's nearest regions.
+region = "westeurope"
 # "key" (secret from <SERVICE>__STORE__COSMOS__KEY), "managed-identity" or "developer-tools".
 credential = "key"
 
@@ -120,6 +122,7 @@ pub enum CosmosCredentialKind {
 pub struct CosmosSettings {
     pub endpoint: String,
     pub database: String,
+    pub region: String,
     pub credential: CosmosCredentialKind,
     /// From the environment only.
     #[serde(default)]

@@ -5,6 +5,7 @@
 //! from configuration in each service's start-up function.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -26,9 +26,6 @@ use super::{
     QueryScope, StoreError,
 };
 
-/// How many consecutive empty change-feed pages end one `changes` call. The SDK walks
-/// feed ranges one page at a time, so one empty page only says one range had nothing.
-const EMPTY_PAGES_BEFORE_RETURNING: usize = 3;
 
 #[derive(Clone)]
 pub struct CosmosStore {
@@ -267,8 +264,14 @@ impl DocumentStore for CosmosStore {
         if let Some(Checkpoint(token)) = since {
             options = options.with_continuation_token(SdkContinuation::from_string(token.clone()));
         }
-        let mut pages = self
-            .container(container)?
+        let client = self.container(container)?;
+        // The SDK walks feed ranges one page at a time, and a resumed iterator starts again
+        // at the first range: an empty page only says that one range had nothing, so a call
+        // ends after a whole round of empty pages, never sooner (a range holding changes
+        // would otherwise starve).
+        let ranges = client.read_feed_ranges(None).await.map_err(map_error)?.len();
+        let empty_pages_allowed = ranges.max(1);
+        let mut pages = client
             .query_change_feed::<Envelope>(FeedScope::full_container(), ChangeFeedStartFrom::Beginning, Some(options))
             .await
             .map_err(|error| match map_error(error) {
@@ -277,7 +280,7 @@ impl DocumentStore for CosmosStore {
             })?;
         let mut documents = Vec::new();
         let mut empty_pages = 0;
-        while documents.len() < max && empty_pages < EMPTY_PAGES_BEFORE_RETURNING {
+        while documents.len() < max && empty_pages < empty_pages_allowed {
             let Some(page) = pages.next().await else { break };
             let page = page.map_err(map_error)?;
             record_charge(page.headers());
@@ -290,8 +293,6 @@ impl DocumentStore for CosmosStore {
             );
             if documents.len() == before {
                 empty_pages += 1;
-            } else if empty_pages == 0 && documents.len() >= max {
-                break;
             }
         }
         let checkpoint = pages.to_continuation_token().map_err(map_error)?;
@@ -314,4 +315,49 @@ impl DocumentStore for CosmosStore {
             Err(error) => Err(map_error(error)),
         }
     }
+}
+
+/// Connects to the account in `settings` and opens the service's containers.
+pub async fn connect(
+    settings: &crate::config::CosmosSettings,
+    containers: &[&str],
+) -> Result<CosmosStore, StoreError> {
+    use azure_data_cosmos::options::Region;
+    use azure_data_cosmos::{AccountEndpoint, AccountReference, RoutingStrategy};
+    use secrecy::ExposeSecret;
+
+    use crate::config::CosmosCredentialKind;
+
+    let unavailable = |what: &str, e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{what}: {e}"));
+    let endpoint: AccountEndpoint = settings
+        .endpoint
+        .parse()
+        .map_err(|e| unavailable("store.cosmos.endpoint", &e))?;
+    let account = match settings.credential {
+        CosmosCredentialKind::Key => {
+            let key = settings
+                .key
+                .as_ref()
+                .ok_or_else(|| StoreError::Unavailable("store.cosmos.key is not set".into()))?;
+            AccountReference::with_authentication_key(
+                endpoint,
+                azure_core::credentials::Secret::new(key.expose_secret().to_owned()),
+            )
+        }
+        CosmosCredentialKind::ManagedIdentity => {
+            let credential = azure_identity::ManagedIdentityCredential::new(None)
+                .map_err(|e| unavailable("managed identity", &e))?;
+            AccountReference::with_credential(endpoint, credential)
+        }
+        CosmosCredentialKind::DeveloperTools => {
+            let credential = azure_identity::DeveloperToolsCredential::new(None)
+                .map_err(|e| unavailable("developer tools credential", &e))?;
+            AccountReference::with_credential(endpoint, credential)
+        }
+    };
+    let client = CosmosClient::builder()
+        .build(account, RoutingStrategy::ProximityTo(Region::new(settings.region.clone())))
+        .await
+        .map_err(|e| unavailable("cosmos client", &e))?;
+    CosmosStore::open(&client, &settings.database, containers).await
 }

@@ -1,0 +1,6 @@
+//! Integration tests of the common crate: one binary, one module per concern.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod http;
+mod store_contract;

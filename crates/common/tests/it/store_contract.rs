@@ -1,0 +1,385 @@
+//! The document store contract. Every adapter runs every test here: the embedded SQLite
+//! store, the Cosmos adapter against the SDK's in-memory emulator, and, when
+//! `COSMOS_ENDPOINT` (and `COSMOS_KEY`) are set, the Cosmos adapter against that account.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::store::embedded::{Durability, EmbeddedStore};
+use common::store::{Checkpoint, Query, QueryScope, SharedStore, StoreError};
+use serde_json::json;
+
+const THINGS: &str = "things";
+const OTHER: &str = "other";
+
+/// A store under test, with whatever must outlive it.
+struct Subject {
+    store: SharedStore,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+fn embedded() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("contract.db"), Durability::Normal).unwrap();
+    Subject {
+        store: Arc::new(store),
+        _keep: Box::new(dir),
+    }
+}
+
+async fn cosmos_emulator() -> Subject {
+    use azure_data_cosmos::options::Region;
+    use azure_data_cosmos::{AccountEndpoint, AccountReference, CosmosClientBuilder, CosmosRuntimeBuilder, RoutingStrategy};
+    use azure_data_cosmos_driver::in_memory_emulator::{ConsistencyLevel, InMemoryEmulatorHttpClient, VirtualAccountConfig, VirtualRegion};
+
+    const GATEWAY: &str = "https://eastus.emulator.local";
+    const DATABASE: &str = "contract";
+    let config = VirtualAccountConfig::new(vec![VirtualRegion::new(
+        "East US",
+        azure_core::http::Url::parse(GATEWAY).unwrap(),
+    )])
+    .unwrap()
+    .with_consistency(ConsistencyLevel::Session);
+    let emulator = Arc::new(InMemoryEmulatorHttpClient::new(config));
+    let emulated = emulator.store();
+    emulated.create_database(DATABASE);
+    for container in [THINGS, OTHER] {
+        emulated.create_container(
+            DATABASE,
+            container,
+            serde_json::from_value(json!({"paths": ["/pk"], "kind": "Hash", "version": 2})).unwrap(),
+        );
+    }
+    let account = AccountReference::with_authentication_key(
+        GATEWAY.parse::<AccountEndpoint>().unwrap(),
+        azure_core::credentials::Secret::new("dGVzdGtleQ=="),
+    );
+    let client = CosmosClientBuilder::new()
+        .with_runtime(CosmosRuntimeBuilder::from(emulator.runtime_builder()).build().await.unwrap())
+        .build(account, RoutingStrategy::ProximityTo(Region::EAST_US))
+        .await
+        .unwrap();
+    let store = common::store::cosmos::CosmosStore::open(&client, DATABASE, &[THINGS, OTHER])
+        .await
+        .unwrap();
+    Subject {
+        store: Arc::new(store),
+        _keep: Box::new(emulator),
+    }
+}
+
+/// A real account (or Microsoft's emulator); the database and both containers (partition
+/// key `/pk`) must exist. Each test uses fresh ids, so runs do not disturb each other.
+async fn cosmos_live() -> Option<Subject> {
+    let endpoint = std::env::var("COSMOS_ENDPOINT").ok()?;
+    let key = std::env::var("COSMOS_KEY").ok();
+    let mut settings = common::config::Settings::defaults().store.cosmos;
+    settings.endpoint = endpoint;
+    settings.database = std::env::var("COSMOS_DATABASE").unwrap_or_else(|_| "contract".into());
+    settings.key = key.map(Into::into);
+    if settings.key.is_none() {
+        settings.credential = common::config::CosmosCredentialKind::DeveloperTools;
+    }
+    let store = common::store::cosmos::connect(&settings, &[THINGS, OTHER]).await.unwrap();
+    Some(Subject {
+        store: Arc::new(store),
+        _keep: Box::new(()),
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+macro_rules! contract {
+    ($($name:ident),+ $(,)?) => {
+        mod embedded_adapter {
+            $(#[tokio::test] async fn $name() { super::$name(&super::embedded().store).await; })+
+        }
+        mod cosmos_adapter_on_in_memory_emulator {
+            $(#[tokio::test] async fn $name() { super::$name(&super::cosmos_emulator().await.store).await; })+
+        }
+        mod cosmos_adapter_live {
+            // Run with `cargo test -p common --test it -- --ignored` and COSMOS_ENDPOINT set.
+            $(#[tokio::test] #[ignore = "needs COSMOS_ENDPOINT (a real account or Microsoft's emulator)"]
+            async fn $name() {
+                let subject = super::cosmos_live().await.expect("COSMOS_ENDPOINT is not set");
+                super::$name(&subject.store).await;
+            })+
+        }
+    };
+}
+
+contract!(
+    create_then_read_round_trips,
+    create_twice_conflicts,
+    read_of_missing_is_none,
+    replace_with_current_etag_succeeds_and_changes_etag,
+    replace_with_stale_etag_fails,
+    replace_of_missing_is_not_found,
+    upsert_creates_and_replaces,
+    delete_honours_etag,
+    same_id_in_two_partitions_are_two_items,
+    containers_are_separate,
+    query_in_a_partition_pages_with_continuation,
+    query_across_partitions_with_filter_pages_in_id_order,
+    query_filter_keeps_json_types_apart,
+    bad_continuation_is_refused,
+    change_feed_resumes_from_checkpoint,
+    concurrent_writers_with_etags_lose_no_update,
+);
+
+async fn create_then_read_round_trips(store: &SharedStore) {
+    let id = unique("a");
+    let body = json!({"name": "widget", "price": 1250, "tags": ["x"]});
+    let created = store.create(THINGS, "p1", &id, body.clone()).await.unwrap();
+    assert_eq!(created.body, body);
+    assert!(!created.etag.as_str().is_empty());
+    let read = store.read(THINGS, "p1", &id).await.unwrap().unwrap();
+    assert_eq!(read.body, body);
+    assert_eq!(read.id, id);
+    assert_eq!(read.partition_key, "p1");
+    assert_eq!(read.etag, created.etag);
+}
+
+async fn create_twice_conflicts(store: &SharedStore) {
+    let id = unique("a");
+    store.create(THINGS, "p1", &id, json!({"n": 1})).await.unwrap();
+    let error = store.create(THINGS, "p1", &id, json!({"n": 2})).await.unwrap_err();
+    assert_eq!(error, StoreError::Conflict);
+    let read = store.read(THINGS, "p1", &id).await.unwrap().unwrap();
+    assert_eq!(read.body, json!({"n": 1}));
+}
+
+async fn read_of_missing_is_none(store: &SharedStore) {
+    assert_eq!(store.read(THINGS, "p1", &unique("missing")).await.unwrap(), None);
+}
+
+async fn replace_with_current_etag_succeeds_and_changes_etag(store: &SharedStore) {
+    let id = unique("a");
+    let created = store.create(THINGS, "p1", &id, json!({"n": 1})).await.unwrap();
+    let replaced = store
+        .replace(THINGS, "p1", &id, json!({"n": 2}), Some(&created.etag))
+        .await
+        .unwrap();
+    assert_ne!(replaced.etag, created.etag);
+    let read = store.read(THINGS, "p1", &id).await.unwrap().unwrap();
+    assert_eq!(read.body, json!({"n": 2}));
+    assert_eq!(read.etag, replaced.etag);
+}
+
+async fn replace_with_stale_etag_fails(store: &SharedStore) {
+    let id = unique("a");
+    let created = store.create(THINGS, "p1", &id, json!({"n": 1})).await.unwrap();
+    store.replace(THINGS, "p1", &id, json!({"n": 2}), None).await.unwrap();
+    let error = store
+        .replace(THINGS, "p1", &id, json!({"n": 3}), Some(&created.etag))
+        .await
+        .unwrap_err();
+    assert_eq!(error, StoreError::PreconditionFailed);
+    assert_eq!(store.read(THINGS, "p1", &id).await.unwrap().unwrap().body, json!({"n": 2}));
+}
+
+async fn replace_of_missing_is_not_found(store: &SharedStore) {
+    let error = store
+        .replace(THINGS, "p1", &unique("missing"), json!({}), None)
+        .await
+        .unwrap_err();
+    assert_eq!(error, StoreError::NotFound);
+}
+
+async fn upsert_creates_and_replaces(store: &SharedStore) {
+    let id = unique("a");
+    let first = store.upsert(THINGS, "p1", &id, json!({"n": 1})).await.unwrap();
+    let second = store.upsert(THINGS, "p1", &id, json!({"n": 2})).await.unwrap();
+    assert_ne!(first.etag, second.etag);
+    assert_eq!(store.read(THINGS, "p1", &id).await.unwrap().unwrap().body, json!({"n": 2}));
+}
+
+async fn delete_honours_etag(store: &SharedStore) {
+    let id = unique("a");
+    let created = store.create(THINGS, "p1", &id, json!({"n": 1})).await.unwrap();
+    let updated = store.replace(THINGS, "p1", &id, json!({"n": 2}), None).await.unwrap();
+    assert_eq!(
+        store.delete(THINGS, "p1", &id, Some(&created.etag)).await.unwrap_err(),
+        StoreError::PreconditionFailed
+    );
+    store.delete(THINGS, "p1", &id, Some(&updated.etag)).await.unwrap();
+    assert_eq!(store.read(THINGS, "p1", &id).await.unwrap(), None);
+    assert_eq!(store.delete(THINGS, "p1", &id, None).await.unwrap_err(), StoreError::NotFound);
+}
+
+async fn same_id_in_two_partitions_are_two_items(store: &SharedStore) {
+    let id = unique("a");
+    store.create(THINGS, "p1", &id, json!({"at": 1})).await.unwrap();
+    store.create(THINGS, "p2", &id, json!({"at": 2})).await.unwrap();
+    assert_eq!(store.read(THINGS, "p1", &id).await.unwrap().unwrap().body, json!({"at": 1}));
+    assert_eq!(store.read(THINGS, "p2", &id).await.unwrap().unwrap().body, json!({"at": 2}));
+}
+
+async fn containers_are_separate(store: &SharedStore) {
+    let id = unique("a");
+    store.create(THINGS, "p1", &id, json!({"in": "things"})).await.unwrap();
+    assert_eq!(store.read(OTHER, "p1", &id).await.unwrap(), None);
+    store.create(OTHER, "p1", &id, json!({"in": "other"})).await.unwrap();
+    assert_eq!(store.read(THINGS, "p1", &id).await.unwrap().unwrap().body, json!({"in": "things"}));
+}
+
+async fn collect_pages(store: &SharedStore, first: Query) -> (Vec<String>, usize) {
+    let mut query = first;
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = store.query(THINGS, &query).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= query.limit as usize);
+        ids.extend(page.items.into_iter().map(|d| d.id));
+        match page.continuation {
+            Some(token) => query = query.continue_from(Some(token)),
+            None => break,
+        }
+        assert!(pages < 100, "pagination does not end");
+    }
+    (ids, pages)
+}
+
+async fn query_in_a_partition_pages_with_continuation(store: &SharedStore) {
+    let partition = unique("part");
+    let mut expected = BTreeSet::new();
+    for n in 0..7 {
+        let id = format!("item-{n:02}");
+        store.create(THINGS, &partition, &id, json!({"n": n})).await.unwrap();
+        expected.insert(id);
+    }
+    store.create(THINGS, &unique("elsewhere"), "item-99", json!({})).await.unwrap();
+    let (ids, pages) = collect_pages(store, Query::new(QueryScope::Partition(partition), 3)).await;
+    assert_eq!(ids, expected.into_iter().collect::<Vec<_>>());
+    assert_eq!(pages, 3);
+}
+
+async fn query_across_partitions_with_filter_pages_in_id_order(store: &SharedStore) {
+    let category = unique("cat");
+    let mut expected = Vec::new();
+    for n in 0..5 {
+        let id = unique(&format!("x{n}"));
+        store
+            .create(THINGS, &format!("pk-{n}"), &id, json!({"category": category, "n": n}))
+            .await
+            .unwrap();
+        expected.push(id);
+        store
+            .create(THINGS, &format!("pk-{n}"), &unique("noise"), json!({"category": "other"}))
+            .await
+            .unwrap();
+    }
+    expected.sort();
+    let query = Query::new(QueryScope::AllPartitions, 2).filter("category", category.as_str());
+    let (ids, pages) = collect_pages(store, query).await;
+    assert_eq!(ids, expected);
+    assert_eq!(pages, 3);
+}
+
+async fn query_filter_keeps_json_types_apart(store: &SharedStore) {
+    let partition = unique("types");
+    store.create(THINGS, &partition, "number", json!({"v": 1})).await.unwrap();
+    store.create(THINGS, &partition, "string", json!({"v": "1"})).await.unwrap();
+    let numbers = store
+        .query(THINGS, &Query::new(QueryScope::Partition(partition.clone()), 10).filter("v", 1))
+        .await
+        .unwrap();
+    assert_eq!(numbers.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["number"]);
+    let strings = store
+        .query(THINGS, &Query::new(QueryScope::Partition(partition), 10).filter("v", "1"))
+        .await
+        .unwrap();
+    assert_eq!(strings.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["string"]);
+}
+
+async fn bad_continuation_is_refused(store: &SharedStore) {
+    let query = Query::new(QueryScope::AllPartitions, 2).continue_from(Some("not a token".into()));
+    assert_eq!(store.query(THINGS, &query).await.unwrap_err(), StoreError::InvalidContinuation);
+}
+
+/// Polls the feed until `wanted` ids were seen or a deadline passes (an empty batch does
+/// not mean the feed is drained).
+async fn read_feed_until(
+    store: &SharedStore,
+    container: &str,
+    since: Option<Checkpoint>,
+    wanted: &BTreeSet<String>,
+) -> (Vec<(String, serde_json::Value)>, Checkpoint) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut checkpoint = since;
+    let mut seen = Vec::new();
+    loop {
+        let batch = store.changes(container, checkpoint.as_ref(), 4).await.unwrap();
+        seen.extend(batch.documents.into_iter().map(|d| (d.id, d.body)));
+        checkpoint = Some(batch.checkpoint);
+        let ids: BTreeSet<String> = seen.iter().map(|(id, _)| id.clone()).collect();
+        if wanted.is_subset(&ids) {
+            return (seen, checkpoint.unwrap());
+        }
+        assert!(Instant::now() < deadline, "change feed did not deliver {wanted:?}, saw {ids:?}");
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn change_feed_resumes_from_checkpoint(store: &SharedStore) {
+    let partition = unique("feed");
+    let first: BTreeSet<String> = (0..5).map(|n| format!("{partition}-a{n}")).collect();
+    for id in &first {
+        store.create(OTHER, &partition, id, json!({"v": 1})).await.unwrap();
+    }
+    let (seen, checkpoint) = read_feed_until(store, OTHER, None, &first).await;
+    assert!(seen.iter().all(|(_, body)| body == &json!({"v": 1})));
+
+    // After the checkpoint: an update and a new item, each seen in its latest version.
+    let updated = format!("{partition}-a0");
+    store.replace(OTHER, &partition, &updated, json!({"v": 2}), None).await.unwrap();
+    let added = format!("{partition}-b0");
+    store.create(OTHER, &partition, &added, json!({"v": 1})).await.unwrap();
+    let wanted: BTreeSet<String> = [updated.clone(), added.clone()].into();
+    let (seen, _) = read_feed_until(store, OTHER, Some(checkpoint), &wanted).await;
+    let after: BTreeSet<String> = seen.iter().map(|(id, _)| id.clone()).collect();
+    assert!(
+        after.is_disjoint(&(&first - &BTreeSet::from([updated.clone()]))),
+        "unchanged items came again: {after:?}"
+    );
+    let latest = seen.iter().rev().find(|(id, _)| id == &updated).unwrap();
+    assert_eq!(latest.1, json!({"v": 2}));
+}
+
+/// Read-modify-write with ETags from many tasks: every increment lands exactly once.
+async fn concurrent_writers_with_etags_lose_no_update(store: &SharedStore) {
+    let id = unique("counter");
+    store.create(THINGS, "counters", &id, json!({"n": 0})).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    loop {
+                        let current = store.read(THINGS, "counters", &id).await.unwrap().unwrap();
+                        let n = current.body["n"].as_i64().unwrap();
+                        match store
+                            .replace(THINGS, "counters", &id, json!({"n": n + 1}), Some(&current.etag))
+                            .await
+                        {
+                            Ok(_) => break,
+                            Err(StoreError::PreconditionFailed) => continue,
+                            Err(other) => panic!("unexpected {other}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let end = store.read(THINGS, "counters", &id).await.unwrap().unwrap();
+    assert_eq!(end.body, json!({"n": 40}));
+}
+
