@@ -226,10 +226,13 @@ impl Sources {
 impl Settings {
     /// Loads and validates one service's settings.
     pub fn load(service: &str, sources: &Sources) -> Result<Settings, ConfigError> {
-        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        let mut service_defaults = Config::builder();
         for (key, value) in &sources.service_defaults {
-            builder = builder.set_default(key.as_str(), value.as_str())?;
+            service_defaults = service_defaults.set_override(key.as_str(), value.as_str())?;
         }
+        let mut builder = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(service_defaults.build()?);
         let file_path = sources.config_dir.join(format!("{service}.toml"));
         if file_path.exists() {
             refuse_secrets_in_file(&file_path)?;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod rate_limit;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod validation;

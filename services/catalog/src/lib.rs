@@ -1,1 +1,6 @@
+//! The catalog service: products, prices and stock.
 
+pub mod api;
+pub mod catalog;
+pub mod domain;
+pub mod startup;

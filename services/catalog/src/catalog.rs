@@ -1,0 +1,185 @@
+//! The catalog's use cases over the document store port.
+//!
+//! Containers and partition keys:
+//! - `products`: one item per product, id = SKU, partition key = SKU (point reads by SKU;
+//!   listing by category is a cross-partition query).
+//! - `stock`: one item per SKU, id = SKU, partition key = SKU; absent means nothing on hand.
+
+use common::store::{ETag, Query, QueryScope, SharedStore, StoreError};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::domain::{Product, ProductDraft, Sku, Stock, StockError};
+
+pub const PRODUCTS: &str = "products";
+pub const STOCK: &str = "stock";
+pub const CONTAINERS: &[&str] = &[PRODUCTS, STOCK];
+
+/// How often a stock update retries after losing a race to another writer.
+const STOCK_UPDATE_ATTEMPTS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("product {0} was not found")]
+    NotFound(String),
+    #[error("product {0} already exists")]
+    AlreadyExists(String),
+    #[error("the product was changed since the given ETag")]
+    StaleETag,
+    #[error("the stock of {0} is being changed by others; retry")]
+    Contended(String),
+    #[error(transparent)]
+    Stock(#[from] StockError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for CatalogError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::PreconditionFailed => CatalogError::StaleETag,
+            other => CatalogError::Store(other),
+        }
+    }
+}
+
+/// One page of products.
+pub struct ProductPage {
+    pub products: Vec<(Product, ETag)>,
+    pub continuation: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    store: SharedStore,
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, CatalogError> {
+    serde_json::to_value(value).map_err(|e| CatalogError::Store(StoreError::Serialization(e.to_string())))
+}
+
+impl Catalog {
+    pub fn new(store: SharedStore) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    pub async fn create_product(&self, draft: ProductDraft) -> Result<(Product, ETag), CatalogError> {
+        let product = Product::create(draft, OffsetDateTime::now_utc());
+        let sku = product.sku.as_str();
+        match self.store.create(PRODUCTS, sku, sku, to_json(&product)?).await {
+            Ok(document) => Ok((product, document.etag)),
+            Err(StoreError::Conflict) => Err(CatalogError::AlreadyExists(sku.to_owned())),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    pub async fn product(&self, sku: &Sku) -> Result<(Product, ETag), CatalogError> {
+        let document = self
+            .store
+            .read(PRODUCTS, sku.as_str(), sku.as_str())
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(sku.as_str().to_owned()))?;
+        Ok(document.into_model()?)
+    }
+
+    /// Replaces a product; with `expected`, only if it is still that version.
+    pub async fn replace_product(&self, draft: ProductDraft, expected: Option<&ETag>) -> Result<(Product, ETag), CatalogError> {
+        let (current, current_etag) = self.product(&draft.sku).await?;
+        if expected.is_some_and(|expected| *expected != current_etag) {
+            return Err(CatalogError::StaleETag);
+        }
+        let revised = current.revise(draft, OffsetDateTime::now_utc());
+        let sku = revised.sku.as_str();
+        // The store re-checks the version read above: a writer in between makes this fail.
+        let document = self
+            .store
+            .replace(PRODUCTS, sku, sku, to_json(&revised)?, Some(&current_etag))
+            .await
+            .map_err(|error| match error {
+                StoreError::NotFound => CatalogError::NotFound(sku.to_owned()),
+                other => other.into(),
+            })?;
+        Ok((revised, document.etag))
+    }
+
+    pub async fn delete_product(&self, sku: &Sku, expected: Option<&ETag>) -> Result<(), CatalogError> {
+        match self.store.delete(PRODUCTS, sku.as_str(), sku.as_str(), expected).await {
+            Ok(()) => {}
+            Err(StoreError::NotFound) => return Err(CatalogError::NotFound(sku.as_str().to_owned())),
+            Err(other) => return Err(other.into()),
+        }
+        match self.store.delete(STOCK, sku.as_str(), sku.as_str(), None).await {
+            Ok(()) | Err(StoreError::NotFound) => Ok(()),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    pub async fn list_products(
+        &self,
+        category: Option<&str>,
+        limit: u32,
+        continuation: Option<String>,
+    ) -> Result<ProductPage, CatalogError> {
+        let mut query = Query::new(QueryScope::AllPartitions, limit).continue_from(continuation);
+        if let Some(category) = category {
+            query = query.filter("category", category);
+        }
+        let page = self.store.query(PRODUCTS, &query).await?;
+        let products = page
+            .items
+            .into_iter()
+            .map(|document| document.into_model())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ProductPage {
+            products,
+            continuation: page.continuation,
+        })
+    }
+
+    /// The SKU's stock, with the ETag of its stock record when one exists.
+    pub async fn stock(&self, sku: &Sku) -> Result<(Stock, Option<ETag>), CatalogError> {
+        self.product(sku).await?;
+        self.stock_record(sku).await
+    }
+
+    async fn stock_record(&self, sku: &Sku) -> Result<(Stock, Option<ETag>), CatalogError> {
+        match self.store.read(STOCK, sku.as_str(), sku.as_str()).await? {
+            Some(document) => {
+                let (stock, etag) = document.into_model()?;
+                Ok((stock, Some(etag)))
+            }
+            None => Ok((Stock::empty(sku.clone()), None)),
+        }
+    }
+
+    /// Records a stock count. With `expected`, only if the stock record is still that
+    /// version; without, it retries when another writer got in between.
+    pub async fn count_stock(&self, sku: &Sku, on_hand: i64, expected: Option<&ETag>) -> Result<(Stock, ETag), CatalogError> {
+        self.product(sku).await?;
+        for _ in 0..STOCK_UPDATE_ATTEMPTS {
+            let (current, etag) = self.stock_record(sku).await?;
+            if expected.is_some_and(|expected| Some(expected) != etag.as_ref()) {
+                return Err(CatalogError::StaleETag);
+            }
+            let counted = current.count(on_hand)?;
+            let body = to_json(&counted)?;
+            let written = match &etag {
+                Some(etag) => self.store.replace(STOCK, sku.as_str(), sku.as_str(), body, Some(etag)).await,
+                None => self.store.create(STOCK, sku.as_str(), sku.as_str(), body).await,
+            };
+            match written {
+                Ok(document) => return Ok((counted, document.etag)),
+                Err(StoreError::PreconditionFailed | StoreError::Conflict | StoreError::NotFound) if expected.is_none() => continue,
+                Err(StoreError::PreconditionFailed | StoreError::Conflict | StoreError::NotFound) => {
+                    return Err(CatalogError::StaleETag);
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(CatalogError::Contended(sku.as_str().to_owned()))
+    }
+}

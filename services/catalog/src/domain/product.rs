@@ -1,0 +1,79 @@
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::money::{Money, parse_currency};
+
+/// A stock-keeping unit: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sku(String);
+
+impl Sku {
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        let valid_chars = text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let starts_well = text.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+        if text.len() <= 64 && valid_chars && starts_well {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err("must be 1 to 64 of A-Z, a-z, 0-9, '.', '_' or '-', starting with a letter or digit")
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a client may set on a product.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductDraft {
+    pub sku: Sku,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub price: Money,
+}
+
+/// A product as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub sku: Sku,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub price_minor_units: i64,
+    pub currency: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Product {
+    pub fn create(draft: ProductDraft, now: OffsetDateTime) -> Self {
+        Self {
+            sku: draft.sku,
+            name: draft.name,
+            description: draft.description,
+            category: draft.category,
+            price_minor_units: draft.price.minor_units(),
+            currency: draft.price.currency().code().to_owned(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Applies a full replacement; the SKU and creation time stay.
+    pub fn revise(&self, draft: ProductDraft, now: OffsetDateTime) -> Self {
+        Self {
+            created_at: self.created_at,
+            ..Self::create(draft, now)
+        }
+    }
+
+    pub fn price(&self) -> Option<Money> {
+        let currency = parse_currency(&self.currency).ok()?;
+        Some(Money::from_minor_units(self.price_minor_units, currency))
+    }
+}

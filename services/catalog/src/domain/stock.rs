@@ -1,0 +1,51 @@
+use serde::{Deserialize, Serialize};
+
+use super::product::Sku;
+
+pub const MAX_ON_HAND: i64 = 1_000_000_000;
+
+/// Stock of one SKU: what is on hand, and how much of it orders have reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stock {
+    pub sku: Sku,
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StockError {
+    #[error("on hand ({on_hand}) cannot be below what is reserved ({reserved})")]
+    BelowReserved { on_hand: i64, reserved: i64 },
+}
+
+impl Stock {
+    pub fn empty(sku: Sku) -> Self {
+        Self { sku, on_hand: 0, reserved: 0 }
+    }
+
+    pub fn available(&self) -> i64 {
+        self.on_hand - self.reserved
+    }
+
+    /// A stock count from the warehouse replaces what is on hand; reservations stay.
+    pub fn count(&self, on_hand: i64) -> Result<Self, StockError> {
+        if on_hand < self.reserved {
+            return Err(StockError::BelowReserved { on_hand, reserved: self.reserved });
+        }
+        Ok(Self { on_hand, ..self.clone() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counting_below_reserved_is_refused() {
+        let stock = Stock { sku: Sku::parse("A").unwrap(), on_hand: 10, reserved: 4 };
+        assert_eq!(stock.count(3), Err(StockError::BelowReserved { on_hand: 3, reserved: 4 }));
+        let counted = stock.count(7).unwrap();
+        assert_eq!(counted.available(), 3);
+    }
+}

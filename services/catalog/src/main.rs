@@ -1,0 +1,13 @@
+//! The catalog service as its own process (container or Azure Functions custom handler).
+
+use anyhow::Context;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut settings = catalog::startup::load_settings()?;
+    common::startup::adopt_functions_port(&mut settings);
+    let _telemetry = common::telemetry::init(&settings.telemetry, catalog::startup::SERVICE)?;
+    let listener = common::http::bind(&settings).context("binding the HTTP port")?;
+    let handle = catalog::startup::start(settings, listener).await?;
+    common::startup::run_until_stopped(vec![handle]).await
+}
