@@ -261,36 +261,58 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.http.max_body_bytes == 0 {
-            return Err(ConfigError::key("http.max_body_bytes", "must be greater than 0"));
+            return Err(ConfigError::key(
+                "http.max_body_bytes",
+                "must be greater than 0",
+            ));
         }
         if self.store.kind == StoreKind::Cosmos {
             if self.store.cosmos.endpoint.trim().is_empty() {
-                return Err(ConfigError::key("store.cosmos.endpoint", "is required when store.kind is \"cosmos\""));
+                return Err(ConfigError::key(
+                    "store.cosmos.endpoint",
+                    "is required when store.kind is \"cosmos\"",
+                ));
             }
-            if self.store.cosmos.credential == CosmosCredentialKind::Key && self.store.cosmos.key.is_none() {
+            if self.store.cosmos.credential == CosmosCredentialKind::Key
+                && self.store.cosmos.key.is_none()
+            {
                 return Err(ConfigError::key(
                     "store.cosmos.key",
                     "is required (from the environment) when store.cosmos.credential is \"key\"",
                 ));
             }
         }
-        if self.auth.mode == AuthMode::Hs256 && self.uses_azure_backends() && !self.auth.allow_hs256_with_azure {
+        if self.auth.mode == AuthMode::Hs256
+            && self.uses_azure_backends()
+            && !self.auth.allow_hs256_with_azure
+        {
             return Err(ConfigError::key(
                 "auth.mode",
                 "\"hs256\" is a development mode; with Azure backends use \"oidc\" or set auth.allow_hs256_with_azure = true",
             ));
         }
         if self.auth.mode == AuthMode::Oidc && self.auth.issuer.trim().is_empty() {
-            return Err(ConfigError::key("auth.issuer", "is required when auth.mode is \"oidc\""));
+            return Err(ConfigError::key(
+                "auth.issuer",
+                "is required when auth.mode is \"oidc\"",
+            ));
         }
         if self.auth.audience.trim().is_empty() {
             return Err(ConfigError::key("auth.audience", "must not be empty"));
         }
-        if self.rate_limit.enabled && (self.rate_limit.per_second == 0 || self.rate_limit.burst == 0) {
-            return Err(ConfigError::key("rate_limit.per_second", "and rate_limit.burst must be greater than 0"));
+        if self.rate_limit.enabled
+            && (self.rate_limit.per_second == 0 || self.rate_limit.burst == 0)
+        {
+            return Err(ConfigError::key(
+                "rate_limit.per_second",
+                "and rate_limit.burst must be greater than 0",
+            ));
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
-            return Err(ConfigError::key("telemetry.sample_ratio", "must be between 0.0 and 1.0"));
+            return Err(ConfigError::key(
+                "telemetry.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
         }
         Ok(())
     }
@@ -316,7 +338,10 @@ fn refuse_secrets_in_file(path: &Path) -> Result<(), ConfigError> {
         if file.get_string(key).is_ok() {
             return Err(ConfigError::key(
                 key,
-                format!("is a secret and must come from the environment, not {}", path.display()),
+                format!(
+                    "is a secret and must come from the environment, not {}",
+                    path.display()
+                ),
             ));
         }
     }
@@ -337,7 +362,11 @@ mod tests {
     #[test]
     fn a_file_overrides_defaults_and_a_wrong_type_names_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("svc.toml"), "[http]\nport = \"not-a-port\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("svc.toml"),
+            "[http]\nport = \"not-a-port\"\n",
+        )
+        .unwrap();
         let sources = Sources {
             config_dir: dir.path().to_owned(),
             environment: false,
@@ -350,7 +379,11 @@ mod tests {
     #[test]
     fn secrets_in_a_file_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("svc.toml"), "[auth]\nhs256_secret = \"oops\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("svc.toml"),
+            "[auth]\nhs256_secret = \"oops\"\n",
+        )
+        .unwrap();
         let sources = Sources {
             config_dir: dir.path().to_owned(),
             environment: false,

@@ -164,7 +164,8 @@ impl ApiError {
     }
 
     pub fn to_problem(&self) -> Problem {
-        let trace_id = (self.code.status().is_server_error()).then(crate::telemetry::current_trace_id);
+        let trace_id =
+            (self.code.status().is_server_error()).then(crate::telemetry::current_trace_id);
         Problem {
             type_uri: self.code.type_uri(),
             title: self.code.title().to_owned(),
@@ -216,12 +217,12 @@ impl From<crate::store::StoreError> for ApiError {
                 ErrorCode::PreconditionFailed,
                 "the ETag in If-Match is not the resource's current ETag",
             ),
-            StoreError::InvalidContinuation => {
-                ApiError::new(ErrorCode::MalformedRequest, "the continuation token is not valid")
-            }
-            StoreError::Throttled { retry_after_ms } => {
-                ApiError::bare(ErrorCode::Unavailable).with_retry_after(retry_after_ms.div_ceil(1000).max(1))
-            }
+            StoreError::InvalidContinuation => ApiError::new(
+                ErrorCode::MalformedRequest,
+                "the continuation token is not valid",
+            ),
+            StoreError::Throttled { retry_after_ms } => ApiError::bare(ErrorCode::Unavailable)
+                .with_retry_after(retry_after_ms.div_ceil(1000).max(1)),
             StoreError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "document store unavailable");
                 ApiError::bare(ErrorCode::Unavailable).with_retry_after(1)

@@ -19,7 +19,8 @@ use crate::auth::Principal;
 use crate::config::RateLimitSettings;
 use crate::error::{ApiError, ErrorCode};
 
-type KeyedLimiter = Gcra<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type KeyedLimiter =
+    Gcra<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 /// How often (in checked requests) idle client entries are dropped.
 const SWEEP_EVERY: u64 = 10_000;
@@ -33,8 +34,14 @@ pub struct RateLimiter {
 }
 
 enum Decision {
-    Allowed { limit: u32, remaining: u32 },
-    Limited { limit: u32, retry_after_seconds: u64 },
+    Allowed {
+        limit: u32,
+        remaining: u32,
+    },
+    Limited {
+        limit: u32,
+        retry_after_seconds: u64,
+    },
 }
 
 impl RateLimiter {
@@ -42,9 +49,9 @@ impl RateLimiter {
         let quota = NonZeroU32::new(settings.per_second)
             .zip(NonZeroU32::new(settings.burst))
             .map(|(rate, burst)| Quota::per_second(rate).allow_burst(burst));
-        let limiter = quota
-            .filter(|_| settings.enabled)
-            .map(|quota| Arc::new(Gcra::keyed(quota).with_middleware::<StateInformationMiddleware>()));
+        let limiter = quota.filter(|_| settings.enabled).map(|quota| {
+            Arc::new(Gcra::keyed(quota).with_middleware::<StateInformationMiddleware>())
+        });
         Self {
             limiter,
             clock: DefaultClock::default(),
@@ -65,7 +72,11 @@ impl RateLimiter {
             },
             Err(not_until) => Decision::Limited {
                 limit: not_until.quota().burst_size().get(),
-                retry_after_seconds: not_until.wait_time_from(self.clock.now()).as_secs_f64().ceil().max(1.0) as u64,
+                retry_after_seconds: not_until
+                    .wait_time_from(self.clock.now())
+                    .as_secs_f64()
+                    .ceil()
+                    .max(1.0) as u64,
             },
         })
     }
@@ -82,8 +93,17 @@ fn insert(headers: &mut actix_web::http::header::HeaderMap, name: &'static str, 
     }
 }
 
-fn rate_limit_headers(headers: &mut actix_web::http::header::HeaderMap, limit: u32, remaining: u32, reset: u64) {
-    insert(headers, "ratelimit", format!("limit={limit}, remaining={remaining}, reset={reset}"));
+fn rate_limit_headers(
+    headers: &mut actix_web::http::header::HeaderMap,
+    limit: u32,
+    remaining: u32,
+    reset: u64,
+) {
+    insert(
+        headers,
+        "ratelimit",
+        format!("limit={limit}, remaining={remaining}, reset={reset}"),
+    );
     insert(headers, "ratelimit-limit", limit.to_string());
     insert(headers, "ratelimit-remaining", remaining.to_string());
     insert(headers, "ratelimit-reset", reset.to_string());
@@ -114,7 +134,10 @@ pub async fn limit_rate(
             rate_limit_headers(response.headers_mut(), limit, remaining, reset);
             Ok(response.map_into_left_body())
         }
-        Some(Decision::Limited { limit, retry_after_seconds }) => {
+        Some(Decision::Limited {
+            limit,
+            retry_after_seconds,
+        }) => {
             let error = ApiError::new(
                 ErrorCode::RateLimited,
                 format!("rate limit exceeded; retry in {retry_after_seconds} s"),

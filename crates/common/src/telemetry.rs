@@ -9,9 +9,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::{EnvFilter, Layer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetrySettings};
 
@@ -40,7 +40,10 @@ pub enum TelemetryError {
 
 /// Builds the tracer provider: spans always get W3C trace ids (used in problem answers
 /// and propagated downstream); they are exported only when an endpoint is set.
-pub fn tracer_provider(settings: &TelemetrySettings, service_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
+pub fn tracer_provider(
+    settings: &TelemetrySettings,
+    service_name: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
     let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name.to_owned())
@@ -61,7 +64,10 @@ pub fn tracer_provider(settings: &TelemetrySettings, service_name: &str) -> Resu
 }
 
 /// Installs the global subscriber for a binary. Tests use [`init_for_tests`].
-pub fn init(settings: &TelemetrySettings, service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(
+    settings: &TelemetrySettings,
+    service_name: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = tracer_provider(settings, service_name)?;
     let tracer = provider.tracer("integration-platform");
@@ -81,7 +87,12 @@ pub fn init(settings: &TelemetrySettings, service_name: &str) -> Result<Telemetr
             .with(tracing_subscriber::fmt::layer().with_filter(filter))
             .try_init(),
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_filter(filter))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     installed.map_err(|_| TelemetryError::AlreadyInstalled)?;
@@ -96,8 +107,16 @@ pub fn init_for_tests() {
     let tracer = provider.tracer("tests");
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO))
-        .with(tracing_subscriber::fmt::layer().with_test_writer().with_filter(logs))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(LevelFilter::INFO),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(logs),
+        )
         .try_init();
 }
 
@@ -122,7 +141,9 @@ pub fn current_trace_headers() -> HashMap<String, String> {
 /// Makes `span` a child of the trace described by a received `traceparent` (and optional
 /// `tracestate`); does nothing when there is no valid `traceparent`.
 pub fn adopt_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
-    let Some(traceparent) = traceparent else { return };
+    let Some(traceparent) = traceparent else {
+        return;
+    };
     let mut carrier = HashMap::new();
     carrier.insert("traceparent".to_owned(), traceparent.to_owned());
     if let Some(tracestate) = tracestate {

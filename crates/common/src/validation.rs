@@ -60,7 +60,12 @@ impl Fields {
 
     /// A string of `chars` characters (counted as Unicode scalar values), trimmed of
     /// surrounding white space.
-    pub fn string(&mut self, name: &'static str, required: bool, chars: RangeInclusive<usize>) -> Option<String> {
+    pub fn string(
+        &mut self,
+        name: &'static str,
+        required: bool,
+        chars: RangeInclusive<usize>,
+    ) -> Option<String> {
         let raw = self.take(name, required)?;
         match serde_json::from_str::<String>(raw.get()) {
             Ok(text) => {
@@ -69,7 +74,14 @@ impl Fields {
                 if chars.contains(&count) {
                     Some(text)
                 } else {
-                    self.reject(name, format!("must be {} to {} characters long", chars.start(), chars.end()));
+                    self.reject(
+                        name,
+                        format!(
+                            "must be {} to {} characters long",
+                            chars.start(),
+                            chars.end()
+                        ),
+                    );
                     None
                 }
             }
@@ -81,12 +93,20 @@ impl Fields {
     }
 
     /// An integer within `range`.
-    pub fn integer(&mut self, name: &'static str, required: bool, range: RangeInclusive<i64>) -> Option<i64> {
+    pub fn integer(
+        &mut self,
+        name: &'static str,
+        required: bool,
+        range: RangeInclusive<i64>,
+    ) -> Option<i64> {
         let raw = self.take(name, required)?;
         match serde_json::from_str::<i64>(raw.get()) {
             Ok(value) if range.contains(&value) => Some(value),
             Ok(_) => {
-                self.reject(name, format!("must be between {} and {}", range.start(), range.end()));
+                self.reject(
+                    name,
+                    format!("must be between {} and {}", range.start(), range.end()),
+                );
                 None
             }
             Err(_) => {
@@ -109,7 +129,12 @@ impl Fields {
     }
 
     /// A nested object, validated by `validate`.
-    pub fn object<T>(&mut self, name: &'static str, required: bool, validate: impl FnOnce(&mut Fields) -> Option<T>) -> Option<T> {
+    pub fn object<T>(
+        &mut self,
+        name: &'static str,
+        required: bool,
+        validate: impl FnOnce(&mut Fields) -> Option<T>,
+    ) -> Option<T> {
         let raw = self.take(name, required)?;
         match serde_json::from_str::<JsonObject>(raw.get()) {
             Ok(object) => {
@@ -136,7 +161,8 @@ impl Fields {
             .collect();
         for key in unknown {
             let path = self.path(&key);
-            self.errors.push(FieldError::new(path, "is not a known field"));
+            self.errors
+                .push(FieldError::new(path, "is not a known field"));
         }
     }
 
@@ -145,7 +171,10 @@ impl Fields {
         self.refuse_unknown();
         match value {
             Some(value) if self.errors.is_empty() => Ok(value),
-            _ if self.errors.is_empty() => Err(ApiError::validation(vec![FieldError::new("", "is invalid")])),
+            _ if self.errors.is_empty() => Err(ApiError::validation(vec![FieldError::new(
+                "",
+                "is invalid",
+            )])),
             _ => Err(ApiError::validation(self.errors)),
         }
     }

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use common::config::{AuthMode, Settings, Sources};
 
 #[derive(Parser)]
-#[command(name = "platform", version, about = "The integration platform on one machine")]
+#[command(
+    name = "platform",
+    version,
+    about = "The integration platform on one machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,12 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up { data_dir } => up(data_dir).await,
-        Command::Token { sub, scope, ttl, data_dir } => token(&sub, &scope, ttl, data_dir),
+        Command::Token {
+            sub,
+            scope,
+            ttl,
+            data_dir,
+        } => token(&sub, &scope, ttl, data_dir),
     }
 }
 
@@ -63,11 +72,18 @@ async fn up(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
         .map(|dir| format!(" --data-dir {}", dir.display()))
         .unwrap_or_default();
     println!("platform is up (data in {})", data.display());
-    println!("  catalog        {}   (OpenAPI: {}/openapi.json)", catalog.url(), catalog.url());
+    println!(
+        "  catalog        {}   (OpenAPI: {}/openapi.json)",
+        catalog.url(),
+        catalog.url()
+    );
     println!();
     println!("get a token:");
     println!("  TOKEN=$({exe} token --sub me --scope \"catalog.read catalog.write\"{data_flag})");
-    println!("  curl -H \"Authorization: Bearer $TOKEN\" {}/v2/products", catalog.url());
+    println!(
+        "  curl -H \"Authorization: Bearer $TOKEN\" {}/v2/products",
+        catalog.url()
+    );
     println!();
     println!("Ctrl-C stops every service cleanly.");
     common::startup::run_until_stopped(vec![catalog]).await

@@ -15,7 +15,10 @@ use secrecy::SecretString;
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 
 fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Figure {
@@ -25,21 +28,36 @@ struct Figure {
     p99_ms: f64,
 }
 
-async fn hammer(client: reqwest::Client, url: String, token: Option<String>, connections: u64, duration: Duration) -> anyhow::Result<Figure> {
+async fn hammer(
+    client: reqwest::Client,
+    url: String,
+    token: Option<String>,
+    connections: u64,
+    duration: Duration,
+) -> anyhow::Result<Figure> {
     // Warm up the connections and caches.
     for _ in 0..connections * 4 {
         let mut request = client.get(&url);
         if let Some(token) = &token {
             request = request.bearer_auth(token);
         }
-        anyhow::ensure!(request.send().await?.status() == 200, "warm-up request failed");
+        anyhow::ensure!(
+            request.send().await?.status() == 200,
+            "warm-up request failed"
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let (client, url, token, stop, count) = (client.clone(), url.clone(), token.clone(), stop.clone(), count.clone());
+        let (client, url, token, stop, count) = (
+            client.clone(),
+            url.clone(),
+            token.clone(),
+            stop.clone(),
+            count.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -65,7 +83,11 @@ async fn hammer(client: reqwest::Client, url: String, token: Option<String>, con
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort();
-    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
     Ok(Figure {
         requests: count.load(Ordering::Relaxed),
         seconds,
@@ -100,9 +122,18 @@ async fn main() -> anyhow::Result<()> {
     settings.telemetry.log_level = "warn".into();
     let _telemetry = common::telemetry::init(&settings.telemetry, "catalog-bench")?;
 
-    let catalog = catalog::startup::start(settings.clone(), TcpListener::bind("127.0.0.1:0")?).await?;
-    let token = common::auth::mint_dev_token(&SecretString::from(SECRET.to_owned()), &settings.auth, "bench", "catalog.read catalog.write", 3600)?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(connections as usize).build()?;
+    let catalog =
+        catalog::startup::start(settings.clone(), TcpListener::bind("127.0.0.1:0")?).await?;
+    let token = common::auth::mint_dev_token(
+        &SecretString::from(SECRET.to_owned()),
+        &settings.auth,
+        "bench",
+        "catalog.read catalog.write",
+        3600,
+    )?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections as usize)
+        .build()?;
     let created = client
         .post(format!("{}/v1/products", catalog.url()))
         .bearer_auth(&token)
@@ -128,15 +159,25 @@ async fn main() -> anyhow::Result<()> {
     let baseline_handle = baseline.handle();
     tokio::spawn(baseline);
 
-    println!("{connections} connections, {seconds} s each, {workers} server worker(s), client in the same process");
+    println!(
+        "{connections} connections, {seconds} s each, {workers} server worker(s), client in the same process"
+    );
     let duration = Duration::from_secs(seconds);
     let minimal = hammer(client.clone(), baseline_url, None, connections, duration).await?;
     print("minimal actix handler (constant JSON)", &minimal);
-    let product = hammer(client, format!("{}/v1/products/BENCH-1", catalog.url()), Some(token), connections, duration).await?;
+    let product = hammer(
+        client,
+        format!("{}/v1/products/BENCH-1", catalog.url()),
+        Some(token),
+        connections,
+        duration,
+    )
+    .await?;
     print("GET /v1/products/{sku}", &product);
     println!(
         "catalog serves {:.0}% of the minimal handler's rate",
-        100.0 * (product.requests as f64 / product.seconds) / (minimal.requests as f64 / minimal.seconds)
+        100.0 * (product.requests as f64 / product.seconds)
+            / (minimal.requests as f64 / minimal.seconds)
     );
     baseline_handle.stop(true).await;
     catalog.stop(true).await?;

@@ -55,7 +55,8 @@ pub struct Catalog {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, CatalogError> {
-    serde_json::to_value(value).map_err(|e| CatalogError::Store(StoreError::Serialization(e.to_string())))
+    serde_json::to_value(value)
+        .map_err(|e| CatalogError::Store(StoreError::Serialization(e.to_string())))
 }
 
 impl Catalog {
@@ -67,10 +68,17 @@ impl Catalog {
         &self.store
     }
 
-    pub async fn create_product(&self, draft: ProductDraft) -> Result<(Product, ETag), CatalogError> {
+    pub async fn create_product(
+        &self,
+        draft: ProductDraft,
+    ) -> Result<(Product, ETag), CatalogError> {
         let product = Product::create(draft, OffsetDateTime::now_utc());
         let sku = product.sku.as_str();
-        match self.store.create(PRODUCTS, sku, sku, to_json(&product)?).await {
+        match self
+            .store
+            .create(PRODUCTS, sku, sku, to_json(&product)?)
+            .await
+        {
             Ok(document) => Ok((product, document.etag)),
             Err(StoreError::Conflict) => Err(CatalogError::AlreadyExists(sku.to_owned())),
             Err(other) => Err(other.into()),
@@ -87,7 +95,11 @@ impl Catalog {
     }
 
     /// Replaces a product; with `expected`, only if it is still that version.
-    pub async fn replace_product(&self, draft: ProductDraft, expected: Option<&ETag>) -> Result<(Product, ETag), CatalogError> {
+    pub async fn replace_product(
+        &self,
+        draft: ProductDraft,
+        expected: Option<&ETag>,
+    ) -> Result<(Product, ETag), CatalogError> {
         let (current, current_etag) = self.product(&draft.sku).await?;
         if expected.is_some_and(|expected| *expected != current_etag) {
             return Err(CatalogError::StaleETag);
@@ -106,13 +118,27 @@ impl Catalog {
         Ok((revised, document.etag))
     }
 
-    pub async fn delete_product(&self, sku: &Sku, expected: Option<&ETag>) -> Result<(), CatalogError> {
-        match self.store.delete(PRODUCTS, sku.as_str(), sku.as_str(), expected).await {
+    pub async fn delete_product(
+        &self,
+        sku: &Sku,
+        expected: Option<&ETag>,
+    ) -> Result<(), CatalogError> {
+        match self
+            .store
+            .delete(PRODUCTS, sku.as_str(), sku.as_str(), expected)
+            .await
+        {
             Ok(()) => {}
-            Err(StoreError::NotFound) => return Err(CatalogError::NotFound(sku.as_str().to_owned())),
+            Err(StoreError::NotFound) => {
+                return Err(CatalogError::NotFound(sku.as_str().to_owned()));
+            }
             Err(other) => return Err(other.into()),
         }
-        match self.store.delete(STOCK, sku.as_str(), sku.as_str(), None).await {
+        match self
+            .store
+            .delete(STOCK, sku.as_str(), sku.as_str(), None)
+            .await
+        {
             Ok(()) | Err(StoreError::NotFound) => Ok(()),
             Err(other) => Err(other.into()),
         }
@@ -158,7 +184,12 @@ impl Catalog {
 
     /// Records a stock count. With `expected`, only if the stock record is still that
     /// version; without, it retries when another writer got in between.
-    pub async fn count_stock(&self, sku: &Sku, on_hand: i64, expected: Option<&ETag>) -> Result<(Stock, ETag), CatalogError> {
+    pub async fn count_stock(
+        &self,
+        sku: &Sku,
+        on_hand: i64,
+        expected: Option<&ETag>,
+    ) -> Result<(Stock, ETag), CatalogError> {
         self.product(sku).await?;
         for _ in 0..STOCK_UPDATE_ATTEMPTS {
             let (current, etag) = self.stock_record(sku).await?;
@@ -168,13 +199,25 @@ impl Catalog {
             let counted = current.count(on_hand)?;
             let body = to_json(&counted)?;
             let written = match &etag {
-                Some(etag) => self.store.replace(STOCK, sku.as_str(), sku.as_str(), body, Some(etag)).await,
-                None => self.store.create(STOCK, sku.as_str(), sku.as_str(), body).await,
+                Some(etag) => {
+                    self.store
+                        .replace(STOCK, sku.as_str(), sku.as_str(), body, Some(etag))
+                        .await
+                }
+                None => {
+                    self.store
+                        .create(STOCK, sku.as_str(), sku.as_str(), body)
+                        .await
+                }
             };
             match written {
                 Ok(document) => return Ok((counted, document.etag)),
-                Err(StoreError::PreconditionFailed | StoreError::Conflict | StoreError::NotFound) if expected.is_none() => continue,
-                Err(StoreError::PreconditionFailed | StoreError::Conflict | StoreError::NotFound) => {
+                Err(
+                    StoreError::PreconditionFailed | StoreError::Conflict | StoreError::NotFound,
+                ) if expected.is_none() => continue,
+                Err(
+                    StoreError::PreconditionFailed | StoreError::Conflict | StoreError::NotFound,
+                ) => {
                     return Err(CatalogError::StaleETag);
                 }
                 Err(other) => return Err(other.into()),

@@ -30,7 +30,9 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         openapi: crate::api::openapi::document(),
     };
     let handle = serve(context, listener, move |config| {
-        config.app_data(catalog.clone()).configure(crate::api::configure);
+        config
+            .app_data(catalog.clone())
+            .configure(crate::api::configure);
     })?;
     Ok(handle)
 }

@@ -13,7 +13,10 @@ const FILE_NAME: &str = "dev-jwt-secret";
 #[derive(Debug, thiserror::Error)]
 pub enum DevSecretError {
     #[error("development secret {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("development secret {0} is empty; delete it to have a new one made")]
     Empty(PathBuf),
 }
@@ -21,7 +24,10 @@ pub enum DevSecretError {
 /// Reads `<data_dir>/dev-jwt-secret`, creating it (mode 0600) with 32 random bytes when absent.
 pub fn load_or_create_dev_secret(data_dir: &Path) -> Result<SecretString, DevSecretError> {
     let path = data_dir.join(FILE_NAME);
-    let io = |source| DevSecretError::Io { path: path.clone(), source };
+    let io = |source| DevSecretError::Io {
+        path: path.clone(),
+        source,
+    };
     std::fs::create_dir_all(data_dir).map_err(io)?;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);

@@ -70,11 +70,11 @@ impl JwksClient {
                 self.cached(kid).ok_or(AuthError::UnknownKey)?
             }
         };
-        let fits = match (&jwk.algorithm, algorithm) {
-            (AlgorithmParameters::RSA(_), Algorithm::RS256) => true,
-            (AlgorithmParameters::EllipticCurve(_), Algorithm::ES256) => true,
-            _ => false,
-        };
+        let fits = matches!(
+            (&jwk.algorithm, algorithm),
+            (AlgorithmParameters::RSA(_), Algorithm::RS256)
+                | (AlgorithmParameters::EllipticCurve(_), Algorithm::ES256)
+        );
         let declared_fits = jwk
             .common
             .key_algorithm
@@ -121,6 +121,13 @@ impl JwksClient {
                 discovery.jwks_uri
             }
         };
-        self.inner.http.get(url).send().await?.error_for_status()?.json().await
+        self.inner
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
     }
 }

@@ -12,19 +12,18 @@ pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| {
-                    let (scheme, token) = text.trim().split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
-                })
-                .ok_or(())
-        });
+    let token = req.headers().get(header::AUTHORIZATION).map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|text| {
+                let (scheme, token) = text.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
+            })
+            .ok_or(())
+    });
     if let Some(token) = token {
         let authenticator = req.app_data::<web::Data<Authenticator>>().cloned();
         match (token, authenticator) {
@@ -38,12 +37,14 @@ pub async fn authenticate(
                 }
             },
             (Err(()), _) => {
-                req.extensions_mut()
-                    .insert(AuthFailure("the Authorization header must be `Bearer <token>`".into()));
+                req.extensions_mut().insert(AuthFailure(
+                    "the Authorization header must be `Bearer <token>`".into(),
+                ));
             }
             (Ok(_), None) => {
-                req.extensions_mut()
-                    .insert(AuthFailure("this service has no authenticator configured".into()));
+                req.extensions_mut().insert(AuthFailure(
+                    "this service has no authenticator configured".into(),
+                ));
             }
         }
     }

@@ -12,7 +12,7 @@ mod tokens;
 pub use dev_secret::{DevSecretError, load_or_create_dev_secret};
 pub use jwks::JwksClient;
 pub use middleware::authenticate;
-pub use tokens::{Authenticator, AuthError, Claims, mint_dev_token};
+pub use tokens::{AuthError, Authenticator, Claims, mint_dev_token};
 
 use std::collections::BTreeSet;
 use std::future::{Ready, ready};

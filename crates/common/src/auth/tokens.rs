@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -114,7 +116,9 @@ impl Authenticator {
     /// HS256 with the given secret.
     pub fn hs256(secret: &SecretString, settings: &AuthSettings) -> Self {
         Self {
-            keys: Arc::new(Keys::Shared(DecodingKey::from_secret(secret.expose_secret().as_bytes()))),
+            keys: Arc::new(Keys::Shared(DecodingKey::from_secret(
+                secret.expose_secret().as_bytes(),
+            ))),
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             leeway: settings.leeway_seconds,
@@ -133,7 +137,10 @@ impl Authenticator {
 
     /// Builds the authenticator the settings ask for; `dev_secret` is used in HS256 mode
     /// when no secret is configured.
-    pub fn from_settings(settings: &AuthSettings, dev_secret: impl FnOnce() -> Result<SecretString, super::DevSecretError>) -> Result<Self, super::DevSecretError> {
+    pub fn from_settings(
+        settings: &AuthSettings,
+        dev_secret: impl FnOnce() -> Result<SecretString, super::DevSecretError>,
+    ) -> Result<Self, super::DevSecretError> {
         match settings.mode {
             AuthMode::Hs256 => {
                 let secret = match &settings.hs256_secret {
@@ -176,7 +183,8 @@ impl Authenticator {
                 (key, header.alg)
             }
         };
-        let data = decode::<ValidatedClaims>(token, &key, &self.validation(algorithm)).map_err(map_jwt_error)?;
+        let data = decode::<ValidatedClaims>(token, &key, &self.validation(algorithm))
+            .map_err(map_jwt_error)?;
         if data.claims.sub.trim().is_empty() {
             return Err(AuthError::MissingClaim("sub".into()));
         }

@@ -40,18 +40,29 @@ pub fn if_match(req: &HttpRequest) -> Result<IfMatch, ApiError> {
     let Some(value) = req.headers().get(header::IF_MATCH) else {
         return Ok(IfMatch::Absent);
     };
-    let malformed = || ApiError::new(ErrorCode::MalformedRequest, "If-Match must be \"*\" or one quoted ETag");
+    let malformed = || {
+        ApiError::new(
+            ErrorCode::MalformedRequest,
+            "If-Match must be \"*\" or one quoted ETag",
+        )
+    };
     let text = value.to_str().map_err(|_| malformed())?.trim();
     if text == "*" {
         return Ok(IfMatch::Any);
     }
-    let tag = strip_quotes(text).filter(|tag| !tag.contains('"')).ok_or_else(malformed)?;
+    let tag = strip_quotes(text)
+        .filter(|tag| !tag.contains('"'))
+        .ok_or_else(malformed)?;
     Ok(IfMatch::Tag(ETag::new(tag)))
 }
 
 /// True when `If-None-Match` names the current version (or `*`): answer 304.
 pub fn if_none_match_hits(req: &HttpRequest, current: &ETag) -> bool {
-    let Some(text) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else {
+    let Some(text) = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     text.split(',').any(|candidate| {

@@ -14,9 +14,11 @@ pub fn json_config(max_body_bytes: usize) -> web::JsonConfig {
 
 fn json_error(error: JsonPayloadError) -> ApiError {
     match error {
-        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
-            ApiError::new(ErrorCode::PayloadTooLarge, format!("the body may be at most {limit} bytes"))
-        }
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body may be at most {limit} bytes"),
+        ),
         JsonPayloadError::ContentType => ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "send the body as Content-Type: application/json",
@@ -28,9 +30,10 @@ fn json_error(error: JsonPayloadError) -> ApiError {
             ErrorCode::MalformedRequest,
             format!("the body is not valid JSON: {error}"),
         ),
-        JsonPayloadError::Payload(error) => {
-            ApiError::new(ErrorCode::MalformedRequest, format!("the body could not be read: {error}"))
-        }
+        JsonPayloadError::Payload(error) => ApiError::new(
+            ErrorCode::MalformedRequest,
+            format!("the body could not be read: {error}"),
+        ),
         other => ApiError::new(ErrorCode::MalformedRequest, other.to_string()),
     }
 }
@@ -48,7 +51,9 @@ pub fn path_config() -> web::PathConfig {
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default().error_handler(|error, _req| {
         let detail = match error {
-            QueryPayloadError::Deserialize(error) => format!("a query parameter is invalid: {error}"),
+            QueryPayloadError::Deserialize(error) => {
+                format!("a query parameter is invalid: {error}")
+            }
             other => other.to_string(),
         };
         ApiError::new(ErrorCode::MalformedRequest, detail).into()

@@ -37,7 +37,10 @@ pub(crate) async fn ready(checks: web::Data<Readiness>) -> Result<HttpResponse, 
     for check in checks.iter() {
         if let Err(reason) = check.check().await {
             tracing::warn!(check = check.name(), %reason, "readiness check failed");
-            return Err(ApiError::new(ErrorCode::Unavailable, format!("{} is not ready", check.name())));
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("{} is not ready", check.name()),
+            ));
         }
         report.insert(check.name().to_owned(), json!("ok"));
     }

@@ -21,7 +21,9 @@ pub async fn trace_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let service = req.app_data::<ServiceName>().map_or("service", |name| name.0);
+    let service = req
+        .app_data::<ServiceName>()
+        .map_or("service", |name| name.0);
     let request_id = req
         .headers()
         .get(&REQUEST_ID)
@@ -46,7 +48,10 @@ pub async fn trace_request(
     let started = Instant::now();
     let method = req.method().clone();
     let mut response = next.call(req).instrument(span.clone()).await?;
-    let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let status = response.status().as_u16();
     span.record("otel.name", format!("{method} {route}"));
     span.record("http.route", route.as_str());
@@ -77,13 +82,16 @@ pub async fn problem_fallback(
     let code = ErrorCode::from_status(status);
     let detail = match code {
         ErrorCode::NotFound => format!("no resource at {}", response.request().path()),
-        ErrorCode::MethodNotAllowed => format!("{} is not allowed here", response.request().method()),
+        ErrorCode::MethodNotAllowed => {
+            format!("{} is not allowed here", response.request().method())
+        }
         _ => code.title().to_owned(),
     };
-    let kept: Vec<(HeaderName, HeaderValue)> = [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE]
-        .into_iter()
-        .filter_map(|name| response.headers().get(&name).map(|v| (name, v.clone())))
-        .collect();
+    let kept: Vec<(HeaderName, HeaderValue)> =
+        [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE]
+            .into_iter()
+            .filter_map(|name| response.headers().get(&name).map(|v| (name, v.clone())))
+            .collect();
     let (request, _) = response.into_parts();
     let mut problem = ApiError::new(code, detail).error_response();
     for (name, value) in kept {
@@ -92,10 +100,17 @@ pub async fn problem_fallback(
     Ok(ServiceResponse::new(request, problem).map_into_right_body())
 }
 
-pub(crate) async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::new(ErrorCode::NotFound, format!("no resource at {}", req.path())))
+pub(crate) async fn not_found(
+    req: actix_web::HttpRequest,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorCode::NotFound,
+        format!("no resource at {}", req.path()),
+    ))
 }
 
-pub(crate) async fn openapi(document: web::Data<serde_json::Value>) -> web::Json<serde_json::Value> {
+pub(crate) async fn openapi(
+    document: web::Data<serde_json::Value>,
+) -> web::Json<serde_json::Value> {
     web::Json(document.get_ref().clone())
 }

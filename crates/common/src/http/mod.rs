@@ -8,7 +8,7 @@ mod health;
 mod middleware;
 mod server;
 
-pub use conditional::{etag_header_value, if_match, if_none_match_hits, IfMatch};
+pub use conditional::{IfMatch, etag_header_value, if_match, if_none_match_hits};
 pub use extractors::{json_config, path_config, query_config};
 pub use health::{ReadinessCheck, StoreReadiness};
 pub use middleware::{problem_fallback, trace_request};

@@ -1,7 +1,6 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-
 use actix_web::middleware::{Compress, from_fn};
 use actix_web::{App, HttpServer, web};
 
@@ -52,7 +51,11 @@ impl ServiceHandle {
 
 /// Starts a service on `listener`: the shared middleware, health and OpenAPI routes, plus
 /// whatever `configure` adds. Signals are left to the caller (one process may host several).
-pub fn serve<F>(context: HttpContext, listener: TcpListener, configure: F) -> std::io::Result<ServiceHandle>
+pub fn serve<F>(
+    context: HttpContext,
+    listener: TcpListener,
+    configure: F,
+) -> std::io::Result<ServiceHandle>
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
@@ -108,4 +111,3 @@ where
 pub fn bind(settings: &Settings) -> std::io::Result<TcpListener> {
     TcpListener::bind((settings.http.host.as_str(), settings.http.port))
 }
-

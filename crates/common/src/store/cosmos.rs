@@ -26,7 +26,6 @@ use super::{
     QueryScope, StoreError,
 };
 
-
 #[derive(Clone)]
 pub struct CosmosStore {
     containers: Arc<HashMap<String, ContainerClient>>,
@@ -55,7 +54,11 @@ impl Envelope {
 impl CosmosStore {
     /// Resolves a client for each container up front, so a missing container fails start-up
     /// rather than the first request.
-    pub async fn open(client: &CosmosClient, database: &str, containers: &[&str]) -> Result<Self, StoreError> {
+    pub async fn open(
+        client: &CosmosClient,
+        database: &str,
+        containers: &[&str],
+    ) -> Result<Self, StoreError> {
         let database = client.database_client(database);
         let mut clients = HashMap::new();
         for name in containers {
@@ -86,7 +89,9 @@ fn map_error(error: CosmosError) -> StoreError {
     } else if status.is_precondition_failed() {
         StoreError::PreconditionFailed
     } else if status.is_throttled() {
-        StoreError::Throttled { retry_after_ms: 1000 }
+        StoreError::Throttled {
+            retry_after_ms: 1000,
+        }
     } else if status.is_transient() || status.is_service_unavailable() || status.is_timeout() {
         StoreError::Unavailable(error.to_string())
     } else {
@@ -122,8 +127,17 @@ fn envelope(pk: &str, id: &str, body: Json) -> Envelope {
 #[async_trait]
 impl DocumentStore for CosmosStore {
     #[tracing::instrument(name = "cosmos.read", skip_all, fields(container, ru = tracing::field::Empty))]
-    async fn read(&self, container: &str, pk: &str, id: &str) -> Result<Option<Document>, StoreError> {
-        match self.container(container)?.read_item(pk.to_owned(), id, None).await {
+    async fn read(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+    ) -> Result<Option<Document>, StoreError> {
+        match self
+            .container(container)?
+            .read_item(pk.to_owned(), id, None)
+            .await
+        {
             Ok(response) => {
                 record_charge(response.headers());
                 let etag = etag_from(response.headers());
@@ -140,7 +154,13 @@ impl DocumentStore for CosmosStore {
     }
 
     #[tracing::instrument(name = "cosmos.create", skip_all, fields(container, ru = tracing::field::Empty))]
-    async fn create(&self, container: &str, pk: &str, id: &str, body: Json) -> Result<Document, StoreError> {
+    async fn create(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        body: Json,
+    ) -> Result<Document, StoreError> {
         let response = self
             .container(container)?
             .create_item(pk.to_owned(), id, envelope(pk, id, body.clone()), None)
@@ -166,7 +186,12 @@ impl DocumentStore for CosmosStore {
     ) -> Result<Document, StoreError> {
         let response = self
             .container(container)?
-            .replace_item(pk.to_owned(), id, envelope(pk, id, body.clone()), if_match(expected))
+            .replace_item(
+                pk.to_owned(),
+                id,
+                envelope(pk, id, body.clone()),
+                if_match(expected),
+            )
             .await
             .map_err(map_error)?;
         record_charge(response.headers());
@@ -179,7 +204,13 @@ impl DocumentStore for CosmosStore {
     }
 
     #[tracing::instrument(name = "cosmos.upsert", skip_all, fields(container, ru = tracing::field::Empty))]
-    async fn upsert(&self, container: &str, pk: &str, id: &str, body: Json) -> Result<Document, StoreError> {
+    async fn upsert(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        body: Json,
+    ) -> Result<Document, StoreError> {
         let response = self
             .container(container)?
             .upsert_item(pk.to_owned(), id, envelope(pk, id, body.clone()), None)
@@ -195,7 +226,13 @@ impl DocumentStore for CosmosStore {
     }
 
     #[tracing::instrument(name = "cosmos.delete", skip_all, fields(container, ru = tracing::field::Empty))]
-    async fn delete(&self, container: &str, pk: &str, id: &str, expected: Option<&ETag>) -> Result<(), StoreError> {
+    async fn delete(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        expected: Option<&ETag>,
+    ) -> Result<(), StoreError> {
         let response = self
             .container(container)?
             .delete_item(pk.to_owned(), id, if_match(expected))
@@ -230,8 +267,9 @@ impl DocumentStore for CosmosStore {
             QueryScope::Partition(pk) => FeedScope::partition(pk.clone()),
             QueryScope::AllPartitions => FeedScope::full_container(),
         };
-        let options = QueryOptions::default()
-            .with_max_item_count(MaxItemCountHint::Limit(NonZeroU32::MIN.saturating_add(query.limit)));
+        let options = QueryOptions::default().with_max_item_count(MaxItemCountHint::Limit(
+            NonZeroU32::MIN.saturating_add(query.limit),
+        ));
         let mut pages = self
             .container(container)?
             .query_items::<Envelope>(sql_query, scope, Some(options))
@@ -259,8 +297,10 @@ impl DocumentStore for CosmosStore {
         since: Option<&Checkpoint>,
         max: usize,
     ) -> Result<ChangeBatch, StoreError> {
-        let page_size = NonZeroU32::new(u32::try_from(max.max(1)).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
-        let mut options = ChangeFeedOptions::default().with_max_item_count(MaxItemCountHint::Limit(page_size));
+        let page_size = NonZeroU32::new(u32::try_from(max.max(1)).unwrap_or(u32::MAX))
+            .unwrap_or(NonZeroU32::MIN);
+        let mut options =
+            ChangeFeedOptions::default().with_max_item_count(MaxItemCountHint::Limit(page_size));
         if let Some(Checkpoint(token)) = since {
             options = options.with_continuation_token(SdkContinuation::from_string(token.clone()));
         }
@@ -269,10 +309,18 @@ impl DocumentStore for CosmosStore {
         // at the first range: an empty page only says that one range had nothing, so a call
         // ends after a whole round of empty pages, never sooner (a range holding changes
         // would otherwise starve).
-        let ranges = client.read_feed_ranges(None).await.map_err(map_error)?.len();
+        let ranges = client
+            .read_feed_ranges(None)
+            .await
+            .map_err(map_error)?
+            .len();
         let empty_pages_allowed = ranges.max(1);
         let mut pages = client
-            .query_change_feed::<Envelope>(FeedScope::full_container(), ChangeFeedStartFrom::Beginning, Some(options))
+            .query_change_feed::<Envelope>(
+                FeedScope::full_container(),
+                ChangeFeedStartFrom::Beginning,
+                Some(options),
+            )
             .await
             .map_err(|error| match map_error(error) {
                 StoreError::Backend(_) if since.is_some() => StoreError::InvalidContinuation,
@@ -281,14 +329,20 @@ impl DocumentStore for CosmosStore {
         let mut documents = Vec::new();
         let mut empty_pages = 0;
         while documents.len() < max && empty_pages < empty_pages_allowed {
-            let Some(page) = pages.next().await else { break };
+            let Some(page) = pages.next().await else {
+                break;
+            };
             let page = page.map_err(map_error)?;
             record_charge(page.headers());
             let before = documents.len();
             documents.extend(
                 page.into_items()
                     .into_iter()
-                    .filter_map(|change| change.current().map(|e| (e.id.clone(), e.pk.clone(), e.doc.clone(), e.etag.clone())))
+                    .filter_map(|change| {
+                        change
+                            .current()
+                            .map(|e| (e.id.clone(), e.pk.clone(), e.doc.clone(), e.etag.clone()))
+                    })
                     .map(|(id, pk, doc, etag)| Envelope { id, pk, doc, etag }.into_document()),
             );
             if documents.len() == before {
@@ -328,7 +382,8 @@ pub async fn connect(
 
     use crate::config::CosmosCredentialKind;
 
-    let unavailable = |what: &str, e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{what}: {e}"));
+    let unavailable =
+        |what: &str, e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{what}: {e}"));
     let endpoint: AccountEndpoint = settings
         .endpoint
         .parse()
@@ -356,7 +411,10 @@ pub async fn connect(
         }
     };
     let client = CosmosClient::builder()
-        .build(account, RoutingStrategy::ProximityTo(Region::new(settings.region.clone())))
+        .build(
+            account,
+            RoutingStrategy::ProximityTo(Region::new(settings.region.clone())),
+        )
         .await
         .map_err(|e| unavailable("cosmos client", &e))?;
     CosmosStore::open(&client, &settings.database, containers).await

@@ -58,8 +58,9 @@ impl EmbeddedStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
         }
         let writer = open_connection(path, durability, false)?;
         writer.execute_batch(SCHEMA).map_err(backend)?;
@@ -117,11 +118,17 @@ async fn run_blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
 }
 
-fn open_connection(path: &Path, durability: Durability, read_only: bool) -> Result<Connection, StoreError> {
+fn open_connection(
+    path: &Path,
+    durability: Durability,
+    read_only: bool,
+) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let connection = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
@@ -151,7 +158,9 @@ fn backend(error: rusqlite::Error) -> StoreError {
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             ) =>
         {
-            StoreError::Throttled { retry_after_ms: 100 }
+            StoreError::Throttled {
+                retry_after_ms: 100,
+            }
         }
         other => StoreError::Backend(other.to_string()),
     }
@@ -161,8 +170,14 @@ fn etag_of(seq: i64) -> ETag {
     ETag::new(format!("{seq:016x}"))
 }
 
-fn to_document(container_pk: String, id: String, body: String, seq: i64) -> Result<Document, StoreError> {
-    let body: Json = serde_json::from_str(&body).map_err(|e| StoreError::Serialization(e.to_string()))?;
+fn to_document(
+    container_pk: String,
+    id: String,
+    body: String,
+    seq: i64,
+) -> Result<Document, StoreError> {
+    let body: Json =
+        serde_json::from_str(&body).map_err(|e| StoreError::Serialization(e.to_string()))?;
     Ok(Document {
         id,
         partition_key: container_pk,
@@ -184,7 +199,12 @@ fn next_seq(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
     .map_err(backend)
 }
 
-fn current_seq(tx: &rusqlite::Transaction<'_>, container: &str, pk: &str, id: &str) -> Result<Option<i64>, StoreError> {
+fn current_seq(
+    tx: &rusqlite::Transaction<'_>,
+    container: &str,
+    pk: &str,
+    id: &str,
+) -> Result<Option<i64>, StoreError> {
     tx.query_row(
         "SELECT seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
         params![container, pk, id],
@@ -239,23 +259,37 @@ fn write(
 
 #[async_trait]
 impl DocumentStore for EmbeddedStore {
-    async fn read(&self, container: &str, pk: &str, id: &str) -> Result<Option<Document>, StoreError> {
+    async fn read(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+    ) -> Result<Option<Document>, StoreError> {
         let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
         self.with_reader(move |connection| {
             let row = connection
-                .prepare_cached("SELECT body, seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3")
+                .prepare_cached(
+                    "SELECT body, seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
+                )
                 .map_err(backend)?
                 .query_row(params![container, pk, id], |row| {
                     Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
                 })
                 .optional()
                 .map_err(backend)?;
-            row.map(|(body, seq)| to_document(pk, id, body, seq)).transpose()
+            row.map(|(body, seq)| to_document(pk, id, body, seq))
+                .transpose()
         })
         .await
     }
 
-    async fn create(&self, container: &str, pk: &str, id: &str, body: Json) -> Result<Document, StoreError> {
+    async fn create(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        body: Json,
+    ) -> Result<Document, StoreError> {
         let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
         self.with_writer(move |c| write(c, &container, &pk, &id, &body, WriteMode::Create))
             .await
@@ -271,17 +305,38 @@ impl DocumentStore for EmbeddedStore {
     ) -> Result<Document, StoreError> {
         let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
         let if_match = if_match.cloned();
-        self.with_writer(move |c| write(c, &container, &pk, &id, &body, WriteMode::Replace(if_match.as_ref())))
-            .await
+        self.with_writer(move |c| {
+            write(
+                c,
+                &container,
+                &pk,
+                &id,
+                &body,
+                WriteMode::Replace(if_match.as_ref()),
+            )
+        })
+        .await
     }
 
-    async fn upsert(&self, container: &str, pk: &str, id: &str, body: Json) -> Result<Document, StoreError> {
+    async fn upsert(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        body: Json,
+    ) -> Result<Document, StoreError> {
         let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
         self.with_writer(move |c| write(c, &container, &pk, &id, &body, WriteMode::Upsert))
             .await
     }
 
-    async fn delete(&self, container: &str, pk: &str, id: &str, if_match: Option<&ETag>) -> Result<(), StoreError> {
+    async fn delete(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        if_match: Option<&ETag>,
+    ) -> Result<(), StoreError> {
         let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
         let if_match = if_match.cloned();
         self.with_writer(move |connection| {
@@ -307,7 +362,8 @@ impl DocumentStore for EmbeddedStore {
         let container = container.to_owned();
         let query = query.clone();
         self.with_reader(move |connection| {
-            let mut sql = String::from("SELECT pk, id, body, seq FROM documents WHERE container = ?");
+            let mut sql =
+                String::from("SELECT pk, id, body, seq FROM documents WHERE container = ?");
             let mut values: Vec<rusqlite::types::Value> = vec![container.into()];
             if let QueryScope::Partition(pk) = &query.scope {
                 sql.push_str(" AND pk = ?");
@@ -330,7 +386,12 @@ impl DocumentStore for EmbeddedStore {
             let mut statement = connection.prepare_cached(&sql).map_err(backend)?;
             let rows = statement
                 .query_map(rusqlite::params_from_iter(values), |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
                 })
                 .map_err(backend)?;
             let mut items = Vec::new();

@@ -162,11 +162,16 @@ impl ContinuationToken {
     pub(crate) fn paginate(mut items: Vec<Document>, limit: u32) -> Page {
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
-        let continuation = more
-            .then(|| items.last())
-            .flatten()
-            .map(|last| ContinuationToken { after_id: last.id.clone() }.encode());
-        Page { items, continuation }
+        let continuation = more.then(|| items.last()).flatten().map(|last| {
+            ContinuationToken {
+                after_id: last.id.clone(),
+            }
+            .encode()
+        });
+        Page {
+            items,
+            continuation,
+        }
     }
 }
 
@@ -206,10 +211,21 @@ pub enum StoreError {
 #[async_trait]
 pub trait DocumentStore: Send + Sync + 'static {
     /// Point read; `None` when the item does not exist.
-    async fn read(&self, container: &str, pk: &str, id: &str) -> Result<Option<Document>, StoreError>;
+    async fn read(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+    ) -> Result<Option<Document>, StoreError>;
 
     /// Creates the item; [`StoreError::Conflict`] when the id is taken in that partition.
-    async fn create(&self, container: &str, pk: &str, id: &str, body: Json) -> Result<Document, StoreError>;
+    async fn create(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        body: Json,
+    ) -> Result<Document, StoreError>;
 
     /// Replaces an existing item, optionally only if its ETag still matches.
     async fn replace(
@@ -222,10 +238,22 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> Result<Document, StoreError>;
 
     /// Creates or replaces the item unconditionally.
-    async fn upsert(&self, container: &str, pk: &str, id: &str, body: Json) -> Result<Document, StoreError>;
+    async fn upsert(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        body: Json,
+    ) -> Result<Document, StoreError>;
 
     /// Deletes the item, optionally only if its ETag still matches.
-    async fn delete(&self, container: &str, pk: &str, id: &str, if_match: Option<&ETag>) -> Result<(), StoreError>;
+    async fn delete(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+        if_match: Option<&ETag>,
+    ) -> Result<(), StoreError>;
 
     /// One page of a query, ordered by id.
     async fn query(&self, container: &str, query: &Query) -> Result<Page, StoreError>;

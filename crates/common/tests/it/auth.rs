@@ -42,14 +42,29 @@ fn secret() -> SecretString {
 }
 
 fn hs256(claims: &Claims, secret: &str) -> String {
-    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn dev_token_round_trips_with_scopes() {
     let settings = settings();
-    let token = mint_dev_token(&secret(), &settings, "alice", "catalog.read orders.write", 60).unwrap();
-    let principal = Authenticator::hs256(&secret(), &settings).validate(&token).await.unwrap();
+    let token = mint_dev_token(
+        &secret(),
+        &settings,
+        "alice",
+        "catalog.read orders.write",
+        60,
+    )
+    .unwrap();
+    let principal = Authenticator::hs256(&secret(), &settings)
+        .validate(&token)
+        .await
+        .unwrap();
     assert_eq!(principal.subject, "alice");
     assert!(principal.has_scope("catalog.read") && principal.has_scope("orders.write"));
     assert!(!principal.has_scope("catalog.write"));
@@ -62,21 +77,71 @@ async fn hs256_rejections() {
     let good = claims(&settings);
 
     let wrong_secret = hs256(&good, "another-secret-entirely-different-bytes");
-    assert_eq!(authenticator.validate(&wrong_secret).await, Err(AuthError::Signature));
+    assert_eq!(
+        authenticator.validate(&wrong_secret).await,
+        Err(AuthError::Signature)
+    );
 
-    let expired = Claims { exp: get_current_timestamp() - 3600, ..good.clone() };
-    assert_eq!(authenticator.validate(&hs256(&expired, "a-test-secret-that-is-long-enough-for-hs256")).await, Err(AuthError::Expired));
+    let expired = Claims {
+        exp: get_current_timestamp() - 3600,
+        ..good.clone()
+    };
+    assert_eq!(
+        authenticator
+            .validate(&hs256(
+                &expired,
+                "a-test-secret-that-is-long-enough-for-hs256"
+            ))
+            .await,
+        Err(AuthError::Expired)
+    );
 
-    let future = Claims { nbf: Some(get_current_timestamp() + 3600), ..good.clone() };
-    assert_eq!(authenticator.validate(&hs256(&future, "a-test-secret-that-is-long-enough-for-hs256")).await, Err(AuthError::NotYetValid));
+    let future = Claims {
+        nbf: Some(get_current_timestamp() + 3600),
+        ..good.clone()
+    };
+    assert_eq!(
+        authenticator
+            .validate(&hs256(
+                &future,
+                "a-test-secret-that-is-long-enough-for-hs256"
+            ))
+            .await,
+        Err(AuthError::NotYetValid)
+    );
 
-    let other_audience = Claims { aud: "someone-else".into(), ..good.clone() };
-    assert_eq!(authenticator.validate(&hs256(&other_audience, "a-test-secret-that-is-long-enough-for-hs256")).await, Err(AuthError::Audience));
+    let other_audience = Claims {
+        aud: "someone-else".into(),
+        ..good.clone()
+    };
+    assert_eq!(
+        authenticator
+            .validate(&hs256(
+                &other_audience,
+                "a-test-secret-that-is-long-enough-for-hs256"
+            ))
+            .await,
+        Err(AuthError::Audience)
+    );
 
-    let other_issuer = Claims { iss: "evil".into(), ..good.clone() };
-    assert_eq!(authenticator.validate(&hs256(&other_issuer, "a-test-secret-that-is-long-enough-for-hs256")).await, Err(AuthError::Issuer));
+    let other_issuer = Claims {
+        iss: "evil".into(),
+        ..good.clone()
+    };
+    assert_eq!(
+        authenticator
+            .validate(&hs256(
+                &other_issuer,
+                "a-test-secret-that-is-long-enough-for-hs256"
+            ))
+            .await,
+        Err(AuthError::Issuer)
+    );
 
-    assert_eq!(authenticator.validate("not.a.token").await, Err(AuthError::Malformed));
+    assert_eq!(
+        authenticator.validate("not.a.token").await,
+        Err(AuthError::Malformed)
+    );
     assert_eq!(authenticator.validate("").await, Err(AuthError::Malformed));
 }
 
@@ -84,17 +149,36 @@ async fn hs256_rejections() {
 async fn small_clock_skew_is_tolerated() {
     let settings = settings();
     let authenticator = Authenticator::hs256(&secret(), &settings);
-    let skewed = Claims { exp: get_current_timestamp() - 5, ..claims(&settings) };
-    assert!(authenticator.validate(&hs256(&skewed, "a-test-secret-that-is-long-enough-for-hs256")).await.is_ok());
+    let skewed = Claims {
+        exp: get_current_timestamp() - 5,
+        ..claims(&settings)
+    };
+    assert!(
+        authenticator
+            .validate(&hs256(
+                &skewed,
+                "a-test-secret-that-is-long-enough-for-hs256"
+            ))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
 async fn alg_none_is_refused() {
     use base64::Engine as _;
     let settings = settings();
-    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let token = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(serde_json::to_value(claims(&settings)).unwrap()));
-    let result = Authenticator::hs256(&secret(), &settings).validate(&token).await;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let token = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(serde_json::to_value(claims(&settings)).unwrap())
+    );
+    let result = Authenticator::hs256(&secret(), &settings)
+        .validate(&token)
+        .await;
     assert!(result.is_err(), "{result:?}");
 }
 
@@ -106,7 +190,10 @@ async fn roles_and_scope_claims_become_scopes() {
     with_roles.scope = Some("sync.admin".into());
     with_roles.roles = vec!["notifications.admin".into()];
     let token = hs256(&with_roles, "a-test-secret-that-is-long-enough-for-hs256");
-    let principal = Authenticator::hs256(&secret(), &settings).validate(&token).await.unwrap();
+    let principal = Authenticator::hs256(&secret(), &settings)
+        .validate(&token)
+        .await
+        .unwrap();
     assert!(principal.has_scope("sync.admin") && principal.has_scope("notifications.admin"));
 }
 
@@ -133,7 +220,10 @@ async fn issuer(initial_keys: &str) -> Issuer {
                 "/.well-known/openid-configuration",
                 web::get().to(move || {
                     let base = base.clone();
-                    async move { HttpResponse::Ok().json(json!({"issuer": base, "jwks_uri": format!("{base}/keys")})) }
+                    async move {
+                        HttpResponse::Ok()
+                            .json(json!({"issuer": base, "jwks_uri": format!("{base}/keys")}))
+                    }
                 }),
             )
             .route(
@@ -141,7 +231,11 @@ async fn issuer(initial_keys: &str) -> Issuer {
                 web::get().to(move || {
                     let keys = keys.lock().unwrap().clone();
                     fetches.fetch_add(1, Ordering::SeqCst);
-                    async move { HttpResponse::Ok().content_type("application/json").body(keys) }
+                    async move {
+                        HttpResponse::Ok()
+                            .content_type("application/json")
+                            .body(keys)
+                    }
                 }),
             )
     })
@@ -151,7 +245,12 @@ async fn issuer(initial_keys: &str) -> Issuer {
     .run();
     let handle = server.handle();
     tokio::spawn(server);
-    Issuer { url, keys, fetches, _server: handle }
+    Issuer {
+        url,
+        keys,
+        fetches,
+        _server: handle,
+    }
 }
 
 fn oidc_settings(issuer: &Issuer) -> AuthSettings {
@@ -178,11 +277,17 @@ async fn rs256_and_es256_validate_against_jwks() {
     let settings = oidc_settings(&issuer);
     let authenticator = Authenticator::oidc(JwksClient::for_settings(&settings), &settings);
     let rs = signed(&claims(&settings), Algorithm::RS256, "rsa-1");
-    assert_eq!(authenticator.validate(&rs).await.unwrap().subject, "client-1");
+    assert_eq!(
+        authenticator.validate(&rs).await.unwrap().subject,
+        "client-1"
+    );
 
     // Key rotation: the issuer now publishes the EC key; an unknown kid triggers a refresh.
     *issuer.keys.lock().unwrap() = EC_JWKS.to_owned();
-    let settings_fast = AuthSettings { jwks_refresh_min_seconds: 0, ..settings.clone() };
+    let settings_fast = AuthSettings {
+        jwks_refresh_min_seconds: 0,
+        ..settings.clone()
+    };
     let rotating = Authenticator::oidc(JwksClient::for_settings(&settings_fast), &settings_fast);
     let es = signed(&claims(&settings), Algorithm::ES256, "ec-1");
     assert_eq!(rotating.validate(&es).await.unwrap().subject, "client-1");
@@ -191,11 +296,17 @@ async fn rs256_and_es256_validate_against_jwks() {
 #[tokio::test]
 async fn unknown_kids_do_not_hammer_the_issuer() {
     let issuer = issuer(RSA_JWKS).await;
-    let settings = AuthSettings { jwks_refresh_min_seconds: 3600, ..oidc_settings(&issuer) };
+    let settings = AuthSettings {
+        jwks_refresh_min_seconds: 3600,
+        ..oidc_settings(&issuer)
+    };
     let authenticator = Authenticator::oidc(JwksClient::for_settings(&settings), &settings);
     for _ in 0..5 {
         let token = signed(&claims(&settings), Algorithm::RS256, "unknown-kid");
-        assert_eq!(authenticator.validate(&token).await, Err(AuthError::UnknownKey));
+        assert_eq!(
+            authenticator.validate(&token).await,
+            Err(AuthError::UnknownKey)
+        );
     }
     assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1);
 }
@@ -208,21 +319,43 @@ async fn algorithm_confusion_is_refused() {
     // HS256 signed with the public key's bytes: the classic confusion attack.
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("rsa-1".into());
-    let forged = encode(&header, &claims(&settings), &EncodingKey::from_secret(RSA_JWKS.as_bytes())).unwrap();
-    assert_eq!(authenticator.validate(&forged).await, Err(AuthError::Algorithm));
+    let forged = encode(
+        &header,
+        &claims(&settings),
+        &EncodingKey::from_secret(RSA_JWKS.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        authenticator.validate(&forged).await,
+        Err(AuthError::Algorithm)
+    );
     // An ES256 header pointing at the RSA key.
     let mismatched = signed(&claims(&settings), Algorithm::ES256, "rsa-1");
-    assert_eq!(authenticator.validate(&mismatched).await, Err(AuthError::Algorithm));
+    assert_eq!(
+        authenticator.validate(&mismatched).await,
+        Err(AuthError::Algorithm)
+    );
     // And the HS256 validator refuses asymmetric tokens.
     let rs = signed(&claims(&settings), Algorithm::RS256, "rsa-1");
-    assert_eq!(Authenticator::hs256(&secret(), &settings).validate(&rs).await, Err(AuthError::Algorithm));
+    assert_eq!(
+        Authenticator::hs256(&secret(), &settings)
+            .validate(&rs)
+            .await,
+        Err(AuthError::Algorithm)
+    );
 }
 
 #[tokio::test]
 async fn unreachable_issuer_is_a_clean_failure() {
-    let settings = AuthSettings { issuer: "http://127.0.0.1:9".into(), ..settings() };
+    let settings = AuthSettings {
+        issuer: "http://127.0.0.1:9".into(),
+        ..settings()
+    };
     let client = JwksClient::new(settings.issuer.clone(), None, Duration::ZERO);
     let authenticator = Authenticator::oidc(client, &settings);
     let token = signed(&claims(&settings), Algorithm::RS256, "rsa-1");
-    assert_eq!(authenticator.validate(&token).await, Err(AuthError::KeysUnavailable));
+    assert_eq!(
+        authenticator.validate(&token).await,
+        Err(AuthError::KeysUnavailable)
+    );
 }

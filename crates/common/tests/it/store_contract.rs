@@ -30,8 +30,13 @@ fn embedded() -> Subject {
 
 async fn cosmos_emulator() -> Subject {
     use azure_data_cosmos::options::Region;
-    use azure_data_cosmos::{AccountEndpoint, AccountReference, CosmosClientBuilder, CosmosRuntimeBuilder, RoutingStrategy};
-    use azure_data_cosmos_driver::in_memory_emulator::{ConsistencyLevel, InMemoryEmulatorHttpClient, VirtualAccountConfig, VirtualRegion};
+    use azure_data_cosmos::{
+        AccountEndpoint, AccountReference, CosmosClientBuilder, CosmosRuntimeBuilder,
+        RoutingStrategy,
+    };
+    use azure_data_cosmos_driver::in_memory_emulator::{
+        ConsistencyLevel, InMemoryEmulatorHttpClient, VirtualAccountConfig, VirtualRegion,
+    };
 
     const GATEWAY: &str = "https://eastus.emulator.local";
     const DATABASE: &str = "contract";
@@ -48,7 +53,8 @@ async fn cosmos_emulator() -> Subject {
         emulated.create_container(
             DATABASE,
             container,
-            serde_json::from_value(json!({"paths": ["/pk"], "kind": "Hash", "version": 2})).unwrap(),
+            serde_json::from_value(json!({"paths": ["/pk"], "kind": "Hash", "version": 2}))
+                .unwrap(),
         );
     }
     let account = AccountReference::with_authentication_key(
@@ -56,7 +62,12 @@ async fn cosmos_emulator() -> Subject {
         azure_core::credentials::Secret::new("dGVzdGtleQ=="),
     );
     let client = CosmosClientBuilder::new()
-        .with_runtime(CosmosRuntimeBuilder::from(emulator.runtime_builder()).build().await.unwrap())
+        .with_runtime(
+            CosmosRuntimeBuilder::from(emulator.runtime_builder())
+                .build()
+                .await
+                .unwrap(),
+        )
         .build(account, RoutingStrategy::ProximityTo(Region::EAST_US))
         .await
         .unwrap();
@@ -81,7 +92,9 @@ async fn cosmos_live() -> Option<Subject> {
     if settings.key.is_none() {
         settings.credential = common::config::CosmosCredentialKind::DeveloperTools;
     }
-    let store = common::store::cosmos::connect(&settings, &[THINGS, OTHER]).await.unwrap();
+    let store = common::store::cosmos::connect(&settings, &[THINGS, OTHER])
+        .await
+        .unwrap();
     Some(Subject {
         store: Arc::new(store),
         _keep: Box::new(()),
@@ -145,20 +158,32 @@ async fn create_then_read_round_trips(store: &SharedStore) {
 
 async fn create_twice_conflicts(store: &SharedStore) {
     let id = unique("a");
-    store.create(THINGS, "p1", &id, json!({"n": 1})).await.unwrap();
-    let error = store.create(THINGS, "p1", &id, json!({"n": 2})).await.unwrap_err();
+    store
+        .create(THINGS, "p1", &id, json!({"n": 1}))
+        .await
+        .unwrap();
+    let error = store
+        .create(THINGS, "p1", &id, json!({"n": 2}))
+        .await
+        .unwrap_err();
     assert_eq!(error, StoreError::Conflict);
     let read = store.read(THINGS, "p1", &id).await.unwrap().unwrap();
     assert_eq!(read.body, json!({"n": 1}));
 }
 
 async fn read_of_missing_is_none(store: &SharedStore) {
-    assert_eq!(store.read(THINGS, "p1", &unique("missing")).await.unwrap(), None);
+    assert_eq!(
+        store.read(THINGS, "p1", &unique("missing")).await.unwrap(),
+        None
+    );
 }
 
 async fn replace_with_current_etag_succeeds_and_changes_etag(store: &SharedStore) {
     let id = unique("a");
-    let created = store.create(THINGS, "p1", &id, json!({"n": 1})).await.unwrap();
+    let created = store
+        .create(THINGS, "p1", &id, json!({"n": 1}))
+        .await
+        .unwrap();
     let replaced = store
         .replace(THINGS, "p1", &id, json!({"n": 2}), Some(&created.etag))
         .await
@@ -171,14 +196,23 @@ async fn replace_with_current_etag_succeeds_and_changes_etag(store: &SharedStore
 
 async fn replace_with_stale_etag_fails(store: &SharedStore) {
     let id = unique("a");
-    let created = store.create(THINGS, "p1", &id, json!({"n": 1})).await.unwrap();
-    store.replace(THINGS, "p1", &id, json!({"n": 2}), None).await.unwrap();
+    let created = store
+        .create(THINGS, "p1", &id, json!({"n": 1}))
+        .await
+        .unwrap();
+    store
+        .replace(THINGS, "p1", &id, json!({"n": 2}), None)
+        .await
+        .unwrap();
     let error = store
         .replace(THINGS, "p1", &id, json!({"n": 3}), Some(&created.etag))
         .await
         .unwrap_err();
     assert_eq!(error, StoreError::PreconditionFailed);
-    assert_eq!(store.read(THINGS, "p1", &id).await.unwrap().unwrap().body, json!({"n": 2}));
+    assert_eq!(
+        store.read(THINGS, "p1", &id).await.unwrap().unwrap().body,
+        json!({"n": 2})
+    );
 }
 
 async fn replace_of_missing_is_not_found(store: &SharedStore) {
@@ -191,39 +225,84 @@ async fn replace_of_missing_is_not_found(store: &SharedStore) {
 
 async fn upsert_creates_and_replaces(store: &SharedStore) {
     let id = unique("a");
-    let first = store.upsert(THINGS, "p1", &id, json!({"n": 1})).await.unwrap();
-    let second = store.upsert(THINGS, "p1", &id, json!({"n": 2})).await.unwrap();
+    let first = store
+        .upsert(THINGS, "p1", &id, json!({"n": 1}))
+        .await
+        .unwrap();
+    let second = store
+        .upsert(THINGS, "p1", &id, json!({"n": 2}))
+        .await
+        .unwrap();
     assert_ne!(first.etag, second.etag);
-    assert_eq!(store.read(THINGS, "p1", &id).await.unwrap().unwrap().body, json!({"n": 2}));
+    assert_eq!(
+        store.read(THINGS, "p1", &id).await.unwrap().unwrap().body,
+        json!({"n": 2})
+    );
 }
 
 async fn delete_honours_etag(store: &SharedStore) {
     let id = unique("a");
-    let created = store.create(THINGS, "p1", &id, json!({"n": 1})).await.unwrap();
-    let updated = store.replace(THINGS, "p1", &id, json!({"n": 2}), None).await.unwrap();
+    let created = store
+        .create(THINGS, "p1", &id, json!({"n": 1}))
+        .await
+        .unwrap();
+    let updated = store
+        .replace(THINGS, "p1", &id, json!({"n": 2}), None)
+        .await
+        .unwrap();
     assert_eq!(
-        store.delete(THINGS, "p1", &id, Some(&created.etag)).await.unwrap_err(),
+        store
+            .delete(THINGS, "p1", &id, Some(&created.etag))
+            .await
+            .unwrap_err(),
         StoreError::PreconditionFailed
     );
-    store.delete(THINGS, "p1", &id, Some(&updated.etag)).await.unwrap();
+    store
+        .delete(THINGS, "p1", &id, Some(&updated.etag))
+        .await
+        .unwrap();
     assert_eq!(store.read(THINGS, "p1", &id).await.unwrap(), None);
-    assert_eq!(store.delete(THINGS, "p1", &id, None).await.unwrap_err(), StoreError::NotFound);
+    assert_eq!(
+        store.delete(THINGS, "p1", &id, None).await.unwrap_err(),
+        StoreError::NotFound
+    );
 }
 
 async fn same_id_in_two_partitions_are_two_items(store: &SharedStore) {
     let id = unique("a");
-    store.create(THINGS, "p1", &id, json!({"at": 1})).await.unwrap();
-    store.create(THINGS, "p2", &id, json!({"at": 2})).await.unwrap();
-    assert_eq!(store.read(THINGS, "p1", &id).await.unwrap().unwrap().body, json!({"at": 1}));
-    assert_eq!(store.read(THINGS, "p2", &id).await.unwrap().unwrap().body, json!({"at": 2}));
+    store
+        .create(THINGS, "p1", &id, json!({"at": 1}))
+        .await
+        .unwrap();
+    store
+        .create(THINGS, "p2", &id, json!({"at": 2}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read(THINGS, "p1", &id).await.unwrap().unwrap().body,
+        json!({"at": 1})
+    );
+    assert_eq!(
+        store.read(THINGS, "p2", &id).await.unwrap().unwrap().body,
+        json!({"at": 2})
+    );
 }
 
 async fn containers_are_separate(store: &SharedStore) {
     let id = unique("a");
-    store.create(THINGS, "p1", &id, json!({"in": "things"})).await.unwrap();
+    store
+        .create(THINGS, "p1", &id, json!({"in": "things"}))
+        .await
+        .unwrap();
     assert_eq!(store.read(OTHER, "p1", &id).await.unwrap(), None);
-    store.create(OTHER, "p1", &id, json!({"in": "other"})).await.unwrap();
-    assert_eq!(store.read(THINGS, "p1", &id).await.unwrap().unwrap().body, json!({"in": "things"}));
+    store
+        .create(OTHER, "p1", &id, json!({"in": "other"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read(THINGS, "p1", &id).await.unwrap().unwrap().body,
+        json!({"in": "things"})
+    );
 }
 
 async fn collect_pages(store: &SharedStore, first: Query) -> (Vec<String>, usize) {
@@ -249,10 +328,16 @@ async fn query_in_a_partition_pages_with_continuation(store: &SharedStore) {
     let mut expected = BTreeSet::new();
     for n in 0..7 {
         let id = format!("item-{n:02}");
-        store.create(THINGS, &partition, &id, json!({"n": n})).await.unwrap();
+        store
+            .create(THINGS, &partition, &id, json!({"n": n}))
+            .await
+            .unwrap();
         expected.insert(id);
     }
-    store.create(THINGS, &unique("elsewhere"), "item-99", json!({})).await.unwrap();
+    store
+        .create(THINGS, &unique("elsewhere"), "item-99", json!({}))
+        .await
+        .unwrap();
     let (ids, pages) = collect_pages(store, Query::new(QueryScope::Partition(partition), 3)).await;
     assert_eq!(ids, expected.into_iter().collect::<Vec<_>>());
     assert_eq!(pages, 3);
@@ -264,12 +349,22 @@ async fn query_across_partitions_with_filter_pages_in_id_order(store: &SharedSto
     for n in 0..5 {
         let id = unique(&format!("x{n}"));
         store
-            .create(THINGS, &format!("pk-{n}"), &id, json!({"category": category, "n": n}))
+            .create(
+                THINGS,
+                &format!("pk-{n}"),
+                &id,
+                json!({"category": category, "n": n}),
+            )
             .await
             .unwrap();
         expected.push(id);
         store
-            .create(THINGS, &format!("pk-{n}"), &unique("noise"), json!({"category": "other"}))
+            .create(
+                THINGS,
+                &format!("pk-{n}"),
+                &unique("noise"),
+                json!({"category": "other"}),
+            )
             .await
             .unwrap();
     }
@@ -282,23 +377,52 @@ async fn query_across_partitions_with_filter_pages_in_id_order(store: &SharedSto
 
 async fn query_filter_keeps_json_types_apart(store: &SharedStore) {
     let partition = unique("types");
-    store.create(THINGS, &partition, "number", json!({"v": 1})).await.unwrap();
-    store.create(THINGS, &partition, "string", json!({"v": "1"})).await.unwrap();
+    store
+        .create(THINGS, &partition, "number", json!({"v": 1}))
+        .await
+        .unwrap();
+    store
+        .create(THINGS, &partition, "string", json!({"v": "1"}))
+        .await
+        .unwrap();
     let numbers = store
-        .query(THINGS, &Query::new(QueryScope::Partition(partition.clone()), 10).filter("v", 1))
+        .query(
+            THINGS,
+            &Query::new(QueryScope::Partition(partition.clone()), 10).filter("v", 1),
+        )
         .await
         .unwrap();
-    assert_eq!(numbers.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["number"]);
+    assert_eq!(
+        numbers
+            .items
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        ["number"]
+    );
     let strings = store
-        .query(THINGS, &Query::new(QueryScope::Partition(partition), 10).filter("v", "1"))
+        .query(
+            THINGS,
+            &Query::new(QueryScope::Partition(partition), 10).filter("v", "1"),
+        )
         .await
         .unwrap();
-    assert_eq!(strings.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["string"]);
+    assert_eq!(
+        strings
+            .items
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        ["string"]
+    );
 }
 
 async fn bad_continuation_is_refused(store: &SharedStore) {
     let query = Query::new(QueryScope::AllPartitions, 2).continue_from(Some("not a token".into()));
-    assert_eq!(store.query(THINGS, &query).await.unwrap_err(), StoreError::InvalidContinuation);
+    assert_eq!(
+        store.query(THINGS, &query).await.unwrap_err(),
+        StoreError::InvalidContinuation
+    );
 }
 
 /// Polls the feed until `wanted` ids were seen or a deadline passes (an empty batch does
@@ -313,14 +437,20 @@ async fn read_feed_until(
     let mut checkpoint = since;
     let mut seen = Vec::new();
     loop {
-        let batch = store.changes(container, checkpoint.as_ref(), 4).await.unwrap();
+        let batch = store
+            .changes(container, checkpoint.as_ref(), 4)
+            .await
+            .unwrap();
         seen.extend(batch.documents.into_iter().map(|d| (d.id, d.body)));
         checkpoint = Some(batch.checkpoint);
         let ids: BTreeSet<String> = seen.iter().map(|(id, _)| id.clone()).collect();
         if wanted.is_subset(&ids) {
             return (seen, checkpoint.unwrap());
         }
-        assert!(Instant::now() < deadline, "change feed did not deliver {wanted:?}, saw {ids:?}");
+        assert!(
+            Instant::now() < deadline,
+            "change feed did not deliver {wanted:?}, saw {ids:?}"
+        );
         tokio::task::yield_now().await;
     }
 }
@@ -329,16 +459,25 @@ async fn change_feed_resumes_from_checkpoint(store: &SharedStore) {
     let partition = unique("feed");
     let first: BTreeSet<String> = (0..5).map(|n| format!("{partition}-a{n}")).collect();
     for id in &first {
-        store.create(OTHER, &partition, id, json!({"v": 1})).await.unwrap();
+        store
+            .create(OTHER, &partition, id, json!({"v": 1}))
+            .await
+            .unwrap();
     }
     let (seen, checkpoint) = read_feed_until(store, OTHER, None, &first).await;
     assert!(seen.iter().all(|(_, body)| body == &json!({"v": 1})));
 
     // After the checkpoint: an update and a new item, each seen in its latest version.
     let updated = format!("{partition}-a0");
-    store.replace(OTHER, &partition, &updated, json!({"v": 2}), None).await.unwrap();
+    store
+        .replace(OTHER, &partition, &updated, json!({"v": 2}), None)
+        .await
+        .unwrap();
     let added = format!("{partition}-b0");
-    store.create(OTHER, &partition, &added, json!({"v": 1})).await.unwrap();
+    store
+        .create(OTHER, &partition, &added, json!({"v": 1}))
+        .await
+        .unwrap();
     let wanted: BTreeSet<String> = [updated.clone(), added.clone()].into();
     let (seen, _) = read_feed_until(store, OTHER, Some(checkpoint), &wanted).await;
     let after: BTreeSet<String> = seen.iter().map(|(id, _)| id.clone()).collect();
@@ -353,7 +492,10 @@ async fn change_feed_resumes_from_checkpoint(store: &SharedStore) {
 /// Read-modify-write with ETags from many tasks: every increment lands exactly once.
 async fn concurrent_writers_with_etags_lose_no_update(store: &SharedStore) {
     let id = unique("counter");
-    store.create(THINGS, "counters", &id, json!({"n": 0})).await.unwrap();
+    store
+        .create(THINGS, "counters", &id, json!({"n": 0}))
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let store = store.clone();
@@ -364,7 +506,13 @@ async fn concurrent_writers_with_etags_lose_no_update(store: &SharedStore) {
                         let current = store.read(THINGS, "counters", &id).await.unwrap().unwrap();
                         let n = current.body["n"].as_i64().unwrap();
                         match store
-                            .replace(THINGS, "counters", &id, json!({"n": n + 1}), Some(&current.etag))
+                            .replace(
+                                THINGS,
+                                "counters",
+                                &id,
+                                json!({"n": n + 1}),
+                                Some(&current.etag),
+                            )
                             .await
                         {
                             Ok(_) => break,
@@ -382,4 +530,3 @@ async fn concurrent_writers_with_etags_lose_no_update(store: &SharedStore) {
     let end = store.read(THINGS, "counters", &id).await.unwrap().unwrap();
     assert_eq!(end.body, json!({"n": 40}));
 }
-

@@ -72,8 +72,14 @@ async fn announce_v1_deprecation(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let mut response = next.call(req).await?;
     let headers = response.headers_mut();
-    headers.insert(HeaderName::from_static("deprecation"), HeaderValue::from_static(V1_DEPRECATED_AT));
-    headers.insert(HeaderName::from_static("sunset"), HeaderValue::from_static(V1_SUNSET));
+    headers.insert(
+        HeaderName::from_static("deprecation"),
+        HeaderValue::from_static(V1_DEPRECATED_AT),
+    );
+    headers.insert(
+        HeaderName::from_static("sunset"),
+        HeaderValue::from_static(V1_SUNSET),
+    );
     headers.insert(
         HeaderName::from_static("link"),
         HeaderValue::from_static("</v2/products>; rel=\"successor-version\""),

@@ -2,14 +2,17 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use common::auth::Principal;
 use common::error::Problem;
-use common::http::{etag_header_value, if_match, if_none_match_hits, IfMatch};
+use common::http::{IfMatch, etag_header_value, if_match, if_none_match_hits};
 use common::store::ETag;
 use common::validation::JsonObject;
 use common::{ApiError, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::representation::{ProductInputV1, ProductInputV2, ProductV1, ProductV2, Version, page_limit, path_sku, read_draft, render};
+use super::representation::{
+    ProductInputV1, ProductInputV2, ProductV1, ProductV2, Version, page_limit, path_sku,
+    read_draft, render,
+};
 use super::{READ_SCOPE, WRITE_SCOPE};
 use crate::catalog::Catalog;
 use crate::domain::Product;
@@ -34,28 +37,52 @@ pub struct ProductPage<T> {
     continuation: Option<String>,
 }
 
-fn with_etag(mut response: actix_web::HttpResponseBuilder, etag: &ETag) -> actix_web::HttpResponseBuilder {
+fn with_etag(
+    mut response: actix_web::HttpResponseBuilder,
+    etag: &ETag,
+) -> actix_web::HttpResponseBuilder {
     response.insert_header((header::ETAG, etag_header_value(etag)));
     response
 }
 
-fn product_response(status: actix_web::http::StatusCode, product: &Product, etag: &ETag, version: Version) -> Result<HttpResponse, ApiError> {
+fn product_response(
+    status: actix_web::http::StatusCode,
+    product: &Product,
+    etag: &ETag,
+    version: Version,
+) -> Result<HttpResponse, ApiError> {
     Ok(with_etag(HttpResponse::build(status), etag).json(render(product, version)?))
 }
 
-async fn create(principal: Principal, catalog: web::Data<Catalog>, body: web::Json<JsonObject>, version: Version) -> Result<HttpResponse, ApiError> {
+async fn create(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    body: web::Json<JsonObject>,
+    version: Version,
+) -> Result<HttpResponse, ApiError> {
     principal.require(WRITE_SCOPE)?;
     let draft = read_draft(body.into_inner(), version, None)?;
     let (product, etag) = catalog.create_product(draft).await?;
     let location = format!("{}/{}", version.prefix(), product.sku.as_str());
-    let mut response = product_response(actix_web::http::StatusCode::CREATED, &product, &etag, version)?;
+    let mut response = product_response(
+        actix_web::http::StatusCode::CREATED,
+        &product,
+        &etag,
+        version,
+    )?;
     if let Ok(value) = header::HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
 }
 
-async fn get(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>, version: Version) -> Result<HttpResponse, ApiError> {
+async fn get(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+    version: Version,
+) -> Result<HttpResponse, ApiError> {
     principal.require(READ_SCOPE)?;
     let sku = path_sku(&sku)?;
     let (product, etag) = catalog.product(&sku).await?;
@@ -89,7 +116,12 @@ async fn replace(
     product_response(actix_web::http::StatusCode::OK, &product, &etag, version)
 }
 
-async fn delete(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn delete(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(WRITE_SCOPE)?;
     let sku = path_sku(&sku)?;
     let expected = if_match(&req)?;
@@ -97,11 +129,22 @@ async fn delete(req: HttpRequest, principal: Principal, catalog: web::Data<Catal
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn list(principal: Principal, catalog: web::Data<Catalog>, params: web::Query<ListParams>, version: Version) -> Result<HttpResponse, ApiError> {
+async fn list(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    params: web::Query<ListParams>,
+    version: Version,
+) -> Result<HttpResponse, ApiError> {
     principal.require(READ_SCOPE)?;
-    let ListParams { category, limit, continuation } = params.into_inner();
+    let ListParams {
+        category,
+        limit,
+        continuation,
+    } = params.into_inner();
     let limit = page_limit(limit)?;
-    let page = catalog.list_products(category.as_deref(), limit, continuation).await?;
+    let page = catalog
+        .list_products(category.as_deref(), limit, continuation)
+        .await?;
     let items = page
         .products
         .iter()
@@ -118,7 +161,11 @@ async fn list(principal: Principal, catalog: web::Data<Catalog>, params: web::Qu
     responses((status = 201, description = "Created; `Location` and `ETag` set", body = ProductV1),
         (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
-pub async fn create_v1(principal: Principal, catalog: web::Data<Catalog>, body: web::Json<JsonObject>) -> Result<HttpResponse, ApiError> {
+pub async fn create_v1(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    body: web::Json<JsonObject>,
+) -> Result<HttpResponse, ApiError> {
     create(principal, catalog, body, Version::V1).await
 }
 
@@ -127,7 +174,11 @@ pub async fn create_v1(principal: Principal, catalog: web::Data<Catalog>, body: 
     responses((status = 201, description = "Created; `Location` and `ETag` set", body = ProductV2),
         (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
-pub async fn create_v2(principal: Principal, catalog: web::Data<Catalog>, body: web::Json<JsonObject>) -> Result<HttpResponse, ApiError> {
+pub async fn create_v2(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    body: web::Json<JsonObject>,
+) -> Result<HttpResponse, ApiError> {
     create(principal, catalog, body, Version::V2).await
 }
 
@@ -135,7 +186,12 @@ pub async fn create_v2(principal: Principal, catalog: web::Data<Catalog>, body: 
 #[utoipa::path(get, path = "/v1/products/{sku}", tag = "products v1",
     responses((status = 200, body = ProductV1), (status = 304), (status = 404, body = Problem)),
     security(("bearer" = ["catalog.read"])))]
-pub async fn get_v1(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_v1(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     get(req, principal, catalog, sku, Version::V1).await
 }
 
@@ -143,7 +199,12 @@ pub async fn get_v1(req: HttpRequest, principal: Principal, catalog: web::Data<C
 #[utoipa::path(get, path = "/v2/products/{sku}", tag = "products",
     responses((status = 200, body = ProductV2), (status = 304), (status = 404, body = Problem)),
     security(("bearer" = ["catalog.read"])))]
-pub async fn get_v2(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_v2(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     get(req, principal, catalog, sku, Version::V2).await
 }
 
@@ -151,7 +212,13 @@ pub async fn get_v2(req: HttpRequest, principal: Principal, catalog: web::Data<C
 #[utoipa::path(put, path = "/v1/products/{sku}", tag = "products v1", request_body = ProductInputV1,
     responses((status = 200, body = ProductV1), (status = 412, body = Problem), (status = 428, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
-pub async fn replace_v1(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>, body: web::Json<JsonObject>) -> Result<HttpResponse, ApiError> {
+pub async fn replace_v1(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+    body: web::Json<JsonObject>,
+) -> Result<HttpResponse, ApiError> {
     replace(req, principal, catalog, sku, body, Version::V1).await
 }
 
@@ -159,7 +226,13 @@ pub async fn replace_v1(req: HttpRequest, principal: Principal, catalog: web::Da
 #[utoipa::path(put, path = "/v2/products/{sku}", tag = "products", request_body = ProductInputV2,
     responses((status = 200, body = ProductV2), (status = 412, body = Problem), (status = 428, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
-pub async fn replace_v2(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>, body: web::Json<JsonObject>) -> Result<HttpResponse, ApiError> {
+pub async fn replace_v2(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+    body: web::Json<JsonObject>,
+) -> Result<HttpResponse, ApiError> {
     replace(req, principal, catalog, sku, body, Version::V2).await
 }
 
@@ -167,7 +240,12 @@ pub async fn replace_v2(req: HttpRequest, principal: Principal, catalog: web::Da
 #[utoipa::path(delete, path = "/v1/products/{sku}", tag = "products v1",
     responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
-pub async fn delete_v1(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn delete_v1(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     delete(req, principal, catalog, sku).await
 }
 
@@ -175,7 +253,12 @@ pub async fn delete_v1(req: HttpRequest, principal: Principal, catalog: web::Dat
 #[utoipa::path(delete, path = "/v2/products/{sku}", tag = "products",
     responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
-pub async fn delete_v2(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn delete_v2(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     delete(req, principal, catalog, sku).await
 }
 
@@ -183,7 +266,11 @@ pub async fn delete_v2(req: HttpRequest, principal: Principal, catalog: web::Dat
 #[utoipa::path(get, path = "/v1/products", tag = "products v1", params(ListParams),
     responses((status = 200, body = ProductPage<ProductV1>), (status = 400, body = Problem)),
     security(("bearer" = ["catalog.read"])))]
-pub async fn list_v1(principal: Principal, catalog: web::Data<Catalog>, params: web::Query<ListParams>) -> Result<HttpResponse, ApiError> {
+pub async fn list_v1(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
     list(principal, catalog, params, Version::V1).await
 }
 
@@ -191,6 +278,10 @@ pub async fn list_v1(principal: Principal, catalog: web::Data<Catalog>, params: 
 #[utoipa::path(get, path = "/v2/products", tag = "products", params(ListParams),
     responses((status = 200, body = ProductPage<ProductV2>), (status = 400, body = Problem)),
     security(("bearer" = ["catalog.read"])))]
-pub async fn list_v2(principal: Principal, catalog: web::Data<Catalog>, params: web::Query<ListParams>) -> Result<HttpResponse, ApiError> {
+pub async fn list_v2(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
     list(principal, catalog, params, Version::V2).await
 }

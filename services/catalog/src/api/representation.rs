@@ -111,9 +111,13 @@ pub enum Rendered {
 
 /// Renders a product in the version's shape.
 pub fn render(product: &Product, version: Version) -> Result<Rendered, ApiError> {
-    let price = product
-        .price()
-        .ok_or_else(|| ApiError::internal(format!("stored product {} has currency {:?}", product.sku.as_str(), product.currency)))?;
+    let price = product.price().ok_or_else(|| {
+        ApiError::internal(format!(
+            "stored product {} has currency {:?}",
+            product.sku.as_str(),
+            product.currency
+        ))
+    })?;
     let rendered = match version {
         Version::V1 => Rendered::V1(ProductV1 {
             sku: product.sku.as_str().to_owned(),
@@ -142,7 +146,11 @@ pub fn render(product: &Product, version: Version) -> Result<Rendered, ApiError>
 }
 
 /// Reads a draft from a request body. `path_sku` is the SKU in the URL of a PUT.
-pub fn read_draft(body: JsonObject, version: Version, path_sku: Option<&Sku>) -> Result<ProductDraft, ApiError> {
+pub fn read_draft(
+    body: JsonObject,
+    version: Version,
+    path_sku: Option<&Sku>,
+) -> Result<ProductDraft, ApiError> {
     let mut fields = Fields::new(body);
     let sku = fields.string("sku", path_sku.is_none(), 1..=64);
     let sku = match (sku, path_sku) {
@@ -187,7 +195,13 @@ pub fn read_draft(body: JsonObject, version: Version, path_sku: Option<&Sku>) ->
     fields.finish(draft)
 }
 
-fn money(fields: &mut Fields, amount: Option<String>, currency: Option<String>, amount_field: &str, currency_field: &str) -> Option<Money> {
+fn money(
+    fields: &mut Fields,
+    amount: Option<String>,
+    currency: Option<String>,
+    amount_field: &str,
+    currency_field: &str,
+) -> Option<Money> {
     let currency = currency.and_then(|code| match parse_currency(&code) {
         Ok(currency) => Some(currency),
         Err(error) => {
@@ -215,6 +229,9 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit {
         None => Ok(20),
         Some(limit @ 1..=100) => Ok(limit),
-        Some(_) => Err(ApiError::validation(vec![FieldError::new("limit", "must be between 1 and 100")])),
+        Some(_) => Err(ApiError::validation(vec![FieldError::new(
+            "limit",
+            "must be between 1 and 100",
+        )])),
     }
 }

@@ -42,7 +42,11 @@ fn view(stock: &Stock) -> StockView {
     }
 }
 
-async fn get(principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(READ_SCOPE)?;
     let sku = path_sku(&sku)?;
     let (stock, etag) = catalog.stock(&sku).await?;
@@ -53,7 +57,13 @@ async fn get(principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<S
     Ok(response.json(view(&stock)))
 }
 
-async fn count(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>, body: web::Json<JsonObject>) -> Result<HttpResponse, ApiError> {
+async fn count(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+    body: web::Json<JsonObject>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(WRITE_SCOPE)?;
     let sku = path_sku(&sku)?;
     let expected = if_match(&req)?;
@@ -70,7 +80,11 @@ async fn count(req: HttpRequest, principal: Principal, catalog: web::Data<Catalo
 #[utoipa::path(get, path = "/v1/products/{sku}/stock", tag = "stock",
     responses((status = 200, body = StockView), (status = 404, body = Problem)),
     security(("bearer" = ["catalog.read"])))]
-pub async fn get_v1(principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_v1(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     get(principal, catalog, sku).await
 }
 
@@ -78,7 +92,11 @@ pub async fn get_v1(principal: Principal, catalog: web::Data<Catalog>, sku: web:
 #[utoipa::path(get, path = "/v2/products/{sku}/stock", tag = "stock",
     responses((status = 200, body = StockView), (status = 404, body = Problem)),
     security(("bearer" = ["catalog.read"])))]
-pub async fn get_v2(principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_v2(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     get(principal, catalog, sku).await
 }
 
@@ -86,7 +104,13 @@ pub async fn get_v2(principal: Principal, catalog: web::Data<Catalog>, sku: web:
 #[utoipa::path(put, path = "/v1/products/{sku}/stock", tag = "stock", request_body = StockCount,
     responses((status = 200, body = StockView), (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
-pub async fn count_v1(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>, body: web::Json<JsonObject>) -> Result<HttpResponse, ApiError> {
+pub async fn count_v1(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+    body: web::Json<JsonObject>,
+) -> Result<HttpResponse, ApiError> {
     count(req, principal, catalog, sku, body).await
 }
 
@@ -94,6 +118,12 @@ pub async fn count_v1(req: HttpRequest, principal: Principal, catalog: web::Data
 #[utoipa::path(put, path = "/v2/products/{sku}/stock", tag = "stock", request_body = StockCount,
     responses((status = 200, body = StockView), (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
-pub async fn count_v2(req: HttpRequest, principal: Principal, catalog: web::Data<Catalog>, sku: web::Path<String>, body: web::Json<JsonObject>) -> Result<HttpResponse, ApiError> {
+pub async fn count_v2(
+    req: HttpRequest,
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    sku: web::Path<String>,
+    body: web::Json<JsonObject>,
+) -> Result<HttpResponse, ApiError> {
     count(req, principal, catalog, sku, body).await
 }

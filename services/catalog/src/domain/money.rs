@@ -36,7 +36,10 @@ pub fn parse_currency(code: &str) -> Result<Currency, MoneyError> {
 
 impl Money {
     pub fn from_minor_units(minor_units: i64, currency: Currency) -> Self {
-        Self { minor_units, currency }
+        Self {
+            minor_units,
+            currency,
+        }
     }
 
     /// Parses `12.50` for EUR into 1250 minor units; `12.505` is refused, not rounded.
@@ -44,7 +47,11 @@ impl Money {
         let exponent = currency.exponent().unwrap_or(0);
         let (whole, fraction) = amount.split_once('.').unwrap_or((amount, ""));
         let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || !digits_only(whole) || !digits_only(fraction) || (amount.contains('.') && fraction.is_empty()) {
+        if whole.is_empty()
+            || !digits_only(whole)
+            || !digits_only(fraction)
+            || (amount.contains('.') && fraction.is_empty())
+        {
             return Err(MoneyError::NotADecimal);
         }
         let significant = fraction.trim_end_matches('0');
@@ -57,13 +64,20 @@ impl Money {
         let scale = 10_i64.pow(u32::from(exponent));
         let whole: i64 = whole.parse().map_err(|_| MoneyError::TooLarge)?;
         let padded = format!("{significant:0<width$}", width = usize::from(exponent));
-        let fraction: i64 = if padded.is_empty() { 0 } else { padded.parse().map_err(|_| MoneyError::NotADecimal)? };
+        let fraction: i64 = if padded.is_empty() {
+            0
+        } else {
+            padded.parse().map_err(|_| MoneyError::NotADecimal)?
+        };
         let minor_units = whole
             .checked_mul(scale)
             .and_then(|units| units.checked_add(fraction))
             .filter(|units| *units <= MAX_MINOR_UNITS)
             .ok_or(MoneyError::TooLarge)?;
-        Ok(Self { minor_units, currency })
+        Ok(Self {
+            minor_units,
+            currency,
+        })
     }
 
     pub fn minor_units(&self) -> i64 {
@@ -127,7 +141,10 @@ mod tests {
     fn respects_the_currency_exponent() {
         let yen = parse_currency("JPY").unwrap();
         assert_eq!(Money::parse("1500", yen).unwrap().amount(), "1500");
-        assert!(matches!(Money::parse("1500.5", yen), Err(MoneyError::TooPrecise { .. })));
+        assert!(matches!(
+            Money::parse("1500.5", yen),
+            Err(MoneyError::TooPrecise { .. })
+        ));
         let dinar = parse_currency("KWD").unwrap();
         assert_eq!(Money::parse("1.234", dinar).unwrap().minor_units(), 1234);
         assert_eq!(Money::parse("1.2", dinar).unwrap().amount(), "1.200");
@@ -135,11 +152,23 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_plain_decimal() {
-        for text in ["", "-1", "1e3", "1.", ".5", "1,5", " 1", "abc", "1.2.3", "+1"] {
-            assert_eq!(Money::parse(text, eur()), Err(MoneyError::NotADecimal), "{text:?}");
+        for text in [
+            "", "-1", "1e3", "1.", ".5", "1,5", " 1", "abc", "1.2.3", "+1",
+        ] {
+            assert_eq!(
+                Money::parse(text, eur()),
+                Err(MoneyError::NotADecimal),
+                "{text:?}"
+            );
         }
-        assert!(matches!(Money::parse("12.505", eur()), Err(MoneyError::TooPrecise { .. })));
-        assert_eq!(Money::parse("99999999999999999999", eur()), Err(MoneyError::TooLarge));
+        assert!(matches!(
+            Money::parse("12.505", eur()),
+            Err(MoneyError::TooPrecise { .. })
+        ));
+        assert_eq!(
+            Money::parse("99999999999999999999", eur()),
+            Err(MoneyError::TooLarge)
+        );
     }
 
     #[test]

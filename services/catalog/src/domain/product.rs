@@ -10,12 +10,19 @@ pub struct Sku(String);
 
 impl Sku {
     pub fn parse(text: &str) -> Result<Self, &'static str> {
-        let valid_chars = text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        let starts_well = text.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+        let valid_chars = text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let starts_well = text
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
         if text.len() <= 64 && valid_chars && starts_well {
             Ok(Self(text.to_owned()))
         } else {
-            Err("must be 1 to 64 of A-Z, a-z, 0-9, '.', '_' or '-', starting with a letter or digit")
+            Err(
+                "must be 1 to 64 of A-Z, a-z, 0-9, '.', '_' or '-', starting with a letter or digit",
+            )
         }
     }
 

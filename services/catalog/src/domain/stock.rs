@@ -21,7 +21,11 @@ pub enum StockError {
 
 impl Stock {
     pub fn empty(sku: Sku) -> Self {
-        Self { sku, on_hand: 0, reserved: 0 }
+        Self {
+            sku,
+            on_hand: 0,
+            reserved: 0,
+        }
     }
 
     pub fn available(&self) -> i64 {
@@ -31,9 +35,15 @@ impl Stock {
     /// A stock count from the warehouse replaces what is on hand; reservations stay.
     pub fn count(&self, on_hand: i64) -> Result<Self, StockError> {
         if on_hand < self.reserved {
-            return Err(StockError::BelowReserved { on_hand, reserved: self.reserved });
+            return Err(StockError::BelowReserved {
+                on_hand,
+                reserved: self.reserved,
+            });
         }
-        Ok(Self { on_hand, ..self.clone() })
+        Ok(Self {
+            on_hand,
+            ..self.clone()
+        })
     }
 }
 
@@ -43,8 +53,18 @@ mod tests {
 
     #[test]
     fn counting_below_reserved_is_refused() {
-        let stock = Stock { sku: Sku::parse("A").unwrap(), on_hand: 10, reserved: 4 };
-        assert_eq!(stock.count(3), Err(StockError::BelowReserved { on_hand: 3, reserved: 4 }));
+        let stock = Stock {
+            sku: Sku::parse("A").unwrap(),
+            on_hand: 10,
+            reserved: 4,
+        };
+        assert_eq!(
+            stock.count(3),
+            Err(StockError::BelowReserved {
+                on_hand: 3,
+                reserved: 4
+            })
+        );
         let counted = stock.count(7).unwrap();
         assert_eq!(counted.available(), 3);
     }

@@ -6,7 +6,12 @@ use serde_json::json;
 use crate::helpers::*;
 
 fn fields(body: &serde_json::Value) -> Vec<String> {
-    body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect()
+    body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -14,22 +19,49 @@ async fn every_invalid_field_is_listed() {
     let app = TestApp::spawn().await;
     let body = json!({"sku": "bad sku!", "name": "", "category": 7, "price": {"amount": "1.234", "currency": "EURO", "x": 1}, "colour": "red"});
     let problem = problem(app.post("/v2/products", body).await, 422).await;
-    assert_eq!(fields(&problem), ["sku", "name", "category", "price.currency", "price.x", "colour"]);
+    assert_eq!(
+        fields(&problem),
+        [
+            "sku",
+            "name",
+            "category",
+            "price.currency",
+            "price.x",
+            "colour"
+        ]
+    );
 
-    let v1 = json!({"sku": "OK-1", "name": "n", "category": "c", "price": "12.50", "currency": "EUR"});
+    let v1 =
+        json!({"sku": "OK-1", "name": "n", "category": "c", "price": "12.50", "currency": "EUR"});
     let problem = problem_of(app.post("/v1/products", v1).await, 422).await;
     assert_eq!(fields(&problem), ["price"]);
 
-    let precise = json!({"sku": "OK-1", "name": "n", "category": "c", "price": 12.505, "currency": "EUR"});
+    let precise =
+        json!({"sku": "OK-1", "name": "n", "category": "c", "price": 12.505, "currency": "EUR"});
     let problem = problem_of(app.post("/v1/products", precise).await, 422).await;
     assert_eq!(fields(&problem), ["price"]);
-    assert!(problem["errors"][0]["message"].as_str().unwrap().contains("decimal places"));
+    assert!(
+        problem["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("decimal places")
+    );
 
-    let negative = json!({"sku": "OK-1", "name": "n", "category": "c", "price": -1, "currency": "EUR"});
+    let negative =
+        json!({"sku": "OK-1", "name": "n", "category": "c", "price": -1, "currency": "EUR"});
     problem_of(app.post("/v1/products", negative).await, 422).await;
     let too_long = json!({"sku": "OK-1", "name": "x".repeat(201), "category": "c", "price": 1, "currency": "EUR"});
-    assert_eq!(fields(&problem_of(app.post("/v1/products", too_long).await, 422).await), ["name"]);
-    let mismatch = app.put("/v2/products/OK-1", product_v2("OTHER", "c", "1.00"), Some("*")).await;
+    assert_eq!(
+        fields(&problem_of(app.post("/v1/products", too_long).await, 422).await),
+        ["name"]
+    );
+    let mismatch = app
+        .put(
+            "/v2/products/OK-1",
+            product_v2("OTHER", "c", "1.00"),
+            Some("*"),
+        )
+        .await;
     assert_eq!(mismatch.status(), 422);
 }
 
@@ -52,7 +84,14 @@ async fn malformed_bodies() {
     problem(send("\"text\"", "application/json").await.unwrap(), 422).await;
     problem(send("{\"sku\": \"a\"}", "text/plain").await.unwrap(), 415).await;
     // No body and no content type: not JSON.
-    problem(app.request(Method::POST, "/v2/products").send().await.unwrap(), 415).await;
+    problem(
+        app.request(Method::POST, "/v2/products")
+            .send()
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -76,6 +115,10 @@ async fn bad_query_parameters() {
 async fn unknown_routes_and_methods() {
     let app = TestApp::spawn().await;
     problem(app.get("/v3/products").await, 404).await;
-    let wrong_method = app.request(Method::PATCH, "/v2/products").send().await.unwrap();
+    let wrong_method = app
+        .request(Method::PATCH, "/v2/products")
+        .send()
+        .await
+        .unwrap();
     problem(wrong_method, 405).await;
 }

@@ -9,8 +9,26 @@ async fn tokens_and_scopes() {
     let none = app.http.get(&url).send().await.unwrap();
     assert_eq!(none.headers()["www-authenticate"], "Bearer");
     problem(none, 401).await;
-    problem(app.http.get(&url).bearer_auth("garbage").send().await.unwrap(), 401).await;
-    problem(app.http.get(&url).header("authorization", "Basic dXNlcjpwYXNz").send().await.unwrap(), 401).await;
+    problem(
+        app.http
+            .get(&url)
+            .bearer_auth("garbage")
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    problem(
+        app.http
+            .get(&url)
+            .header("authorization", "Basic dXNlcjpwYXNz")
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
 
     let foreign = common::auth::mint_dev_token(
         &secrecy::SecretString::from("some-other-secret-entirely-000000000".to_owned()),
@@ -20,10 +38,28 @@ async fn tokens_and_scopes() {
         600,
     )
     .unwrap();
-    problem(app.http.get(&url).bearer_auth(foreign).send().await.unwrap(), 401).await;
+    problem(
+        app.http
+            .get(&url)
+            .bearer_auth(foreign)
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
 
     let read_only = app.token("catalog.read");
-    assert_eq!(app.http.get(&url).bearer_auth(&read_only).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.http
+            .get(&url)
+            .bearer_auth(&read_only)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let forbidden = app
         .http
         .post(&url)
@@ -35,7 +71,16 @@ async fn tokens_and_scopes() {
     let body = problem(forbidden, 403).await;
     assert!(body["detail"].as_str().unwrap().contains("catalog.write"));
     let wrong_service = app.token("orders.read");
-    problem(app.http.get(&url).bearer_auth(wrong_service).send().await.unwrap(), 403).await;
+    problem(
+        app.http
+            .get(&url)
+            .bearer_auth(wrong_service)
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -48,18 +93,51 @@ async fn clients_are_rate_limited_each_on_their_own() {
     for _ in 0..3 {
         let ok = app.get("/v2/products").await;
         assert_eq!(ok.status(), 200);
-        assert!(ok.headers()["ratelimit"].to_str().unwrap().starts_with("limit=3"));
+        assert!(
+            ok.headers()["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with("limit=3")
+        );
     }
     let limited = app.get("/v2/products").await;
-    assert!(limited.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(
+        limited.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
     assert!(limited.headers()["ratelimit-remaining"] == "0");
     problem(limited, 429).await;
 
     // Another subject has its own budget; health probes are never limited.
-    let other = common::auth::mint_dev_token(&secrecy::SecretString::from(SECRET.to_owned()), &app.settings.auth, "someone-else", ALL, 600).unwrap();
-    let theirs = app.http.request(Method::GET, format!("{}/v2/products", app.url)).bearer_auth(other).send().await.unwrap();
+    let other = common::auth::mint_dev_token(
+        &secrecy::SecretString::from(SECRET.to_owned()),
+        &app.settings.auth,
+        "someone-else",
+        ALL,
+        600,
+    )
+    .unwrap();
+    let theirs = app
+        .http
+        .request(Method::GET, format!("{}/v2/products", app.url))
+        .bearer_auth(other)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(theirs.status(), 200);
     for _ in 0..5 {
-        assert_eq!(app.http.get(format!("{}/health/live", app.url)).send().await.unwrap().status(), 200);
+        assert_eq!(
+            app.http
+                .get(format!("{}/health/live", app.url))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
 }

@@ -14,7 +14,11 @@ struct Process {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start_binary(data_dir: &std::path::Path, port: u16) -> Process {
@@ -43,7 +47,14 @@ async fn start_binary(data_dir: &std::path::Path, port: u16) -> Process {
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(dir.path());
-    let token = common::auth::mint_dev_token(&secrecy::SecretString::from(SECRET.to_owned()), &settings.auth, "tester", ALL, 600).unwrap();
+    let token = common::auth::mint_dev_token(
+        &secrecy::SecretString::from(SECRET.to_owned()),
+        &settings.auth,
+        "tester",
+        ALL,
+        600,
+    )
+    .unwrap();
     let client = reqwest::Client::new();
 
     let mut process = start_binary(dir.path(), free_port()).await;
@@ -72,10 +83,17 @@ async fn acknowledged_writes_survive_kill_9() {
     let url = process.url.clone();
     let probe_token = token.clone();
     let some_written = eventually(Duration::from_secs(30), || {
-        let request = probe.get(format!("{url}/v2/products?limit=30")).bearer_auth(&probe_token).send();
+        let request = probe
+            .get(format!("{url}/v2/products?limit=30"))
+            .bearer_auth(&probe_token)
+            .send();
         async move {
             match request.await {
-                Ok(response) => response.json::<Value>().await.is_ok_and(|page| page["items"].as_array().is_some_and(|items| items.len() >= 30)),
+                Ok(response) => response.json::<Value>().await.is_ok_and(|page| {
+                    page["items"]
+                        .as_array()
+                        .is_some_and(|items| items.len() >= 30)
+                }),
                 Err(_) => false,
             }
         }

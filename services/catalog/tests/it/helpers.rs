@@ -42,7 +42,9 @@ impl TestApp {
 
     async fn start(settings: Settings, dir: tempfile::TempDir) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let handle = catalog::startup::start(settings.clone(), listener).await.unwrap();
+        let handle = catalog::startup::start(settings.clone(), listener)
+            .await
+            .unwrap();
         Self {
             url: handle.url(),
             http: reqwest::Client::new(),
@@ -60,7 +62,14 @@ impl TestApp {
     }
 
     pub fn token(&self, scopes: &str) -> String {
-        common::auth::mint_dev_token(&SecretString::from(SECRET.to_owned()), &self.settings.auth, "tester", scopes, 600).unwrap()
+        common::auth::mint_dev_token(
+            &SecretString::from(SECRET.to_owned()),
+            &self.settings.auth,
+            "tester",
+            scopes,
+            600,
+        )
+        .unwrap()
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -70,7 +79,11 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Response {
-        self.request(Method::POST, path).json(&body).send().await.unwrap()
+        self.request(Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get(&self, path: &str) -> Response {
@@ -101,13 +114,25 @@ pub fn product_v2(sku: &str, category: &str, amount: &str) -> Value {
 }
 
 pub fn etag(response: &Response) -> String {
-    response.headers().get("etag").unwrap().to_str().unwrap().to_owned()
+    response
+        .headers()
+        .get("etag")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Asserts a problem+json answer with this status and returns its body.
 pub async fn problem(response: Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status, "unexpected status");
-    let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(content_type, "application/problem+json");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], status);
