@@ -22,8 +22,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ChangeBatch, Checkpoint, ContinuationToken, Document, DocumentStore, ETag, Json, Page, Query,
-    QueryScope, StoreError,
+    BatchOp, ChangeBatch, Checkpoint, ContinuationToken, Document, DocumentStore, ETag, Json, Page,
+    Query, QueryScope, StoreError,
 };
 
 #[derive(Clone)]
@@ -354,6 +354,84 @@ impl DocumentStore for CosmosStore {
             documents,
             checkpoint: Checkpoint(checkpoint.as_str().to_owned()),
         })
+    }
+
+    #[tracing::instrument(name = "cosmos.batch", skip_all, fields(container, ru = tracing::field::Empty))]
+    async fn batch(
+        &self,
+        container: &str,
+        pk: &str,
+        operations: Vec<BatchOp>,
+    ) -> Result<Vec<Option<ETag>>, StoreError> {
+        use azure_data_cosmos::TransactionalBatch;
+        use azure_data_cosmos::options::{BatchDeleteOptions, BatchReplaceOptions};
+
+        super::embedded::check_batch_size(&operations)?;
+        let serialization = |e: CosmosError| StoreError::Serialization(e.to_string());
+        let mut batch = TransactionalBatch::new(pk.to_owned());
+        for operation in &operations {
+            batch = match operation {
+                BatchOp::Create { id, body } => batch
+                    .create_item(envelope(pk, id, body.clone()))
+                    .map_err(serialization)?,
+                BatchOp::Upsert { id, body } => batch
+                    .upsert_item(envelope(pk, id, body.clone()), None)
+                    .map_err(serialization)?,
+                BatchOp::Replace { id, body, if_match } => {
+                    let options = if_match.as_ref().map(|etag| {
+                        BatchReplaceOptions::default()
+                            .with_precondition(Precondition::IfMatch(etag.as_str().into()))
+                    });
+                    batch
+                        .replace_item(id.clone(), envelope(pk, id, body.clone()), options)
+                        .map_err(serialization)?
+                }
+                BatchOp::Delete { id, if_match } => {
+                    let options = if_match.as_ref().map(|etag| {
+                        BatchDeleteOptions::default()
+                            .with_precondition(Precondition::IfMatch(etag.as_str().into()))
+                    });
+                    batch.delete_item(id.clone(), options)
+                }
+            };
+        }
+        let response = self
+            .container(container)?
+            .execute_transactional_batch(batch, None)
+            .await
+            .map_err(map_error)?;
+        record_charge(response.headers());
+        // A failed batch still answers "Ok" with a status per operation: the first failure
+        // (not the 424s of the operations rolled back with it) tells what went wrong.
+        let results = response.into_model().map_err(serialization)?;
+        let results = results.results();
+        if let Some(failed) = results
+            .iter()
+            .find(|r| !r.is_success() && r.status_code() != 424)
+        {
+            return Err(match failed.status_code() {
+                404 => StoreError::NotFound,
+                409 => StoreError::Conflict,
+                412 => StoreError::PreconditionFailed,
+                429 => StoreError::Throttled {
+                    retry_after_ms: 1000,
+                },
+                other => StoreError::Backend(format!("batch operation failed with status {other}")),
+            });
+        }
+        if results.len() != operations.len() || results.iter().any(|r| !r.is_success()) {
+            return Err(StoreError::Backend(
+                "the batch failed without a failing operation".into(),
+            ));
+        }
+        Ok(operations
+            .iter()
+            .zip(results)
+            .map(|(operation, result)| match operation {
+                BatchOp::Delete { .. } => None,
+                _ => Some(ETag::new(result.etag().unwrap_or_default())),
+            })
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ChangeBatch, Checkpoint, ContinuationToken, Document, DocumentStore, ETag, Json, Page, Query,
-    QueryScope, StoreError,
+    BatchOp, ChangeBatch, Checkpoint, ContinuationToken, Document, DocumentStore, ETag, Json, Page,
+    Query, QueryScope, StoreError,
 };
 
 const SCHEMA: &str = "
@@ -166,6 +166,17 @@ fn backend(error: rusqlite::Error) -> StoreError {
     }
 }
 
+pub(crate) fn check_batch_size(operations: &[BatchOp]) -> Result<(), StoreError> {
+    if operations.is_empty() || operations.len() > super::MAX_BATCH_OPERATIONS {
+        return Err(StoreError::Backend(format!(
+            "a batch holds 1 to {} operations, got {}",
+            super::MAX_BATCH_OPERATIONS,
+            operations.len()
+        )));
+    }
+    Ok(())
+}
+
 fn etag_of(seq: i64) -> ETag {
     ETag::new(format!("{seq:016x}"))
 }
@@ -228,11 +239,48 @@ fn write(
     body: &Json,
     mode: WriteMode<'_>,
 ) -> Result<Document, StoreError> {
-    let text = serialize(body)?;
     let tx = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(backend)?;
-    let existing = current_seq(&tx, container, pk, id)?;
+    let etag = write_in(&tx, container, pk, id, body, mode)?;
+    tx.commit().map_err(backend)?;
+    Ok(Document {
+        id: id.to_owned(),
+        partition_key: pk.to_owned(),
+        body: body.clone(),
+        etag,
+    })
+}
+
+fn delete_in(
+    tx: &rusqlite::Transaction<'_>,
+    container: &str,
+    pk: &str,
+    id: &str,
+    if_match: Option<&ETag>,
+) -> Result<(), StoreError> {
+    let seq = current_seq(tx, container, pk, id)?.ok_or(StoreError::NotFound)?;
+    if if_match.is_some_and(|expected| *expected != etag_of(seq)) {
+        return Err(StoreError::PreconditionFailed);
+    }
+    tx.execute(
+        "DELETE FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
+        params![container, pk, id],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn write_in(
+    tx: &rusqlite::Transaction<'_>,
+    container: &str,
+    pk: &str,
+    id: &str,
+    body: &Json,
+    mode: WriteMode<'_>,
+) -> Result<ETag, StoreError> {
+    let text = serialize(body)?;
+    let existing = current_seq(tx, container, pk, id)?;
     match (&mode, existing) {
         (WriteMode::Create, Some(_)) => return Err(StoreError::Conflict),
         (WriteMode::Replace(_), None) => return Err(StoreError::NotFound),
@@ -241,20 +289,14 @@ fn write(
         }
         _ => {}
     }
-    let seq = next_seq(&tx)?;
+    let seq = next_seq(tx)?;
     tx.execute(
         "INSERT INTO documents (container, pk, id, body, seq) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (container, pk, id) DO UPDATE SET body = excluded.body, seq = excluded.seq",
         params![container, pk, id, text, seq],
     )
     .map_err(backend)?;
-    tx.commit().map_err(backend)?;
-    Ok(Document {
-        id: id.to_owned(),
-        partition_key: pk.to_owned(),
-        body: body.clone(),
-        etag: etag_of(seq),
-    })
+    Ok(etag_of(seq))
 }
 
 #[async_trait]
@@ -343,16 +385,51 @@ impl DocumentStore for EmbeddedStore {
             let tx = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            let seq = current_seq(&tx, &container, &pk, &id)?.ok_or(StoreError::NotFound)?;
-            if if_match.is_some_and(|expected| expected != etag_of(seq)) {
-                return Err(StoreError::PreconditionFailed);
-            }
-            tx.execute(
-                "DELETE FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
-                params![container, pk, id],
-            )
-            .map_err(backend)?;
+            delete_in(&tx, &container, &pk, &id, if_match.as_ref())?;
             tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn batch(
+        &self,
+        container: &str,
+        pk: &str,
+        operations: Vec<BatchOp>,
+    ) -> Result<Vec<Option<ETag>>, StoreError> {
+        check_batch_size(&operations)?;
+        let (container, pk) = (container.to_owned(), pk.to_owned());
+        self.with_writer(move |connection| {
+            // Dropping the transaction on an early return rolls every operation back.
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let mut etags = Vec::with_capacity(operations.len());
+            for operation in &operations {
+                let etag = match operation {
+                    BatchOp::Create { id, body } => {
+                        Some(write_in(&tx, &container, &pk, id, body, WriteMode::Create)?)
+                    }
+                    BatchOp::Replace { id, body, if_match } => Some(write_in(
+                        &tx,
+                        &container,
+                        &pk,
+                        id,
+                        body,
+                        WriteMode::Replace(if_match.as_ref()),
+                    )?),
+                    BatchOp::Upsert { id, body } => {
+                        Some(write_in(&tx, &container, &pk, id, body, WriteMode::Upsert)?)
+                    }
+                    BatchOp::Delete { id, if_match } => {
+                        delete_in(&tx, &container, &pk, id, if_match.as_ref())?;
+                        None
+                    }
+                };
+                etags.push(etag);
+            }
+            tx.commit().map_err(backend)?;
+            Ok(etags)
         })
         .await
     }

@@ -188,6 +188,43 @@ pub struct ChangeBatch {
     pub checkpoint: Checkpoint,
 }
 
+/// One operation of an atomic batch; all operations of a batch share a container and a
+/// partition key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchOp {
+    Create {
+        id: String,
+        body: Json,
+    },
+    Replace {
+        id: String,
+        body: Json,
+        if_match: Option<ETag>,
+    },
+    Upsert {
+        id: String,
+        body: Json,
+    },
+    Delete {
+        id: String,
+        if_match: Option<ETag>,
+    },
+}
+
+impl BatchOp {
+    pub fn id(&self) -> &str {
+        match self {
+            BatchOp::Create { id, .. }
+            | BatchOp::Replace { id, .. }
+            | BatchOp::Upsert { id, .. }
+            | BatchOp::Delete { id, .. } => id,
+        }
+    }
+}
+
+/// Most operations one batch may hold (Cosmos DB's transactional batch limit).
+pub const MAX_BATCH_OPERATIONS: usize = 100;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     #[error("document not found")]
@@ -265,6 +302,16 @@ pub trait DocumentStore: Send + Sync + 'static {
         since: Option<&Checkpoint>,
         max: usize,
     ) -> Result<ChangeBatch, StoreError>;
+
+    /// Applies every operation or none (a transaction in one partition). On failure the
+    /// error is that of the first operation that failed. Returns the new ETag of each
+    /// operation, `None` for deletes.
+    async fn batch(
+        &self,
+        container: &str,
+        pk: &str,
+        operations: Vec<BatchOp>,
+    ) -> Result<Vec<Option<ETag>>, StoreError>;
 
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;

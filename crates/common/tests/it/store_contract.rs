@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::store::embedded::{Durability, EmbeddedStore};
-use common::store::{Checkpoint, Query, QueryScope, SharedStore, StoreError};
+use common::store::{BatchOp, Checkpoint, Query, QueryScope, SharedStore, StoreError};
 use serde_json::json;
 
 const THINGS: &str = "things";
@@ -141,6 +141,9 @@ contract!(
     bad_continuation_is_refused,
     change_feed_resumes_from_checkpoint,
     concurrent_writers_with_etags_lose_no_update,
+    batch_applies_every_operation,
+    failed_batch_applies_nothing,
+    batch_with_stale_etag_applies_nothing,
 );
 
 async fn create_then_read_round_trips(store: &SharedStore) {
@@ -529,4 +532,146 @@ async fn concurrent_writers_with_etags_lose_no_update(store: &SharedStore) {
     }
     let end = store.read(THINGS, "counters", &id).await.unwrap().unwrap();
     assert_eq!(end.body, json!({"n": 40}));
+}
+
+async fn batch_applies_every_operation(store: &SharedStore) {
+    let pk = unique("batch");
+    let existing = store
+        .create(THINGS, &pk, "existing", json!({"n": 1}))
+        .await
+        .unwrap();
+    store
+        .create(THINGS, &pk, "doomed", json!({}))
+        .await
+        .unwrap();
+    let etags = store
+        .batch(
+            THINGS,
+            &pk,
+            vec![
+                BatchOp::Create {
+                    id: "new".into(),
+                    body: json!({"n": 2}),
+                },
+                BatchOp::Replace {
+                    id: "existing".into(),
+                    body: json!({"n": 3}),
+                    if_match: Some(existing.etag.clone()),
+                },
+                BatchOp::Upsert {
+                    id: "upserted".into(),
+                    body: json!({"n": 4}),
+                },
+                BatchOp::Delete {
+                    id: "doomed".into(),
+                    if_match: None,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(etags.len(), 4);
+    assert!(etags[3].is_none());
+    let read = store.read(THINGS, &pk, "existing").await.unwrap().unwrap();
+    assert_eq!(read.body, json!({"n": 3}));
+    assert_eq!(Some(read.etag), etags[1]);
+    assert_eq!(
+        store.read(THINGS, &pk, "new").await.unwrap().unwrap().body,
+        json!({"n": 2})
+    );
+    assert_eq!(
+        store
+            .read(THINGS, &pk, "upserted")
+            .await
+            .unwrap()
+            .unwrap()
+            .body,
+        json!({"n": 4})
+    );
+    assert_eq!(store.read(THINGS, &pk, "doomed").await.unwrap(), None);
+}
+
+async fn failed_batch_applies_nothing(store: &SharedStore) {
+    let pk = unique("batch");
+    store
+        .create(THINGS, &pk, "taken", json!({"n": 1}))
+        .await
+        .unwrap();
+    let error = store
+        .batch(
+            THINGS,
+            &pk,
+            vec![
+                BatchOp::Create {
+                    id: "fresh".into(),
+                    body: json!({}),
+                },
+                BatchOp::Replace {
+                    id: "taken".into(),
+                    body: json!({"n": 2}),
+                    if_match: None,
+                },
+                BatchOp::Create {
+                    id: "taken".into(),
+                    body: json!({"n": 3}),
+                },
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error, StoreError::Conflict);
+    assert_eq!(store.read(THINGS, &pk, "fresh").await.unwrap(), None);
+    assert_eq!(
+        store
+            .read(THINGS, &pk, "taken")
+            .await
+            .unwrap()
+            .unwrap()
+            .body,
+        json!({"n": 1})
+    );
+}
+
+async fn batch_with_stale_etag_applies_nothing(store: &SharedStore) {
+    let pk = unique("batch");
+    let first = store
+        .create(THINGS, &pk, "a", json!({"n": 1}))
+        .await
+        .unwrap();
+    store
+        .replace(THINGS, &pk, "a", json!({"n": 2}), None)
+        .await
+        .unwrap();
+    let error = store
+        .batch(
+            THINGS,
+            &pk,
+            vec![
+                BatchOp::Create {
+                    id: "b".into(),
+                    body: json!({}),
+                },
+                BatchOp::Replace {
+                    id: "a".into(),
+                    body: json!({"n": 3}),
+                    if_match: Some(first.etag),
+                },
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error, StoreError::PreconditionFailed);
+    assert_eq!(store.read(THINGS, &pk, "b").await.unwrap(), None);
+    let missing = store
+        .batch(
+            THINGS,
+            &pk,
+            vec![BatchOp::Delete {
+                id: "nope".into(),
+                if_match: None,
+            }],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(missing, StoreError::NotFound);
 }
