@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS documents (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS documents_by_id ON documents (container, id);
 CREATE UNIQUE INDEX IF NOT EXISTS documents_by_seq ON documents (container, seq);
+-- Services keep several kinds of document in one container (state, outbox entries,
+-- processed-event records) and filter on `kind`; this serves those queries.
+CREATE INDEX IF NOT EXISTS documents_by_kind ON documents (container, json_quote(json_extract(body, '$.kind')), id);
 CREATE TABLE IF NOT EXISTS sequence (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO sequence (name, value) VALUES ('documents', 0);
 ";

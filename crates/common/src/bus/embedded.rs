@@ -1,0 +1,503 @@
+//! The embedded bus: one SQLite file (WAL) shared by every service on the machine, and safe
+//! for several processes; a committed publish or settlement survives `kill -9`.
+//!
+//! Each subscription's copy of a message is a row in `deliveries`; locks are a token and
+//! an expiry time on the row, so a receiver that dies simply lets its locks expire.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use super::{
+    BusError, CloudEvent, DeadLetter, Delivery, EventBus, LockToken, Message, SubscriptionOptions,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS subscriptions (
+    topic TEXT NOT NULL,
+    name TEXT NOT NULL,
+    max_delivery_count INTEGER NOT NULL,
+    lock_ms INTEGER NOT NULL,
+    PRIMARY KEY (topic, name)
+);
+CREATE TABLE IF NOT EXISTS published (
+    topic TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    published_at INTEGER NOT NULL,
+    PRIMARY KEY (topic, message_id)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    subscription TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    message TEXT NOT NULL,
+    available_at INTEGER NOT NULL,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    lock_token TEXT,
+    locked_until INTEGER,
+    dead INTEGER NOT NULL DEFAULT 0,
+    dead_reason TEXT,
+    dead_description TEXT,
+    UNIQUE (topic, subscription, message_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_ready ON deliveries (topic, subscription, dead, available_at);
+CREATE INDEX IF NOT EXISTS deliveries_lock ON deliveries (lock_token);
+";
+
+/// How long a message id is remembered for duplicate detection.
+const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: Mutex<Connection>,
+    duplicate_window: Duration,
+    published: Notify,
+}
+
+/// The stored form of a message.
+#[derive(Serialize, Deserialize)]
+struct StoredMessage {
+    event: CloudEvent,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    properties: std::collections::BTreeMap<String, String>,
+}
+
+/// Buses already open in this process, so that services sharing a file in one process
+/// (`platform up`) also share wake-ups.
+fn open_buses() -> &'static Mutex<HashMap<PathBuf, Weak<Inner>>> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> = OnceLock::new();
+    OPEN.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn backend(error: rusqlite::Error) -> BusError {
+    BusError::Backend(error.to_string())
+}
+
+impl EmbeddedBus {
+    /// Opens (creating if needed) the bus file at `path`.
+    pub fn open(path: &Path) -> Result<Self, BusError> {
+        Self::open_with_window(path, DEFAULT_DUPLICATE_WINDOW)
+    }
+
+    pub fn open_with_window(path: &Path, duplicate_window: Duration) -> Result<Self, BusError> {
+        let key = std::fs::canonicalize(path.parent().unwrap_or(Path::new(".")))
+            .map(|dir| dir.join(path.file_name().unwrap_or_default()))
+            .unwrap_or_else(|_| path.to_owned());
+        let mut open = open_buses()
+            .lock()
+            .map_err(|_| BusError::Backend("bus registry poisoned".into()))?;
+        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(Self { inner });
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| BusError::Unavailable(format!("{}: {e}", parent.display())))?;
+        }
+        let connection = Connection::open(path)
+            .map_err(|e| BusError::Unavailable(format!("{}: {e}", path.display())))?;
+        connection
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(backend)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+        connection.execute_batch(SCHEMA).map_err(backend)?;
+        let inner = Arc::new(Inner {
+            connection: Mutex::new(connection),
+            duplicate_window,
+            published: Notify::new(),
+        });
+        open.insert(key, Arc::downgrade(&inner));
+        Ok(Self { inner })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection, &Inner) -> Result<T, BusError> + Send + 'static,
+    ) -> Result<T, BusError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = inner
+                .connection
+                .lock()
+                .map_err(|_| BusError::Backend("bus connection poisoned".into()))?;
+            work(&mut connection, &inner)
+        })
+        .await
+        .map_err(|e| BusError::Backend(format!("bus task failed: {e}")))?
+    }
+}
+
+fn subscription_exists(
+    connection: &Connection,
+    topic: &str,
+    subscription: &str,
+) -> Result<(i64, i64), BusError> {
+    connection
+        .query_row(
+            "SELECT max_delivery_count, lock_ms FROM subscriptions WHERE topic = ?1 AND name = ?2",
+            params![topic, subscription],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(backend)?
+        .ok_or_else(|| BusError::UnknownSubscription {
+            topic: topic.to_owned(),
+            subscription: subscription.to_owned(),
+        })
+}
+
+fn decode(text: &str) -> Result<Message, BusError> {
+    let stored: StoredMessage = serde_json::from_str(text)
+        .map_err(|e| BusError::Backend(format!("stored message: {e}")))?;
+    Ok(Message {
+        event: stored.event,
+        correlation_id: stored.correlation_id,
+        properties: stored.properties,
+        scheduled_for: None,
+    })
+}
+
+/// Applies a settlement to the delivery holding `lock`, if the lock is still held.
+fn settle(
+    connection: &Connection,
+    topic: &str,
+    subscription: &str,
+    lock: &LockToken,
+    sql: &str,
+    extra: &[&dyn rusqlite::ToSql],
+) -> Result<(), BusError> {
+    let now = now_ms();
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&topic, &subscription, &lock.0, &now];
+    values.extend_from_slice(extra);
+    let changed = connection
+        .execute(
+            &format!("{sql} WHERE topic = ?1 AND subscription = ?2 AND lock_token = ?3 AND locked_until > ?4 AND dead = 0"),
+            values.as_slice(),
+        )
+        .map_err(backend)?;
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(BusError::LockLost)
+    }
+}
+
+#[async_trait]
+impl EventBus for EmbeddedBus {
+    async fn ensure_subscription(
+        &self,
+        topic: &str,
+        subscription: &str,
+        options: SubscriptionOptions,
+    ) -> Result<(), BusError> {
+        let (topic, subscription) = (topic.to_owned(), subscription.to_owned());
+        self.run(move |connection, _| {
+            connection
+                .execute(
+                    "INSERT INTO subscriptions (topic, name, max_delivery_count, lock_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (topic, name) DO UPDATE SET max_delivery_count = excluded.max_delivery_count, lock_ms = excluded.lock_ms",
+                    params![topic, subscription, options.max_delivery_count, millis(options.lock_duration)],
+                )
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
+        let topic = topic.to_owned();
+        let text = serde_json::to_string(&StoredMessage {
+            event: message.event.clone(),
+            correlation_id: message.correlation_id.clone(),
+            properties: message.properties.clone(),
+        })
+        .map_err(|e| BusError::Backend(e.to_string()))?;
+        let available_at = message
+            .scheduled_for
+            .map(|at| {
+                i64::try_from((at - OffsetDateTime::UNIX_EPOCH).whole_milliseconds())
+                    .unwrap_or(i64::MAX)
+            })
+            .unwrap_or_else(now_ms);
+        let id = message.event.id.clone();
+        let published = self
+            .run(move |connection, inner| {
+                let now = now_ms();
+                let window_start = now - millis(inner.duplicate_window);
+                let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+                let seen: Option<i64> = tx
+                    .query_row(
+                        "SELECT published_at FROM published WHERE topic = ?1 AND message_id = ?2",
+                        params![topic, id],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if seen.is_some_and(|at| at > window_start) {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "INSERT INTO published (topic, message_id, published_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (topic, message_id) DO UPDATE SET published_at = excluded.published_at",
+                    params![topic, id, now],
+                )
+                .map_err(backend)?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO deliveries (topic, subscription, message_id, message, available_at)
+                     SELECT topic, name, ?2, ?3, ?4 FROM subscriptions WHERE topic = ?1",
+                    params![topic, id, text, available_at],
+                )
+                .map_err(backend)?;
+                // Forget ids that left the window, a few at a time.
+                tx.execute(
+                    "DELETE FROM published WHERE rowid IN (SELECT rowid FROM published WHERE published_at < ?1 LIMIT 100)",
+                    params![window_start],
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                Ok(true)
+            })
+            .await?;
+        if published {
+            self.inner.published.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        topic: &str,
+        subscription: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let (topic, subscription) = (topic.to_owned(), subscription.to_owned());
+        let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        self.run(move |connection, _| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let (max_deliveries, lock_ms) = subscription_exists(&tx, &topic, &subscription)?;
+            let now = now_ms();
+            let candidates: Vec<(i64, String, i64)> = {
+                let mut statement = tx
+                    .prepare_cached(
+                        "SELECT seq, message, delivery_count FROM deliveries
+                         WHERE topic = ?1 AND subscription = ?2 AND dead = 0 AND available_at <= ?3
+                           AND (locked_until IS NULL OR locked_until <= ?3)
+                         ORDER BY available_at, seq LIMIT ?4",
+                    )
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map(params![topic, subscription, now, max], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                    .map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)?
+            };
+            let mut deliveries = Vec::new();
+            for (seq, text, count) in candidates {
+                if count >= max_deliveries {
+                    tx.execute(
+                        "UPDATE deliveries SET dead = 1, lock_token = NULL, locked_until = NULL,
+                         dead_reason = 'MaxDeliveryCountExceeded',
+                         dead_description = 'delivered ' || delivery_count || ' times without being completed'
+                         WHERE seq = ?1",
+                        params![seq],
+                    )
+                    .map_err(backend)?;
+                    continue;
+                }
+                let token = uuid::Uuid::new_v4().to_string();
+                tx.execute(
+                    "UPDATE deliveries SET delivery_count = delivery_count + 1, lock_token = ?2, locked_until = ?3 WHERE seq = ?1",
+                    params![seq, token, now + lock_ms],
+                )
+                .map_err(backend)?;
+                deliveries.push(Delivery {
+                    message: decode(&text)?,
+                    delivery_count: u32::try_from(count + 1).unwrap_or(u32::MAX),
+                    lock: LockToken(token),
+                });
+            }
+            tx.commit().map_err(backend)?;
+            Ok(deliveries)
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        topic: &str,
+        subscription: &str,
+        lock: &LockToken,
+    ) -> Result<(), BusError> {
+        let (topic, subscription, lock) = (topic.to_owned(), subscription.to_owned(), lock.clone());
+        self.run(move |connection, _| {
+            settle(
+                connection,
+                &topic,
+                &subscription,
+                &lock,
+                "DELETE FROM deliveries",
+                &[],
+            )
+        })
+        .await
+    }
+
+    async fn abandon(
+        &self,
+        topic: &str,
+        subscription: &str,
+        lock: &LockToken,
+        delay: Duration,
+    ) -> Result<(), BusError> {
+        let (topic, subscription, lock) = (topic.to_owned(), subscription.to_owned(), lock.clone());
+        let available_at = now_ms() + millis(delay);
+        self.run(move |connection, _| {
+            settle(
+                connection,
+                &topic,
+                &subscription,
+                &lock,
+                "UPDATE deliveries SET lock_token = NULL, locked_until = NULL, available_at = ?5",
+                &[&available_at],
+            )
+        })
+        .await?;
+        self.inner.published.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        subscription: &str,
+        lock: &LockToken,
+        reason: &str,
+        description: &str,
+    ) -> Result<(), BusError> {
+        let (topic, subscription, lock) = (topic.to_owned(), subscription.to_owned(), lock.clone());
+        let (reason, description) = (reason.to_owned(), description.to_owned());
+        self.run(move |connection, _| {
+            settle(
+                connection,
+                &topic,
+                &subscription,
+                &lock,
+                "UPDATE deliveries SET dead = 1, lock_token = NULL, locked_until = NULL, dead_reason = ?5, dead_description = ?6",
+                &[&reason, &description],
+            )
+        })
+        .await
+    }
+
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        subscription: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BusError> {
+        let (topic, subscription) = (topic.to_owned(), subscription.to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |connection, _| {
+            subscription_exists(connection, &topic, &subscription)?;
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT message, dead_reason, dead_description, delivery_count FROM deliveries
+                     WHERE topic = ?1 AND subscription = ?2 AND dead = 1 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let rows = statement
+                .query_map(params![topic, subscription, limit], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(backend)?;
+            let mut letters = Vec::new();
+            for row in rows {
+                let (text, reason, description, count) = row.map_err(backend)?;
+                letters.push(DeadLetter {
+                    message: decode(&text)?,
+                    reason: reason.unwrap_or_default(),
+                    description: description.unwrap_or_default(),
+                    delivery_count: u32::try_from(count).unwrap_or(u32::MAX),
+                });
+            }
+            Ok(letters)
+        })
+        .await
+    }
+
+    async fn replay(
+        &self,
+        topic: &str,
+        subscription: &str,
+        message_id: &str,
+    ) -> Result<bool, BusError> {
+        let (topic, subscription, message_id) = (
+            topic.to_owned(),
+            subscription.to_owned(),
+            message_id.to_owned(),
+        );
+        let replayed = self
+            .run(move |connection, _| {
+                subscription_exists(connection, &topic, &subscription)?;
+                let changed = connection
+                    .execute(
+                        "UPDATE deliveries SET dead = 0, delivery_count = 0, available_at = ?4, dead_reason = NULL, dead_description = NULL
+                         WHERE topic = ?1 AND subscription = ?2 AND message_id = ?3 AND dead = 1",
+                        params![topic, subscription, message_id, now_ms()],
+                    )
+                    .map_err(backend)?;
+                Ok(changed == 1)
+            })
+            .await?;
+        if replayed {
+            self.inner.published.notify_waiters();
+        }
+        Ok(replayed)
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.run(|connection, _| {
+            connection
+                .query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn wait_for_messages(&self, _topic: &str) {
+        self.inner.published.notified().await;
+    }
+}

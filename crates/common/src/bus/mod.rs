@@ -1,0 +1,202 @@
+//! The event bus port: a small trait shaped after Azure Service Bus topics and
+//! subscriptions.
+//!
+//! Publishing sends a CloudEvents 1.0 envelope to a topic; the message id is the event id,
+//! and a repeat of an id within the duplicate-detection window is dropped. Every
+//! subscription of the topic gets its own copy. A receiver takes messages in peek-lock: it
+//! then completes, abandons (the message comes back after a delay) or dead-letters each;
+//! a lock that expires returns the message to the subscription. Each delivery carries its
+//! delivery count; a message delivered more than the maximum goes to the subscription's
+//! dead-letter queue with the reason.
+
+pub mod embedded;
+mod event;
+pub mod outbox;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+pub use event::CloudEvent;
+
+/// A message on its way to a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub event: CloudEvent,
+    pub correlation_id: Option<String>,
+    /// Application properties; `traceparent` travels here.
+    pub properties: BTreeMap<String, String>,
+    /// Not delivered before this time.
+    pub scheduled_for: Option<OffsetDateTime>,
+}
+
+impl Message {
+    /// A message for `event`, carrying the current span's trace context.
+    pub fn new(event: CloudEvent) -> Self {
+        let mut properties = BTreeMap::new();
+        if let Some(traceparent) = &event.traceparent {
+            properties.insert("traceparent".to_owned(), traceparent.clone());
+        }
+        Self {
+            event,
+            correlation_id: None,
+            properties,
+            scheduled_for: None,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.event.id
+    }
+
+    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    pub fn scheduled(mut self, at: OffsetDateTime) -> Self {
+        self.scheduled_for = Some(at);
+        self
+    }
+}
+
+/// Proof of a peek-lock; hand it back to settle the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockToken(pub String);
+
+/// One delivery of a message to a subscription.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Message,
+    /// 1 on the first delivery.
+    pub delivery_count: u32,
+    pub lock: LockToken,
+}
+
+/// A message in a dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message: Message,
+    pub reason: String,
+    pub description: String,
+    pub delivery_count: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    #[error("the lock was lost (it expired, or the message was settled already)")]
+    LockLost,
+    #[error("no subscription {subscription} on topic {topic}")]
+    UnknownSubscription { topic: String, subscription: String },
+    #[error("the bus is unavailable: {0}")]
+    Unavailable(String),
+    #[error("bus failure: {0}")]
+    Backend(String),
+}
+
+/// Settings a subscription is created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionOptions {
+    pub max_delivery_count: u32,
+    pub lock_duration: Duration,
+}
+
+impl Default for SubscriptionOptions {
+    fn default() -> Self {
+        Self {
+            max_delivery_count: 10,
+            lock_duration: Duration::from_secs(30),
+        }
+    }
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Creates the subscription if it does not exist (Service Bus: provisioned, checked).
+    async fn ensure_subscription(
+        &self,
+        topic: &str,
+        subscription: &str,
+        options: SubscriptionOptions,
+    ) -> Result<(), BusError>;
+
+    /// Publishes to every subscription of the topic; a repeated message id within the
+    /// duplicate-detection window is accepted and dropped.
+    async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError>;
+
+    /// Up to `max` messages, each locked for the subscription's lock duration.
+    async fn receive(
+        &self,
+        topic: &str,
+        subscription: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, BusError>;
+
+    /// Removes the message: it was handled.
+    async fn complete(
+        &self,
+        topic: &str,
+        subscription: &str,
+        lock: &LockToken,
+    ) -> Result<(), BusError>;
+
+    /// Releases the lock; the message is delivered again after `delay`.
+    async fn abandon(
+        &self,
+        topic: &str,
+        subscription: &str,
+        lock: &LockToken,
+        delay: Duration,
+    ) -> Result<(), BusError>;
+
+    /// Moves the message to the subscription's dead-letter queue.
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        subscription: &str,
+        lock: &LockToken,
+        reason: &str,
+        description: &str,
+    ) -> Result<(), BusError>;
+
+    /// The dead-letter queue, oldest first.
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        subscription: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BusError>;
+
+    /// Sends a dead-lettered message back to its subscription (delivery count reset);
+    /// false when no such message is dead-lettered.
+    async fn replay(
+        &self,
+        topic: &str,
+        subscription: &str,
+        message_id: &str,
+    ) -> Result<bool, BusError>;
+
+    /// Cheap round trip used by readiness checks.
+    async fn ping(&self) -> Result<(), BusError>;
+
+    /// Resolves when a message may have arrived for `topic`; a hint for receivers so that
+    /// they need not poll tightly. Adapters without notifications never resolve.
+    async fn wait_for_messages(&self, topic: &str) {
+        let _ = topic;
+        std::future::pending::<()>().await;
+    }
+}
+
+pub type SharedBus = Arc<dyn EventBus>;
+
+/// The platform's topics.
+pub mod topics {
+    pub const CATALOG: &str = "catalog-events";
+    pub const ORDERS: &str = "orders-events";
+    pub const SYNC: &str = "sync-events";
+    pub const NOTIFICATIONS: &str = "notifications-events";
+}

@@ -1,0 +1,192 @@
+//! Runs a handler over a subscription: a span per message (child of the publisher's
+//! trace), complete on success, abandon with a back-off on a transient failure, dead-letter
+//! on a permanent one. A handler that keeps failing reaches the subscription's maximum
+//! delivery count and is dead-lettered by the bus.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::{Delivery, Message, SharedBus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying: a store or a peer was unavailable, a write raced another.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will never succeed: the message is malformed or violates the contract.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+#[async_trait]
+pub trait MessageHandler: Send + Sync + 'static {
+    async fn handle(&self, message: &Message) -> Result<(), HandlerError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub topic: String,
+    pub subscription: String,
+    pub batch_size: usize,
+    /// Longest wait for new messages when the bus gives no wake-up.
+    pub poll_interval: Duration,
+    /// Delay before redelivery after the n-th failed attempt (the last one repeats).
+    pub retry_backoff: Vec<Duration>,
+}
+
+impl WorkerSettings {
+    pub fn new(topic: &str, subscription: &str) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            subscription: subscription.to_owned(),
+            batch_size: 16,
+            poll_interval: Duration::from_millis(200),
+            retry_backoff: [100, 500, 2_000, 10_000]
+                .map(Duration::from_millis)
+                .to_vec(),
+        }
+    }
+
+    fn backoff(&self, delivery_count: u32) -> Duration {
+        let index = (delivery_count.saturating_sub(1) as usize)
+            .min(self.retry_backoff.len().saturating_sub(1));
+        let base = self
+            .retry_backoff
+            .get(index)
+            .copied()
+            .unwrap_or(Duration::from_secs(1));
+        // Up to 20% jitter, so that retries of many messages do not arrive together.
+        let jitter = base.mul_f64(rand::rng().random_range(0.0..0.2));
+        base + jitter
+    }
+}
+
+/// Starts the worker; it stops after the message in hand when `shutdown` turns true.
+pub fn spawn_worker(
+    bus: SharedBus,
+    settings: WorkerSettings,
+    handler: Arc<dyn MessageHandler>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failures = 0u32;
+        while !*shutdown.borrow() {
+            match bus
+                .receive(&settings.topic, &settings.subscription, settings.batch_size)
+                .await
+            {
+                Ok(deliveries) if !deliveries.is_empty() => {
+                    failures = 0;
+                    for delivery in deliveries {
+                        handle_one(&bus, &settings, handler.as_ref(), delivery).await;
+                    }
+                }
+                Ok(_) => {
+                    tokio::select! {
+                        _ = bus.wait_for_messages(&settings.topic) => {}
+                        _ = tokio::time::sleep(settings.poll_interval) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(%error, topic = %settings.topic, subscription = %settings.subscription, "receive failed");
+                    let pause = settings.poll_interval * failures.min(10);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn handle_one(
+    bus: &SharedBus,
+    settings: &WorkerSettings,
+    handler: &dyn MessageHandler,
+    delivery: Delivery,
+) {
+    let event = &delivery.message.event;
+    let span = tracing::info_span!(
+        "bus.handle",
+        otel.name = %format!("{} process", event.event_type),
+        otel.kind = "consumer",
+        topic = %settings.topic,
+        subscription = %settings.subscription,
+        message_id = %event.id,
+        event_type = %event.event_type,
+        delivery_count = delivery.delivery_count,
+        outcome = tracing::field::Empty,
+    );
+    let traceparent = delivery
+        .message
+        .properties
+        .get("traceparent")
+        .or(event.traceparent.as_ref());
+    crate::telemetry::adopt_parent(
+        &span,
+        traceparent.map(String::as_str),
+        delivery
+            .message
+            .properties
+            .get("tracestate")
+            .map(String::as_str),
+    );
+    async {
+        let outcome = AssertUnwindSafe(handler.handle(&delivery.message))
+            .catch_unwind()
+            .await;
+        let (topic, subscription, lock) = (&settings.topic, &settings.subscription, &delivery.lock);
+        let settled = match outcome {
+            Ok(Ok(())) => {
+                tracing::Span::current().record("outcome", "completed");
+                bus.complete(topic, subscription, lock).await
+            }
+            Ok(Err(HandlerError::Permanent(reason))) => {
+                tracing::Span::current().record("outcome", "dead-lettered");
+                tracing::warn!(%reason, "message rejected; dead-lettering");
+                bus.dead_letter(topic, subscription, lock, "HandlerRejected", &reason)
+                    .await
+            }
+            Ok(Err(HandlerError::Transient(reason))) => {
+                tracing::Span::current().record("outcome", "abandoned");
+                tracing::warn!(%reason, "message failed; will be redelivered");
+                bus.abandon(
+                    topic,
+                    subscription,
+                    lock,
+                    settings.backoff(delivery.delivery_count),
+                )
+                .await
+            }
+            Err(_) => {
+                tracing::Span::current().record("outcome", "abandoned");
+                tracing::error!("handler panicked; will be redelivered");
+                bus.abandon(
+                    topic,
+                    subscription,
+                    lock,
+                    settings.backoff(delivery.delivery_count),
+                )
+                .await
+            }
+        };
+        if let Err(error) = settled {
+            // The lock expired while handling: the message will come again, and handlers
+            // are idempotent.
+            tracing::warn!(%error, "could not settle the message");
+        }
+    }
+    .instrument(span)
+    .await;
+}

@@ -1,0 +1,335 @@
+//! The event bus contract, run against every adapter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use common::bus::embedded::EmbeddedBus;
+use common::bus::worker::{HandlerError, MessageHandler, WorkerSettings, spawn_worker};
+use common::bus::{BusError, CloudEvent, Message, SharedBus, SubscriptionOptions};
+use serde_json::json;
+
+const TOPIC: &str = "things-events";
+
+struct Subject {
+    bus: SharedBus,
+    _dir: tempfile::TempDir,
+}
+
+fn embedded() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let bus =
+        EmbeddedBus::open_with_window(&dir.path().join("bus.db"), Duration::from_secs(60)).unwrap();
+    Subject {
+        bus: Arc::new(bus),
+        _dir: dir,
+    }
+}
+
+fn event(n: i64) -> Message {
+    Message::new(CloudEvent::new(
+        "tests",
+        "tests.thing.happened.v1",
+        format!("thing-{n}"),
+        json!({"n": n}),
+    ))
+}
+
+fn options(max_delivery_count: u32, lock: Duration) -> SubscriptionOptions {
+    SubscriptionOptions {
+        max_delivery_count,
+        lock_duration: lock,
+    }
+}
+
+macro_rules! contract {
+    ($($name:ident),+ $(,)?) => {
+        mod embedded_adapter {
+            $(#[tokio::test] async fn $name() { super::$name(&super::embedded().bus).await; })+
+        }
+    };
+}
+
+contract!(
+    every_subscription_gets_a_copy,
+    completed_messages_are_gone,
+    duplicate_ids_are_dropped,
+    abandoned_messages_come_back_after_the_delay,
+    expired_locks_return_the_message,
+    max_delivery_count_dead_letters_and_replay_resubmits,
+    explicit_dead_letter_keeps_reason,
+    scheduled_messages_wait,
+    receive_on_unknown_subscription_fails,
+    properties_and_trace_context_travel,
+    competing_receivers_never_share_a_message,
+);
+
+async fn every_subscription_gets_a_copy(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "a", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.ensure_subscription(TOPIC, "b", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, event(1)).await.unwrap();
+    let a = bus.receive(TOPIC, "a", 10).await.unwrap();
+    let b = bus.receive(TOPIC, "b", 10).await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(b.len(), 1);
+    assert_eq!(a[0].message.event.data, json!({"n": 1}));
+    assert_eq!(a[0].delivery_count, 1);
+    // Locked: not delivered twice while the lock holds.
+    assert!(bus.receive(TOPIC, "a", 10).await.unwrap().is_empty());
+}
+
+async fn completed_messages_are_gone(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, event(1)).await.unwrap();
+    let delivery = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
+    bus.complete(TOPIC, "s", &delivery.lock).await.unwrap();
+    assert_eq!(
+        bus.complete(TOPIC, "s", &delivery.lock).await.unwrap_err(),
+        BusError::LockLost
+    );
+    assert!(bus.receive(TOPIC, "s", 10).await.unwrap().is_empty());
+}
+
+async fn duplicate_ids_are_dropped(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let message = event(1);
+    bus.publish(TOPIC, message.clone()).await.unwrap();
+    bus.publish(TOPIC, message.clone()).await.unwrap();
+    let first = bus.receive(TOPIC, "s", 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    bus.complete(TOPIC, "s", &first[0].lock).await.unwrap();
+    // Still inside the window after completion: dropped again.
+    bus.publish(TOPIC, message).await.unwrap();
+    assert!(bus.receive(TOPIC, "s", 10).await.unwrap().is_empty());
+}
+
+async fn receive_until(
+    bus: &SharedBus,
+    subscription: &str,
+    deadline: Duration,
+) -> Vec<common::bus::Delivery> {
+    let until = Instant::now() + deadline;
+    loop {
+        let got = bus.receive(TOPIC, subscription, 10).await.unwrap();
+        if !got.is_empty() || Instant::now() > until {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn abandoned_messages_come_back_after_the_delay(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, event(1)).await.unwrap();
+    let first = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
+    let abandoned_at = Instant::now();
+    bus.abandon(TOPIC, "s", &first.lock, Duration::from_millis(1000))
+        .await
+        .unwrap();
+    assert!(
+        bus.receive(TOPIC, "s", 1).await.unwrap().is_empty(),
+        "redelivered before the delay"
+    );
+    let again = receive_until(bus, "s", Duration::from_secs(10)).await;
+    assert!(abandoned_at.elapsed() >= Duration::from_millis(1000));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery_count, 2);
+    assert_eq!(again[0].message.id(), first.message.id());
+}
+
+async fn expired_locks_return_the_message(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_millis(200)))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, event(1)).await.unwrap();
+    let first = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
+    let again = receive_until(bus, "s", Duration::from_secs(10)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery_count, 2);
+    assert_eq!(
+        bus.complete(TOPIC, "s", &first.lock).await.unwrap_err(),
+        BusError::LockLost
+    );
+    bus.complete(TOPIC, "s", &again[0].lock).await.unwrap();
+}
+
+async fn max_delivery_count_dead_letters_and_replay_resubmits(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "s", options(3, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let message = event(7);
+    bus.publish(TOPIC, message.clone()).await.unwrap();
+    for attempt in 1..=3 {
+        let delivery = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
+        assert_eq!(delivery.delivery_count, attempt);
+        bus.abandon(TOPIC, "s", &delivery.lock, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    assert!(bus.receive(TOPIC, "s", 1).await.unwrap().is_empty());
+    let dead = bus.dead_letters(TOPIC, "s", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "MaxDeliveryCountExceeded");
+    assert_eq!(dead[0].delivery_count, 3);
+    assert_eq!(dead[0].message.event, message.event);
+
+    assert!(bus.replay(TOPIC, "s", message.id()).await.unwrap());
+    assert!(!bus.replay(TOPIC, "s", message.id()).await.unwrap());
+    assert!(bus.dead_letters(TOPIC, "s", 10).await.unwrap().is_empty());
+    let replayed = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
+    assert_eq!(replayed.delivery_count, 1);
+    bus.complete(TOPIC, "s", &replayed.lock).await.unwrap();
+}
+
+async fn explicit_dead_letter_keeps_reason(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, event(1)).await.unwrap();
+    let delivery = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
+    bus.dead_letter(TOPIC, "s", &delivery.lock, "Malformed", "no lines")
+        .await
+        .unwrap();
+    let dead = bus.dead_letters(TOPIC, "s", 10).await.unwrap();
+    assert_eq!(
+        (dead[0].reason.as_str(), dead[0].description.as_str()),
+        ("Malformed", "no lines")
+    );
+}
+
+async fn scheduled_messages_wait(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1000);
+    bus.publish(TOPIC, event(1).scheduled(at)).await.unwrap();
+    assert!(bus.receive(TOPIC, "s", 1).await.unwrap().is_empty());
+    let delivered = receive_until(bus, "s", Duration::from_secs(10)).await;
+    assert_eq!(delivered.len(), 1);
+    assert!(time::OffsetDateTime::now_utc() >= at);
+}
+
+async fn receive_on_unknown_subscription_fails(bus: &SharedBus) {
+    assert!(matches!(
+        bus.receive(TOPIC, "nobody", 1).await.unwrap_err(),
+        BusError::UnknownSubscription { .. }
+    ));
+}
+
+async fn properties_and_trace_context_travel(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let mut message = event(1).with_correlation_id("order-1");
+    message.properties.insert(
+        "traceparent".into(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    );
+    bus.publish(TOPIC, message.clone()).await.unwrap();
+    let got = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0).message;
+    assert_eq!(got.correlation_id.as_deref(), Some("order-1"));
+    assert_eq!(got.properties, message.properties);
+    assert_eq!(got.event.subject.as_deref(), Some("thing-1"));
+    assert_eq!(got.event.specversion, "1.0");
+}
+
+async fn competing_receivers_never_share_a_message(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    for n in 0..50 {
+        bus.publish(TOPIC, event(n)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let got = bus.receive(TOPIC, "s", 3).await.unwrap();
+                if got.is_empty() {
+                    return ids;
+                }
+                for delivery in got {
+                    ids.push(delivery.message.id().to_owned());
+                    bus.complete(TOPIC, "s", &delivery.lock).await.unwrap();
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((count, all.len()), (50, 50));
+}
+
+/// A handler that fails until told otherwise.
+struct Flaky {
+    calls: AtomicU32,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl MessageHandler for Flaky {
+    async fn handle(&self, _: &Message) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            Err(HandlerError::Transient("always failing".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_always_fails_is_dead_lettered_after_max_deliveries_then_replayed() {
+    let subject = embedded();
+    let bus = subject.bus.clone();
+    bus.ensure_subscription(TOPIC, "w", options(4, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let handler = Arc::new(Flaky {
+        calls: AtomicU32::new(0),
+        fail: true.into(),
+    });
+    let mut settings = WorkerSettings::new(TOPIC, "w");
+    settings.retry_backoff = vec![Duration::from_millis(10)];
+    settings.poll_interval = Duration::from_millis(20);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = spawn_worker(bus.clone(), settings, handler.clone(), stopped);
+    let message = event(1);
+    bus.publish(TOPIC, message.clone()).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bus.dead_letters(TOPIC, "w", 10).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 4);
+
+    handler.fail.store(false, Ordering::SeqCst);
+    assert!(bus.replay(TOPIC, "w", message.id()).await.unwrap());
+    while handler.calls.load(Ordering::SeqCst) < 5 {
+        assert!(Instant::now() < deadline, "replay not delivered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    worker.await.unwrap();
+    assert!(bus.receive(TOPIC, "w", 10).await.unwrap().is_empty());
+    assert!(bus.dead_letters(TOPIC, "w", 10).await.unwrap().is_empty());
+}
