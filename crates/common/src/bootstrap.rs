@@ -2,9 +2,14 @@
 //! settings ask for.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bus::embedded::EmbeddedBus;
+use crate::bus::worker::WorkerSettings;
+use crate::bus::{BusError, SharedBus, SubscriptionOptions};
 
 use crate::auth::{Authenticator, DevSecretError, load_or_create_dev_secret};
-use crate::config::{Settings, StoreKind};
+use crate::config::{BusKind, Settings, StoreKind};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{SharedStore, StoreError, cosmos};
 
@@ -24,6 +29,38 @@ pub async fn open_store(
             cosmos::connect(&settings.store.cosmos, containers).await?,
         )),
     }
+}
+
+/// Opens the bus the settings ask for.
+pub fn open_bus(settings: &Settings) -> Result<SharedBus, BusError> {
+    match settings.bus.kind {
+        BusKind::Embedded => Ok(Arc::new(EmbeddedBus::open_with_window(
+            &settings.bus_file(),
+            Duration::from_secs(settings.bus.duplicate_window_seconds),
+        )?)),
+    }
+}
+
+/// Subscription options from the settings.
+pub fn subscription_options(settings: &Settings) -> SubscriptionOptions {
+    SubscriptionOptions {
+        max_delivery_count: settings.bus.max_delivery_count,
+        lock_duration: Duration::from_secs(settings.bus.lock_seconds),
+    }
+}
+
+/// Worker settings for one subscription, from the settings.
+pub fn worker_settings(settings: &Settings, topic: &str, subscription: &str) -> WorkerSettings {
+    let mut worker = WorkerSettings::new(topic, subscription);
+    worker.poll_interval = Duration::from_millis(settings.bus.poll_interval_ms);
+    worker.retry_backoff = settings
+        .bus
+        .retry_backoff_ms
+        .iter()
+        .copied()
+        .map(Duration::from_millis)
+        .collect();
+    worker
 }
 
 /// The authenticator for the settings; HS256 without a configured secret uses the

@@ -42,6 +42,27 @@ region = "westeurope"
 # "key" (secret from <SERVICE>__STORE__COSMOS__KEY), "managed-identity" or "developer-tools".
 credential = "key"
 
+[bus]
+# "embedded" (SQLite file data_dir/bus.db, shared by every service on the machine).
+kind = "embedded"
+# Deliveries of one message before it is dead-lettered.
+max_delivery_count = 10
+# How long a received message stays locked to its receiver.
+lock_seconds = 30
+# How long a message id is remembered to drop repeats.
+duplicate_window_seconds = 600
+# Delay before the n-th redelivery of a failed message (the last repeats), plus jitter.
+retry_backoff_ms = [100, 500, 2000, 10000]
+# Longest wait between looks for new messages and outbox entries.
+poll_interval_ms = 200
+
+[services]
+# Where this service finds the others (versioned REST calls).
+catalog_url = "http://127.0.0.1:8081"
+# Per attempt; calls are retried with jitter.
+timeout_ms = 2000
+attempts = 3
+
 [auth]
 # "hs256" (development secret) or "oidc" (RS256/ES256 keys from the issuer's JWKS).
 mode = "hs256"
@@ -82,6 +103,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub http: HttpSettings,
     pub store: StoreSettings,
+    pub bus: BusSettings,
+    pub services: ServicesSettings,
     pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
     pub telemetry: TelemetrySettings,
@@ -127,6 +150,29 @@ pub struct CosmosSettings {
     /// From the environment only.
     #[serde(default)]
     pub key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusKind {
+    Embedded,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BusSettings {
+    pub kind: BusKind,
+    pub max_delivery_count: u32,
+    pub lock_seconds: u64,
+    pub duplicate_window_seconds: u64,
+    pub retry_backoff_ms: Vec<u64>,
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServicesSettings {
+    pub catalog_url: String,
+    pub timeout_ms: u64,
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -315,6 +361,11 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// The embedded bus file, shared by every service using this data folder.
+    pub fn bus_file(&self) -> PathBuf {
+        self.data_dir.join("bus.db")
     }
 
     /// The embedded store's file for a service.

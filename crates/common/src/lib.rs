@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod bus;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod rate_limit;
 pub mod startup;

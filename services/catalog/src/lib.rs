@@ -3,4 +3,5 @@
 pub mod api;
 pub mod catalog;
 pub mod domain;
+pub mod handlers;
 pub mod startup;

@@ -26,6 +26,18 @@ impl ReadinessCheck for StoreReadiness {
     }
 }
 
+pub struct BusReadiness(pub crate::bus::SharedBus);
+
+#[async_trait]
+impl ReadinessCheck for BusReadiness {
+    fn name(&self) -> &'static str {
+        "bus"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
 pub(crate) type Readiness = Vec<Arc<dyn ReadinessCheck>>;
 
 pub(crate) async fn live() -> HttpResponse {

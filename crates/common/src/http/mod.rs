@@ -10,6 +10,6 @@ mod server;
 
 pub use conditional::{IfMatch, etag_header_value, if_match, if_none_match_hits};
 pub use extractors::{json_config, path_config, query_config};
-pub use health::{ReadinessCheck, StoreReadiness};
+pub use health::{BusReadiness, ReadinessCheck, StoreReadiness};
 pub use middleware::{problem_fallback, trace_request};
-pub use server::{HttpContext, ServiceHandle, bind, serve};
+pub use server::{Background, HttpContext, ServiceHandle, bind, serve};

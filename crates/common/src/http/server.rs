@@ -27,6 +27,14 @@ pub struct ServiceHandle {
     pub addr: SocketAddr,
     server: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    background: Option<Background>,
+}
+
+/// Work a service runs beside its HTTP server (bus workers, outbox relays), stopped after
+/// the server so that what requests committed is still published.
+pub struct Background {
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ServiceHandle {
@@ -34,18 +42,27 @@ impl ServiceHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting connections and, when `graceful`, lets requests in flight finish.
-    pub async fn stop(self, graceful: bool) -> std::io::Result<()> {
-        self.server.stop(graceful).await;
-        self.wait().await
+    /// Attaches background work, stopped with the service.
+    pub fn with_background(mut self, background: Background) -> Self {
+        self.background = Some(background);
+        self
     }
 
-    /// Waits until the server stops by itself.
-    pub async fn wait(self) -> std::io::Result<()> {
-        match self.task.await {
+    /// Stops accepting connections and, when `graceful`, lets requests in flight finish;
+    /// then stops the background work, which finishes the message in hand.
+    pub async fn stop(self, graceful: bool) -> std::io::Result<()> {
+        self.server.stop(graceful).await;
+        let served = match self.task.await {
             Ok(result) => result,
             Err(join) => Err(std::io::Error::other(join)),
+        };
+        if let Some(background) = self.background {
+            let _ = background.shutdown.send(true);
+            for task in background.tasks {
+                let _ = task.await;
+            }
         }
+        served
     }
 }
 
@@ -104,6 +121,7 @@ where
         addr,
         server: handle,
         task,
+        background: None,
     })
 }
 

@@ -20,6 +20,9 @@ impl From<CatalogError> for ApiError {
             )
             .with_retry_after(1),
             CatalogError::Stock(rule) => ApiError::new(ErrorCode::Conflict, rule.to_string()),
+            error @ CatalogError::Reserved(_) => {
+                ApiError::new(ErrorCode::Conflict, error.to_string())
+            }
             CatalogError::Store(store) => store.into(),
         }
     }

@@ -47,6 +47,49 @@ impl Stock {
     }
 }
 
+impl Stock {
+    /// Holds `quantity` for an order, if that much is available.
+    pub fn reserve(&self, quantity: i64) -> Option<Self> {
+        (quantity > 0 && quantity <= self.available()).then(|| Self {
+            reserved: self.reserved + quantity,
+            ..self.clone()
+        })
+    }
+
+    /// Gives back what an order held (never below zero, so a repeat cannot go negative).
+    pub fn release(&self, quantity: i64) -> Self {
+        Self {
+            reserved: (self.reserved - quantity).max(0),
+            ..self.clone()
+        }
+    }
+}
+
+/// What an order holds: written when stock is reserved, removed when it is released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    pub kind: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub lines: Vec<ReservedLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservedLine {
+    pub sku: Sku,
+    pub quantity: i64,
+}
+
+impl Reservation {
+    pub const KIND: &'static str = "reservation";
+
+    pub fn id_for(order_id: &str) -> String {
+        format!("reservation-{order_id}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +110,19 @@ mod tests {
         );
         let counted = stock.count(7).unwrap();
         assert_eq!(counted.available(), 3);
+    }
+
+    #[test]
+    fn reserving_never_exceeds_what_is_available() {
+        let stock = Stock {
+            sku: Sku::parse("A").unwrap(),
+            on_hand: 5,
+            reserved: 3,
+        };
+        assert_eq!(stock.reserve(2).unwrap().reserved, 5);
+        assert!(stock.reserve(3).is_none());
+        assert!(stock.reserve(0).is_none());
+        assert_eq!(stock.release(2).reserved, 1);
+        assert_eq!(stock.release(10).reserved, 0);
     }
 }
