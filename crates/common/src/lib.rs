@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod money;
 pub mod rate_limit;
 pub mod startup;
 pub mod store;

@@ -26,6 +26,16 @@ impl Fields {
         Self::nested(object, "")
     }
 
+    /// Fields of an object found inside another, reported as `prefix.field`.
+    pub fn nested_at(object: JsonObject, prefix: &str) -> Self {
+        Self::nested(object, prefix)
+    }
+
+    /// Takes the field errors of a nested validation into this one.
+    pub fn absorb(&mut self, error: ApiError) {
+        self.errors.extend(error.errors);
+    }
+
     fn nested(object: JsonObject, prefix: &str) -> Self {
         Self {
             object,
@@ -125,6 +135,30 @@ impl Fields {
         } else {
             self.reject(name, "must be a number");
             None
+        }
+    }
+
+    /// A list of `count` objects, each still to be validated.
+    pub fn object_list(
+        &mut self,
+        name: &'static str,
+        required: bool,
+        count: RangeInclusive<usize>,
+    ) -> Option<Vec<JsonObject>> {
+        let raw = self.take(name, required)?;
+        match serde_json::from_str::<Vec<JsonObject>>(raw.get()) {
+            Ok(list) if count.contains(&list.len()) => Some(list),
+            Ok(_) => {
+                self.reject(
+                    name,
+                    format!("must hold {} to {} items", count.start(), count.end()),
+                );
+                None
+            }
+            Err(_) => {
+                self.reject(name, "must be a list of objects");
+                None
+            }
         }
     }
 

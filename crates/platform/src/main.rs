@@ -25,6 +25,14 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Show or resubmit dead-lettered messages of the embedded bus.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        /// Data folder holding the bus (as for `up`).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// Print a signed development token that the running services accept.
     Token {
         /// The token's subject (who is calling).
@@ -42,6 +50,37 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead-lettered messages (every subscription unless one is named).
+    List {
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        subscription: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send dead-lettered messages back to their subscription.
+    Replay {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        subscription: String,
+        /// The message (event) id; or --all.
+        #[arg(long, required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Every subscription the platform's services create.
+const SUBSCRIPTIONS: &[(&str, &str)] = &[
+    (common::bus::topics::ORDERS, catalog::startup::SUBSCRIPTION),
+    (common::bus::topics::CATALOG, orders::startup::SUBSCRIPTION),
+];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -52,19 +91,29 @@ async fn main() -> anyhow::Result<()> {
             ttl,
             data_dir,
         } => token(&sub, &scope, ttl, data_dir),
+        Command::Dlq { action, data_dir } => dlq(action, data_dir).await,
     }
 }
 
 async fn up(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let mut catalog_settings = catalog::startup::load_settings()?;
+    let mut orders_settings = orders::startup::load_settings()?;
     if let Some(dir) = &data_dir {
         catalog_settings.data_dir = dir.clone();
+        orders_settings.data_dir = dir.clone();
     }
     let _telemetry = common::telemetry::init(&catalog_settings.telemetry, "platform")?;
     let data = catalog_settings.data_dir.clone();
+    // One secret for every service: made now, before they race to create it.
+    common::auth::load_or_create_dev_secret(&data)?;
+
     let catalog_listener = common::http::bind(&catalog_settings)
         .with_context(|| format!("catalog: binding port {}", catalog_settings.http.port))?;
+    let orders_listener = common::http::bind(&orders_settings)
+        .with_context(|| format!("orders: binding port {}", orders_settings.http.port))?;
+    // Catalog first: its subscription must exist before orders publishes.
     let catalog = catalog::startup::start(catalog_settings, catalog_listener).await?;
+    let orders = orders::startup::start(orders_settings, orders_listener).await?;
 
     let exe = "cargo run --release -p platform --";
     let data_flag = data_dir
@@ -72,21 +121,104 @@ async fn up(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
         .map(|dir| format!(" --data-dir {}", dir.display()))
         .unwrap_or_default();
     println!("platform is up (data in {})", data.display());
-    println!(
-        "  catalog        {}   (OpenAPI: {}/openapi.json)",
-        catalog.url(),
-        catalog.url()
-    );
+    for service in [&catalog, &orders] {
+        println!(
+            "  {:<14} {}   (OpenAPI: {}/openapi.json)",
+            service.name,
+            service.url(),
+            service.url()
+        );
+    }
     println!();
     println!("get a token:");
-    println!("  TOKEN=$({exe} token --sub me --scope \"catalog.read catalog.write\"{data_flag})");
+    println!(
+        "  TOKEN=$({exe} token --sub me --scope \"catalog.read catalog.write orders.read orders.write\"{data_flag})"
+    );
     println!(
         "  curl -H \"Authorization: Bearer $TOKEN\" {}/v2/products",
         catalog.url()
     );
     println!();
     println!("Ctrl-C stops every service cleanly.");
-    common::startup::run_until_stopped(vec![catalog]).await
+    // Orders first, so that no new order is accepted while the catalog stops.
+    common::startup::run_until_stopped(vec![orders, catalog]).await
+}
+
+async fn dlq(action: DlqAction, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut settings = Settings::load("platform", &Sources::standard(&[]))?;
+    if let Some(dir) = data_dir {
+        settings.data_dir = dir;
+    }
+    let bus = common::bootstrap::open_bus(&settings)?;
+    match action {
+        DlqAction::List {
+            topic,
+            subscription,
+            limit,
+        } => {
+            let mut total = 0;
+            for (known_topic, known_subscription) in SUBSCRIPTIONS {
+                if topic.as_deref().is_some_and(|t| t != *known_topic)
+                    || subscription
+                        .as_deref()
+                        .is_some_and(|s| s != *known_subscription)
+                {
+                    continue;
+                }
+                let letters = match bus
+                    .dead_letters(known_topic, known_subscription, limit)
+                    .await
+                {
+                    Ok(letters) => letters,
+                    Err(common::bus::BusError::UnknownSubscription { .. }) => continue,
+                    Err(other) => return Err(other.into()),
+                };
+                for letter in letters {
+                    total += 1;
+                    let line = serde_json::json!({
+                        "topic": known_topic,
+                        "subscription": known_subscription,
+                        "id": letter.message.event.id,
+                        "type": letter.message.event.event_type,
+                        "subject": letter.message.event.subject,
+                        "reason": letter.reason,
+                        "description": letter.description,
+                        "deliveryCount": letter.delivery_count,
+                        "data": letter.message.event.data,
+                    });
+                    println!("{line}");
+                }
+            }
+            eprintln!("{total} dead-lettered message(s)");
+        }
+        DlqAction::Replay {
+            topic,
+            subscription,
+            id,
+            all,
+        } => {
+            let ids: Vec<String> = if all {
+                bus.dead_letters(&topic, &subscription, usize::MAX)
+                    .await?
+                    .into_iter()
+                    .map(|letter| letter.message.event.id)
+                    .collect()
+            } else {
+                id.into_iter().collect()
+            };
+            let mut replayed = 0;
+            for id in &ids {
+                if bus.replay(&topic, &subscription, id).await? {
+                    replayed += 1;
+                } else {
+                    eprintln!("{id}: not in the dead-letter queue of {topic}/{subscription}");
+                }
+            }
+            println!("replayed {replayed} of {} message(s)", ids.len());
+            anyhow::ensure!(replayed == ids.len(), "some messages were not replayed");
+        }
+    }
+    Ok(())
 }
 
 fn token(sub: &str, scope: &str, ttl: u64, data_dir: Option<PathBuf>) -> anyhow::Result<()> {

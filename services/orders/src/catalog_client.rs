@@ -1,0 +1,176 @@
+//! The versioned REST call to the catalog for current prices: a timeout per attempt,
+//! retries with exponential back-off and jitter, the caller's trace context, and a service
+//! token (minted from the development secret, or from the managed identity on Azure).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::config::{AuthMode, Settings};
+use common::money::{Money, parse_currency};
+use rand::Rng;
+use secrecy::SecretString;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CatalogError {
+    #[error("product {0} does not exist")]
+    UnknownProduct(String),
+    #[error("the catalog could not be reached: {0}")]
+    Unavailable(String),
+    #[error("the catalog failed: {0}")]
+    Failed(String),
+}
+
+#[derive(Deserialize)]
+struct PriceV2 {
+    amount: String,
+    currency: String,
+}
+
+#[derive(Deserialize)]
+struct ProductV2 {
+    price: PriceV2,
+}
+
+/// Where the bearer token for catalog calls comes from.
+enum TokenSource {
+    Development {
+        secret: SecretString,
+        settings: common::config::AuthSettings,
+    },
+    Azure {
+        credential: Arc<dyn azure_core::credentials::TokenCredential>,
+        scope: String,
+    },
+}
+
+struct CachedToken {
+    token: String,
+    renew_after: Instant,
+}
+
+#[derive(Clone)]
+pub struct CatalogClient {
+    http: reqwest::Client,
+    base_url: String,
+    attempts: u32,
+    tokens: Arc<TokenSource>,
+    cached: Arc<Mutex<Option<CachedToken>>>,
+}
+
+const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
+impl CatalogClient {
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        let tokens = match settings.auth.mode {
+            AuthMode::Hs256 => {
+                let secret = match &settings.auth.hs256_secret {
+                    Some(secret) => secret.clone(),
+                    None => common::auth::load_or_create_dev_secret(&settings.data_dir)?,
+                };
+                TokenSource::Development {
+                    secret,
+                    settings: settings.auth.clone(),
+                }
+            }
+            AuthMode::Oidc => TokenSource::Azure {
+                credential: azure_identity::ManagedIdentityCredential::new(None)?,
+                scope: format!("{}/.default", settings.auth.audience.trim_end_matches('/')),
+            },
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.services.timeout_ms))
+            .connect_timeout(Duration::from_millis(settings.services.timeout_ms))
+            .build()?;
+        Ok(Self {
+            http,
+            base_url: settings
+                .services
+                .catalog_url
+                .trim_end_matches('/')
+                .to_owned(),
+            attempts: settings.services.attempts,
+            tokens: Arc::new(tokens),
+            cached: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    async fn token(&self) -> Result<String, CatalogError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.renew_after) {
+            return Ok(token.token.clone());
+        }
+        let token = match self.tokens.as_ref() {
+            TokenSource::Development { secret, settings } => common::auth::mint_dev_token(
+                secret,
+                settings,
+                "orders",
+                "catalog.read",
+                TOKEN_LIFETIME.as_secs(),
+            )
+            .map_err(|e| CatalogError::Failed(format!("minting a service token: {e}")))?,
+            TokenSource::Azure { credential, scope } => credential
+                .get_token(&[scope.as_str()], None)
+                .await
+                .map_err(|e| CatalogError::Unavailable(format!("getting a token: {e}")))?
+                .token
+                .secret()
+                .to_owned(),
+        };
+        *cached = Some(CachedToken {
+            token: token.clone(),
+            renew_after: Instant::now() + TOKEN_LIFETIME / 2,
+        });
+        Ok(token)
+    }
+
+    /// The current price of `sku`.
+    #[tracing::instrument(name = "catalog.price", skip(self), fields(otel.kind = "client", attempts = tracing::field::Empty))]
+    pub async fn price(&self, sku: &str) -> Result<Money, CatalogError> {
+        let url = format!("{}/v2/products/{}", self.base_url, sku);
+        let mut last_error = CatalogError::Unavailable("no attempt made".into());
+        for attempt in 1..=self.attempts {
+            tracing::Span::current().record("attempts", attempt);
+            if attempt > 1 {
+                let base = 50u64 << (attempt - 2).min(6);
+                let jitter = rand::rng().random_range(0..=base / 2);
+                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+            }
+            let token = self.token().await?;
+            let mut request = self.http.get(&url).bearer_auth(token);
+            for (name, value) in common::telemetry::current_trace_headers() {
+                request = request.header(name, value);
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(error) => {
+                    last_error = CatalogError::Unavailable(error.to_string());
+                    continue;
+                }
+            };
+            let status = response.status();
+            if status.is_success() {
+                let product: ProductV2 = response
+                    .json()
+                    .await
+                    .map_err(|e| CatalogError::Failed(format!("unreadable product {sku}: {e}")))?;
+                let currency = parse_currency(&product.price.currency)
+                    .map_err(|e| CatalogError::Failed(format!("product {sku} currency {e}")))?;
+                return Money::parse(&product.price.amount, currency)
+                    .map_err(|e| CatalogError::Failed(format!("product {sku} price {e}")));
+            }
+            match status.as_u16() {
+                404 => return Err(CatalogError::UnknownProduct(sku.to_owned())),
+                401 | 403 => {
+                    return Err(CatalogError::Failed(format!(
+                        "the catalog refused our credentials ({status})"
+                    )));
+                }
+                429 | 500..=599 => last_error = CatalogError::Failed(format!("answered {status}")),
+                _ => return Err(CatalogError::Failed(format!("answered {status}"))),
+            }
+        }
+        Err(last_error)
+    }
+}

@@ -1,0 +1,311 @@
+//! The orders service's use cases over the store port, the bus outbox and the catalog.
+//!
+//! Container `orders`, partition key = customer id. Each partition holds the customer's
+//! orders (id = order id), idempotency records (`idempotency-<key>`), the records of
+//! handled events and the outbox: an order and the event it causes commit in one batch.
+
+use common::bus::outbox::{KIND_FIELD, OutboxSignal, outbox_op};
+use common::bus::{CloudEvent, topics};
+use common::events::{self, OrderLineV1, OrderPlacedV1, OrderRefV1};
+use common::store::{BatchOp, ETag, Query, QueryScope, SharedStore, StoreError};
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::catalog_client::{CatalogClient, CatalogError};
+use crate::domain::{Order, OrderError, OrderStatus, PricedLine};
+
+pub const ORDERS: &str = "orders";
+pub const CONTAINERS: &[&str] = &[ORDERS];
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrdersError {
+    #[error("order {0} was not found")]
+    NotFound(String),
+    #[error("products do not exist: {0:?}")]
+    UnknownProducts(Vec<(usize, String)>),
+    #[error(transparent)]
+    Catalog(CatalogError),
+    #[error(transparent)]
+    Rule(#[from] OrderError),
+    #[error("the Idempotency-Key was used before with a different request")]
+    IdempotencyMismatch,
+    #[error("the order was changed since the given ETag")]
+    StaleETag,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for OrdersError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::PreconditionFailed => OrdersError::StaleETag,
+            other => OrdersError::Store(other),
+        }
+    }
+}
+
+/// A validated request to place an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceOrder {
+    pub customer_id: String,
+    pub lines: Vec<OrderLineV1>,
+}
+
+/// What an `Idempotency-Key` was first used for, and the order it made.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IdempotencyRecord {
+    kind: String,
+    client: String,
+    request: PlaceOrder,
+    order_id: String,
+}
+
+fn idempotency_id(key: &str) -> String {
+    format!("idempotency-{key}")
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, OrdersError> {
+    serde_json::to_value(value)
+        .map_err(|e| OrdersError::Store(StoreError::Serialization(e.to_string())))
+}
+
+pub struct OrderPage {
+    pub orders: Vec<(Order, ETag)>,
+    pub continuation: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Orders {
+    store: SharedStore,
+    catalog: CatalogClient,
+    signal: OutboxSignal,
+}
+
+impl Orders {
+    pub fn new(store: SharedStore, catalog: CatalogClient, signal: OutboxSignal) -> Self {
+        Self {
+            store,
+            catalog,
+            signal,
+        }
+    }
+
+    /// Places an order: prices from the catalog, stored as pending together with its
+    /// `orders.order.placed.v1` event. With an idempotency key, a repeat of the same
+    /// request answers with the same order; `replayed` says so.
+    pub async fn place(
+        &self,
+        client: &str,
+        request: PlaceOrder,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Order, ETag, bool), OrdersError> {
+        if let Some(key) = idempotency_key
+            && let Some(existing) = self.replay(client, &request, key).await?
+        {
+            return Ok(existing);
+        }
+        let priced = self.price(&request).await?;
+        let order = Order::place(
+            uuid::Uuid::now_v7().to_string(),
+            request.customer_id.clone(),
+            priced,
+            OffsetDateTime::now_utc(),
+        )?;
+        let placed = OrderPlacedV1 {
+            order_id: order.id.clone(),
+            customer_id: order.customer_id.clone(),
+            lines: request.lines.clone(),
+        };
+        let event = CloudEvent::new(
+            "orders",
+            events::ORDER_PLACED_V1,
+            &order.id,
+            to_json(&placed)?,
+        );
+        let mut operations = vec![BatchOp::Create {
+            id: order.id.clone(),
+            body: to_json(&order)?,
+        }];
+        if let Some(key) = idempotency_key {
+            let record = IdempotencyRecord {
+                kind: "idempotency".to_owned(),
+                client: client.to_owned(),
+                request: request.clone(),
+                order_id: order.id.clone(),
+            };
+            operations.push(BatchOp::Create {
+                id: idempotency_id(key),
+                body: to_json(&record)?,
+            });
+        }
+        operations.push(outbox_op(topics::ORDERS, &event));
+        match self
+            .store
+            .batch(ORDERS, &order.customer_id, operations)
+            .await
+        {
+            Ok(etags) => {
+                self.signal.notify();
+                let etag = etags
+                    .into_iter()
+                    .next()
+                    .flatten()
+                    .unwrap_or_else(|| ETag::new(""));
+                Ok((order, etag, false))
+            }
+            // The same key won a race with this request: answer as the winner did.
+            Err(StoreError::Conflict) if idempotency_key.is_some() => {
+                let key = idempotency_key.unwrap_or_default();
+                self.replay(client, &request, key)
+                    .await?
+                    .ok_or(OrdersError::IdempotencyMismatch)
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn replay(
+        &self,
+        client: &str,
+        request: &PlaceOrder,
+        key: &str,
+    ) -> Result<Option<(Order, ETag, bool)>, OrdersError> {
+        let Some(document) = self
+            .store
+            .read(ORDERS, &request.customer_id, &idempotency_id(key))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (record, _) = document.into_model::<IdempotencyRecord>()?;
+        if record.client != client || record.request != *request {
+            return Err(OrdersError::IdempotencyMismatch);
+        }
+        let document = self
+            .store
+            .read(ORDERS, &request.customer_id, &record.order_id)
+            .await?
+            .ok_or_else(|| OrdersError::NotFound(record.order_id.clone()))?;
+        let (order, etag) = document.into_model::<Order>()?;
+        Ok(Some((order, etag, true)))
+    }
+
+    async fn price(&self, request: &PlaceOrder) -> Result<Vec<PricedLine>, OrdersError> {
+        let prices = join_all(
+            request
+                .lines
+                .iter()
+                .map(|line| self.catalog.price(&line.sku)),
+        )
+        .await;
+        let mut priced = Vec::new();
+        let mut unknown = Vec::new();
+        for (index, (line, price)) in request.lines.iter().zip(prices).enumerate() {
+            match price {
+                Ok(unit_price) => priced.push(PricedLine {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
+                    unit_price,
+                }),
+                Err(CatalogError::UnknownProduct(sku)) => unknown.push((index, sku)),
+                Err(other) => return Err(OrdersError::Catalog(other)),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(OrdersError::UnknownProducts(unknown));
+        }
+        Ok(priced)
+    }
+
+    /// Finds an order by id alone (a cross-partition query).
+    pub async fn get(&self, id: &str) -> Result<(Order, ETag), OrdersError> {
+        let query = Query::new(QueryScope::AllPartitions, 1)
+            .filter(KIND_FIELD, Order::KIND)
+            .filter("id", id);
+        let document = self
+            .store
+            .query(ORDERS, &query)
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .ok_or_else(|| OrdersError::NotFound(id.to_owned()))?;
+        Ok(document.into_model()?)
+    }
+
+    pub async fn list(
+        &self,
+        customer_id: Option<&str>,
+        status: Option<OrderStatus>,
+        limit: u32,
+        continuation: Option<String>,
+    ) -> Result<OrderPage, OrdersError> {
+        let scope = match customer_id {
+            Some(customer) => QueryScope::Partition(customer.to_owned()),
+            None => QueryScope::AllPartitions,
+        };
+        let mut query = Query::new(scope, limit)
+            .filter(KIND_FIELD, Order::KIND)
+            .continue_from(continuation);
+        if let Some(status) = status {
+            query = query.filter("status", status.as_str());
+        }
+        let page = self.store.query(ORDERS, &query).await?;
+        let orders = page
+            .items
+            .into_iter()
+            .map(|d| d.into_model())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(OrderPage {
+            orders,
+            continuation: page.continuation,
+        })
+    }
+
+    /// Cancels a confirmed order; catalog releases its stock on the event.
+    pub async fn cancel(
+        &self,
+        id: &str,
+        expected: Option<&ETag>,
+    ) -> Result<(Order, ETag), OrdersError> {
+        let (order, etag) = self.get(id).await?;
+        if expected.is_some_and(|expected| *expected != etag) {
+            return Err(OrdersError::StaleETag);
+        }
+        let cancelled = order.cancel(OffsetDateTime::now_utc())?;
+        let reference = OrderRefV1 {
+            order_id: order.id.clone(),
+            customer_id: order.customer_id.clone(),
+        };
+        let event = CloudEvent::new(
+            "orders",
+            events::ORDER_CANCELLED_V1,
+            &order.id,
+            to_json(&reference)?,
+        );
+        let operations = vec![
+            BatchOp::Replace {
+                id: order.id.clone(),
+                body: to_json(&cancelled)?,
+                if_match: Some(etag),
+            },
+            outbox_op(topics::ORDERS, &event),
+        ];
+        let etags = self
+            .store
+            .batch(ORDERS, &order.customer_id, operations)
+            .await?;
+        self.signal.notify();
+        Ok((
+            cancelled,
+            etags
+                .into_iter()
+                .next()
+                .flatten()
+                .unwrap_or_else(|| ETag::new("")),
+        ))
+    }
+}
