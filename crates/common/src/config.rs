@@ -379,6 +379,9 @@ fn environment(prefix: &str) -> Environment {
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true)
+        // Lists come comma separated, e.g. PLATFORM__BUS__RETRY_BACKOFF_MS=100,500,2000.
+        .list_separator(",")
+        .with_list_parse_key("bus.retry_backoff_ms")
 }
 
 fn refuse_secrets_in_file(path: &Path) -> Result<(), ConfigError> {

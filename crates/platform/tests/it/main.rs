@@ -1,0 +1,6 @@
+//! End-to-end tests across services: the order saga on the embedded store and bus.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod crash;
+mod helpers;
+mod saga;

@@ -1,0 +1,419 @@
+use std::time::Duration;
+
+use common::bus::{CloudEvent, Message, topics};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn orders_are_confirmed_when_stock_suffices_and_rejected_when_short() {
+    let platform = Platform::start().await;
+    platform.product("A-1", "12.50", 3).await;
+    platform.product("B-1", "0.10", 100).await;
+
+    let placed = platform
+        .place(
+            "cust-1",
+            json!([{"sku": "A-1", "quantity": 2}, {"sku": "B-1", "quantity": 3}]),
+            None,
+        )
+        .await;
+    assert_eq!(placed.status(), 202);
+    let location = placed.headers()["location"].to_str().unwrap().to_owned();
+    let order: Value = placed.json().await.unwrap();
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["total"], "25.30");
+    assert_eq!(order["currency"], "EUR");
+    assert_eq!(order["lines"][0]["unitPrice"], "12.50");
+    assert_eq!(
+        location,
+        format!("/v1/orders/{}", order["id"].as_str().unwrap())
+    );
+
+    let confirmed = platform.settled(order["id"].as_str().unwrap()).await;
+    assert_eq!(confirmed["status"], "confirmed");
+    assert_eq!(
+        platform.stock("A-1").await,
+        json!({"sku": "A-1", "onHand": 3, "reserved": 2, "available": 1})
+    );
+    assert_eq!(platform.stock("B-1").await["reserved"], 3);
+
+    // All or none: B-1 could be reserved, A-1 cannot, so neither is.
+    let short = platform
+        .place(
+            "cust-1",
+            json!([{"sku": "B-1", "quantity": 1}, {"sku": "A-1", "quantity": 2}]),
+            None,
+        )
+        .await;
+    let short: Value = short.json().await.unwrap();
+    let rejected = platform.settled(short["id"].as_str().unwrap()).await;
+    assert_eq!(rejected["status"], "rejected");
+    assert!(
+        rejected["reason"].as_str().unwrap().contains("A-1"),
+        "{rejected}"
+    );
+    assert_eq!(platform.stock("A-1").await["reserved"], 2);
+    assert_eq!(platform.stock("B-1").await["reserved"], 3);
+
+    let listed: Value = platform
+        .http
+        .get(format!(
+            "{}/v1/orders?customerId=cust-1&status=confirmed",
+            platform.orders_url
+        ))
+        .bearer_auth(&platform.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_confirmed_order_releases_its_stock() {
+    let platform = Platform::start().await;
+    platform.product("C-1", "5.00", 10).await;
+    let order: Value = platform
+        .place("cust-2", json!([{"sku": "C-1", "quantity": 4}]), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    assert_eq!(platform.settled(&id).await["status"], "confirmed");
+    assert_eq!(platform.stock("C-1").await["reserved"], 4);
+
+    let cancel = |if_match: Option<&str>| {
+        let mut request = platform
+            .http
+            .post(format!("{}/v1/orders/{id}/cancel", platform.orders_url))
+            .bearer_auth(&platform.token);
+        if let Some(tag) = if_match {
+            request = request.header("if-match", tag);
+        }
+        request.send()
+    };
+    assert_eq!(cancel(Some("\"stale\"")).await.unwrap().status(), 412);
+    let cancelled = cancel(None).await.unwrap();
+    assert_eq!(cancelled.status(), 200);
+    assert_eq!(
+        cancelled.json::<Value>().await.unwrap()["status"],
+        "cancelled"
+    );
+    let released = eventually(Duration::from_secs(30), || async {
+        platform.stock("C-1").await["reserved"] == 0
+    })
+    .await;
+    assert!(released, "stock was not released");
+    // Cancelled is final.
+    let again = cancel(None).await.unwrap();
+    assert_eq!(again.status(), 409);
+    assert_eq!(again.headers()["content-type"], "application/problem+json");
+
+    // A pending or rejected order cannot be cancelled either.
+    platform.count("C-1", 0).await;
+    let rejected: Value = platform
+        .place("cust-2", json!([{"sku": "C-1", "quantity": 1}]), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rejected_id = rejected["id"].as_str().unwrap();
+    assert_eq!(platform.settled(rejected_id).await["status"], "rejected");
+    let refused = platform
+        .http
+        .post(format!(
+            "{}/v1/orders/{rejected_id}/cancel",
+            platform.orders_url
+        ))
+        .bearer_auth(&platform.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_gives_one_order() {
+    let platform = Platform::start().await;
+    platform.product("I-1", "1.00", 10).await;
+    let lines = json!([{"sku": "I-1", "quantity": 1}]);
+    let first: Value = platform
+        .place("cust-3", lines.clone(), Some("key-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second = platform.place("cust-3", lines.clone(), Some("key-1")).await;
+    assert_eq!(second.status(), 202);
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+
+    // Concurrent repeats of one key: still one order.
+    let repeats = futures::future::join_all(
+        (0..8).map(|_| platform.place("cust-3", lines.clone(), Some("key-2"))),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for response in repeats {
+        assert_eq!(response.status(), 202);
+        ids.push(
+            response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+
+    let different = platform
+        .place(
+            "cust-3",
+            json!([{"sku": "I-1", "quantity": 2}]),
+            Some("key-1"),
+        )
+        .await;
+    assert_eq!(different.status(), 422);
+
+    let all: Value = platform
+        .http
+        .get(format!(
+            "{}/v1/orders?customerId=cust-3",
+            platform.orders_url
+        ))
+        .bearer_auth(&platform.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    let reserved = eventually(Duration::from_secs(30), || async {
+        platform.stock("I-1").await["reserved"] == 2
+    })
+    .await;
+    assert!(reserved);
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_orders_for_the_last_unit_never_oversell() {
+    let platform = Platform::start().await;
+    platform.product("LAST-1", "9.99", 1).await;
+    let customers: Vec<String> = (0..12).map(|n| format!("cust-{}", n % 4)).collect();
+    let responses =
+        futures::future::join_all(customers.iter().map(|customer| {
+            platform.place(customer, json!([{"sku": "LAST-1", "quantity": 1}]), None)
+        }))
+        .await;
+    let mut ids = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), 202);
+        ids.push(
+            response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut confirmed = 0;
+    for id in &ids {
+        match platform.settled(id).await["status"].as_str().unwrap() {
+            "confirmed" => confirmed += 1,
+            "rejected" => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(confirmed, 1);
+    assert_eq!(
+        platform.stock("LAST-1").await,
+        json!({"sku": "LAST-1", "onHand": 1, "reserved": 1, "available": 0})
+    );
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn bad_orders_get_problems() {
+    let platform = Platform::start().await;
+    platform.product("V-1", "1.00", 1).await;
+    let unknown = platform
+        .place(
+            "c",
+            json!([{"sku": "V-1", "quantity": 1}, {"sku": "NOPE", "quantity": 1}]),
+            None,
+        )
+        .await;
+    assert_eq!(unknown.status(), 422);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["errors"][0]["field"], "lines.1.sku");
+
+    let cases = [
+        json!({"customerId": "", "lines": []}),
+        json!({"customerId": "c", "lines": [{"sku": "V-1", "quantity": 0}]}),
+        json!({"customerId": "c", "lines": [{"sku": "V-1", "quantity": 1}, {"sku": "V-1", "quantity": 1}]}),
+        json!({"customerId": "c", "lines": "V-1"}),
+        json!({"customerId": "c", "lines": [{"sku": "V-1", "quantity": 1, "colour": "red"}], "extra": 1}),
+    ];
+    for body in cases {
+        let response = platform
+            .http
+            .post(format!("{}/v1/orders", platform.orders_url))
+            .bearer_auth(&platform.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422, "{body}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    let too_many: Vec<Value> = (0..51)
+        .map(|n| json!({"sku": format!("S-{n}"), "quantity": 1}))
+        .collect();
+    assert_eq!(
+        platform
+            .place("c", Value::Array(too_many), None)
+            .await
+            .status(),
+        422
+    );
+    let bad_key = platform
+        .place(
+            "c",
+            json!([{"sku": "V-1", "quantity": 1}]),
+            Some("has space"),
+        )
+        .await;
+    assert_eq!(bad_key.status(), 422);
+    let missing = platform
+        .http
+        .get(format!("{}/v1/orders/does-not-exist", platform.orders_url))
+        .bearer_auth(&platform.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let wrong_scope = common::auth::mint_dev_token(
+        &secrecy::SecretString::from(SECRET.to_owned()),
+        &platform.settings.auth,
+        "x",
+        "orders.read",
+        60,
+    )
+    .unwrap();
+    let forbidden = platform
+        .http
+        .post(format!("{}/v1/orders", platform.orders_url))
+        .bearer_auth(wrong_scope)
+        .json(&json!({"customerId": "c", "lines": [{"sku": "V-1", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_catalog_is_a_clear_503() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // Applied to both services' settings; only orders calls the catalog, and it is
+    // pointed at a port where nothing listens.
+    let platform = Platform::start_with(|s| {
+        s.services.attempts = 2;
+        s.services.timeout_ms = 500;
+        s.services.catalog_url = format!("http://{closed}");
+    })
+    .await;
+    let response = platform
+        .place("c", json!([{"sku": "X-1", "quantity": 1}]), None)
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "urn:problem:unavailable");
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_event_lands_in_the_dead_letter_queue_and_the_cli_shows_it() {
+    let platform = Platform::start().await;
+    let bus = common::bootstrap::open_bus(&platform.settings).unwrap();
+    let poison = CloudEvent::new(
+        "tests",
+        common::events::ORDER_PLACED_V1,
+        "o-1",
+        json!({"orderId": 5}),
+    );
+    bus.publish(topics::ORDERS, Message::new(poison.clone()))
+        .await
+        .unwrap();
+    let dead = eventually(Duration::from_secs(30), || {
+        let bus = bus.clone();
+        async move {
+            !bus.dead_letters(topics::ORDERS, "catalog", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        }
+    })
+    .await;
+    assert!(dead);
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_platform"))
+        .args(["dlq", "list", "--data-dir"])
+        .arg(platform.dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let listed = String::from_utf8(output.stdout).unwrap();
+    assert!(listed.contains(&poison.id), "{listed}");
+    assert!(listed.contains("HandlerRejected"), "{listed}");
+
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_platform"))
+        .args([
+            "dlq",
+            "replay",
+            "--topic",
+            topics::ORDERS,
+            "--subscription",
+            "catalog",
+            "--id",
+            &poison.id,
+            "--data-dir",
+        ])
+        .arg(platform.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    // Still poison: it comes back to the dead-letter queue.
+    let back = eventually(Duration::from_secs(30), || {
+        let bus = bus.clone();
+        async move {
+            bus.dead_letters(topics::ORDERS, "catalog", 10)
+                .await
+                .unwrap()
+                .len()
+                == 1
+        }
+    })
+    .await;
+    assert!(back);
+    platform.stop().await;
+}
