@@ -31,13 +31,16 @@ pub async fn trace_request(
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // The route pattern (not the path) names the span: low cardinality, and known before
+    // routing from the application's resource map.
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!(
         "http.request",
-        otel.name = tracing::field::Empty,
+        otel.name = %format!("{} {route}", req.method()),
         otel.kind = "server",
         service,
         http.method = %req.method(),
-        http.route = tracing::field::Empty,
+        http.route = %route,
         http.status_code = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
         request_id = %request_id,
