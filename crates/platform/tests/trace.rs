@@ -19,7 +19,9 @@ use helpers::{Platform, eventually};
 #[tokio::test]
 async fn one_traceparent_links_request_catalog_call_and_handlers() {
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
     tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("e2e")))
         .try_init()

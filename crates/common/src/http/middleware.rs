@@ -33,7 +33,9 @@ pub async fn trace_request(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     // The route pattern (not the path) names the span: low cardinality, and known before
     // routing from the application's resource map.
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!(
         "http.request",
         otel.name = %format!("{} {route}", req.method()),

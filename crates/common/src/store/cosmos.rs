@@ -153,6 +153,26 @@ impl DocumentStore for CosmosStore {
         }
     }
 
+    #[tracing::instrument(name = "cosmos.find_by_id", skip_all, fields(container, ru = tracing::field::Empty))]
+    async fn find_by_id(&self, container: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        let query = SqlQuery::from("SELECT TOP 1 * FROM c WHERE c.id = @id ORDER BY c.pk")
+            .with_parameter("@id", id)
+            .map_err(|e| StoreError::Serialization(e.to_string()))?;
+        let mut pages = self
+            .container(container)?
+            .query_items::<Envelope>(query, FeedScope::full_container(), None)
+            .await
+            .map_err(map_error)?
+            .into_pages();
+        while let Some(page) = pages.try_next().await.map_err(map_error)? {
+            record_charge(page.headers());
+            if let Some(found) = page.into_items().into_iter().next() {
+                return Ok(Some(found.into_document()));
+            }
+        }
+        Ok(None)
+    }
+
     #[tracing::instrument(name = "cosmos.create", skip_all, fields(container, ru = tracing::field::Empty))]
     async fn create(
         &self,

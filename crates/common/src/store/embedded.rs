@@ -328,6 +328,24 @@ impl DocumentStore for EmbeddedStore {
         .await
     }
 
+    async fn find_by_id(&self, container: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        let (container, id) = (container.to_owned(), id.to_owned());
+        self.with_reader(move |connection| {
+            let row = connection
+                .prepare_cached(
+                    "SELECT pk, body, seq FROM documents WHERE container = ?1 AND id = ?2 ORDER BY pk LIMIT 1",
+                )
+                .map_err(backend)?
+                .query_row(params![container, id], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+                })
+                .optional()
+                .map_err(backend)?;
+            row.map(|(pk, body, seq)| to_document(pk, id, body, seq)).transpose()
+        })
+        .await
+    }
+
     async fn create(
         &self,
         container: &str,

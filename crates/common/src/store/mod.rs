@@ -255,6 +255,10 @@ pub trait DocumentStore: Send + Sync + 'static {
         id: &str,
     ) -> Result<Option<Document>, StoreError>;
 
+    /// The item with this id in whichever partition holds it (ids unique across the
+    /// container by the caller's convention); the first found otherwise.
+    async fn find_by_id(&self, container: &str, id: &str) -> Result<Option<Document>, StoreError>;
+
     /// Creates the item; [`StoreError::Conflict`] when the id is taken in that partition.
     async fn create(
         &self,

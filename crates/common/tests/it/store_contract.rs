@@ -141,6 +141,7 @@ contract!(
     bad_continuation_is_refused,
     change_feed_resumes_from_checkpoint,
     concurrent_writers_with_etags_lose_no_update,
+    find_by_id_looks_in_every_partition,
     batch_applies_every_operation,
     failed_batch_applies_nothing,
     batch_with_stale_etag_applies_nothing,
@@ -674,4 +675,18 @@ async fn batch_with_stale_etag_applies_nothing(store: &SharedStore) {
         .await
         .unwrap_err();
     assert_eq!(missing, StoreError::NotFound);
+}
+
+async fn find_by_id_looks_in_every_partition(store: &SharedStore) {
+    let id = unique("findable");
+    assert_eq!(store.find_by_id(THINGS, &id).await.unwrap(), None);
+    store
+        .create(THINGS, &unique("somewhere"), &id, json!({"here": true}))
+        .await
+        .unwrap();
+    let found = store.find_by_id(THINGS, &id).await.unwrap().unwrap();
+    assert_eq!(found.body, json!({"here": true}));
+    assert_eq!(found.id, id);
+    assert!(!found.etag.as_str().is_empty());
+    assert_eq!(store.find_by_id(OTHER, &id).await.unwrap(), None);
 }

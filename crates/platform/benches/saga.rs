@@ -1,0 +1,184 @@
+//! The order saga on the embedded default (SQLite store and bus), catalog and orders in
+//! one process: orders per second from `POST /v1/orders` to `confirmed`, and the time one
+//! order takes to reach `confirmed` (median, p99), unloaded and under load.
+//!
+//! `cargo bench -p platform --bench saga` (SAGA_ORDERS, SAGA_CONCURRENCY to tune).
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+struct Client {
+    poll: Duration,
+    http: reqwest::Client,
+    orders: String,
+    token: String,
+}
+
+impl Client {
+    async fn place(&self, n: usize) -> anyhow::Result<String> {
+        let body = json!({"customerId": format!("bench-{}", n % 50), "lines": [{"sku": format!("B-{}", n % 10), "quantity": 1}, {"sku": format!("B-{}", (n + 1) % 10), "quantity": 2}]});
+        let response = self
+            .http
+            .post(format!("{}/v1/orders", self.orders))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 202,
+            "place answered {}",
+            response.status()
+        );
+        let order: Value = response.json().await?;
+        Ok(order["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn wait_confirmed(&self, id: &str) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let order: Value = self
+                .http
+                .get(format!("{}/v1/orders/{id}", self.orders))
+                .bearer_auth(&self.token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            match order["status"].as_str() {
+                Some("confirmed") => return Ok(order),
+                Some("pending") => {}
+                other => anyhow::bail!("order {id} ended {other:?}"),
+            }
+            anyhow::ensure!(Instant::now() < deadline, "order {id} stayed pending");
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+}
+
+fn server_latency(order: &Value) -> Option<Duration> {
+    use time::format_description::well_known::Rfc3339;
+    let created = time::OffsetDateTime::parse(order["createdAt"].as_str()?, &Rfc3339).ok()?;
+    let updated = time::OffsetDateTime::parse(order["updatedAt"].as_str()?, &Rfc3339).ok()?;
+    (updated - created).try_into().ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let total = env_number("SAGA_ORDERS", 2000);
+    let concurrency = env_number("SAGA_CONCURRENCY", 32);
+    let dir = tempfile::tempdir()?;
+    let mut settings = common::config::Settings::defaults();
+    settings.data_dir = dir.path().to_owned();
+    settings.auth.hs256_secret = Some(SecretString::from(SECRET.to_owned()));
+    settings.rate_limit.enabled = false;
+    settings.telemetry.log_level = "error".into();
+    let _telemetry = common::telemetry::init(&settings.telemetry, "saga-bench")?;
+    let catalog =
+        catalog::startup::start(settings.clone(), TcpListener::bind("127.0.0.1:0")?).await?;
+    let mut orders_settings = settings.clone();
+    orders_settings.services.catalog_url = catalog.url();
+    let orders = orders::startup::start(orders_settings, TcpListener::bind("127.0.0.1:0")?).await?;
+
+    let token = common::auth::mint_dev_token(
+        &SecretString::from(SECRET.to_owned()),
+        &settings.auth,
+        "bench",
+        "catalog.read catalog.write orders.read orders.write",
+        3600,
+    )?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()?;
+    for n in 0..10 {
+        let sku = format!("B-{n}");
+        let created = http
+            .post(format!("{}/v2/products", catalog.url()))
+            .bearer_auth(&token)
+            .json(&json!({"sku": sku, "name": sku, "category": "bench", "price": {"amount": "3.50", "currency": "EUR"}}))
+            .send()
+            .await?;
+        anyhow::ensure!(created.status() == 201, "could not create {sku}");
+        http.put(format!("{}/v2/products/{sku}/stock", catalog.url()))
+            .bearer_auth(&token)
+            .json(&json!({"onHand": 1_000_000_000}))
+            .send()
+            .await?;
+    }
+    let mut client = Client {
+        poll: Duration::from_millis(1),
+        http,
+        orders: orders.url(),
+        token,
+    };
+
+    // One at a time: the time an order takes from POST to confirmed, as a client sees it.
+    let mut unloaded = Vec::new();
+    for n in 0..200 {
+        let started = Instant::now();
+        let id = client.place(n).await?;
+        client.wait_confirmed(&id).await?;
+        unloaded.push(started.elapsed());
+    }
+    unloaded.sort();
+
+    // Many at once: throughput from the first POST to the last confirmation. Waiting polls
+    // gently, so that the measurement does not become the load.
+    client.poll = Duration::from_millis(25);
+    let started = Instant::now();
+    let ids: Vec<String> = futures::stream::iter(0..total)
+        .map(|n| client.place(1000 + n))
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let accepted = started.elapsed();
+    let confirmed: Vec<Value> = futures::stream::iter(ids.iter())
+        .map(|id| client.wait_confirmed(id))
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let all_confirmed = started.elapsed();
+    let mut loaded: Vec<Duration> = confirmed.iter().filter_map(server_latency).collect();
+    loaded.sort();
+
+    println!("order saga on the embedded store and bus, catalog + orders in one process, 2 cores");
+    println!(
+        "unloaded (200 orders, one at a time): POST -> confirmed  median {:.2} ms   p99 {:.2} ms",
+        percentile(&unloaded, 0.5),
+        percentile(&unloaded, 0.99)
+    );
+    println!(
+        "loaded ({total} orders, {concurrency} in flight): {:.0} orders/s POST -> confirmed ({:.0} POST/s accepted)",
+        total as f64 / all_confirmed.as_secs_f64(),
+        total as f64 / accepted.as_secs_f64()
+    );
+    println!(
+        "loaded: stored pending -> confirmed  median {:.2} ms   p99 {:.2} ms",
+        percentile(&loaded, 0.5),
+        percentile(&loaded, 0.99)
+    );
+    orders.stop(true).await?;
+    catalog.stop(true).await?;
+    Ok(())
+}
