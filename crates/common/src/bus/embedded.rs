@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use super::{
     BusError, CloudEvent, DeadLetter, Delivery, EventBus, LockToken, Message, SubscriptionOptions,
@@ -63,7 +63,14 @@ pub struct EmbeddedBus {
 struct Inner {
     connection: Mutex<Connection>,
     duplicate_window: Duration,
-    published: Notify,
+    published: watch::Sender<u64>,
+}
+
+impl Inner {
+    fn wake(&self) {
+        self.published
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
 }
 
 /// The stored form of a message.
@@ -133,7 +140,7 @@ impl EmbeddedBus {
         let inner = Arc::new(Inner {
             connection: Mutex::new(connection),
             duplicate_window,
-            published: Notify::new(),
+            published: watch::channel(0).0,
         });
         open.insert(key, Arc::downgrade(&inner));
         Ok(Self { inner })
@@ -288,7 +295,7 @@ impl EventBus for EmbeddedBus {
             })
             .await?;
         if published {
-            self.inner.published.notify_waiters();
+            self.inner.wake();
         }
         Ok(())
     }
@@ -390,7 +397,7 @@ impl EventBus for EmbeddedBus {
             )
         })
         .await?;
-        self.inner.published.notify_waiters();
+        self.inner.wake();
         Ok(())
     }
 
@@ -483,7 +490,7 @@ impl EventBus for EmbeddedBus {
             })
             .await?;
         if replayed {
-            self.inner.published.notify_waiters();
+            self.inner.wake();
         }
         Ok(replayed)
     }
@@ -497,7 +504,7 @@ impl EventBus for EmbeddedBus {
         .await
     }
 
-    async fn wait_for_messages(&self, _topic: &str) {
-        self.inner.published.notified().await;
+    fn wake_ups(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.published.subscribe())
     }
 }

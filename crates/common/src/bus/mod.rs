@@ -183,11 +183,11 @@ pub trait EventBus: Send + Sync + 'static {
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> Result<(), BusError>;
 
-    /// Resolves when a message may have arrived for `topic`; a hint for receivers so that
-    /// they need not poll tightly. Adapters without notifications never resolve.
-    async fn wait_for_messages(&self, topic: &str) {
-        let _ = topic;
-        std::future::pending::<()>().await;
+    /// A counter that moves whenever a message may have become available; receivers wait
+    /// on it instead of polling tightly. Taking the value before a receive and waiting for a
+    /// change after it loses no wake-up. `None` for adapters that cannot tell.
+    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 }
 

@@ -78,7 +78,11 @@ pub fn spawn_worker(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut failures = 0u32;
+        let mut wake_ups = bus.wake_ups();
         while !*shutdown.borrow() {
+            if let Some(wake_ups) = wake_ups.as_mut() {
+                wake_ups.borrow_and_update();
+            }
             match bus
                 .receive(&settings.topic, &settings.subscription, settings.batch_size)
                 .await
@@ -90,8 +94,17 @@ pub fn spawn_worker(
                     }
                 }
                 Ok(_) => {
+                    // Another process may publish too: the poll interval bounds the wait.
+                    let published = async {
+                        match wake_ups.as_mut() {
+                            Some(wake_ups) => {
+                                let _ = wake_ups.changed().await;
+                            }
+                            None => std::future::pending::<()>().await,
+                        }
+                    };
                     tokio::select! {
-                        _ = bus.wait_for_messages(&settings.topic) => {}
+                        _ = published => {}
                         _ = tokio::time::sleep(settings.poll_interval) => {}
                         _ = shutdown.changed() => {}
                     }
