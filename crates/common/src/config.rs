@@ -406,6 +406,18 @@ fn refuse_secrets_in_file(path: &Path) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
+    /// Loads service `svc` from a folder holding `svc.toml` with `contents`.
+    fn load_with_file(contents: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("svc.toml"), contents).unwrap();
+        let sources = Sources {
+            config_dir: dir.path().to_owned(),
+            environment: false,
+            service_defaults: vec![],
+        };
+        Settings::load("svc", &sources)
+    }
+
     #[test]
     fn defaults_are_valid_and_embedded() {
         let settings = Settings::defaults();
@@ -415,70 +427,34 @@ mod tests {
 
     #[test]
     fn a_file_overrides_defaults_and_a_wrong_type_names_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("svc.toml"),
-            "[http]\nport = \"not-a-port\"\n",
-        )
-        .unwrap();
-        let sources = Sources {
-            config_dir: dir.path().to_owned(),
-            environment: false,
-            service_defaults: vec![],
-        };
-        let error = Settings::load("svc", &sources).unwrap_err().to_string();
+        let error = load_with_file("[http]\nport = \"not-a-port\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("http.port"), "{error}");
     }
 
     #[test]
     fn secrets_in_a_file_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("svc.toml"),
-            "[auth]\nhs256_secret = \"oops\"\n",
-        )
-        .unwrap();
-        let sources = Sources {
-            config_dir: dir.path().to_owned(),
-            environment: false,
-            service_defaults: vec![],
-        };
-        let error = Settings::load("svc", &sources).unwrap_err().to_string();
+        let error = load_with_file("[auth]\nhs256_secret = \"oops\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("auth.hs256_secret"), "{error}");
     }
 
     #[test]
     fn cosmos_without_endpoint_names_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("svc.toml"), "[store]\nkind = \"cosmos\"\n").unwrap();
-        let sources = Sources {
-            config_dir: dir.path().to_owned(),
-            environment: false,
-            service_defaults: vec![],
-        };
-        let error = Settings::load("svc", &sources).unwrap_err().to_string();
+        let error = load_with_file("[store]\nkind = \"cosmos\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("store.cosmos.endpoint"), "{error}");
     }
 
     #[test]
     fn hs256_with_cosmos_is_refused_unless_allowed() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("svc.toml");
-        std::fs::write(
-            &file,
-            "[store]\nkind = \"cosmos\"\n[store.cosmos]\nendpoint = \"https://x.documents.azure.com\"\ncredential = \"managed-identity\"\n",
-        )
-        .unwrap();
-        let sources = Sources {
-            config_dir: dir.path().to_owned(),
-            environment: false,
-            service_defaults: vec![],
-        };
-        let error = Settings::load("svc", &sources).unwrap_err().to_string();
+        let cosmos = "[store]\nkind = \"cosmos\"\n[store.cosmos]\nendpoint = \"https://x.documents.azure.com\"\ncredential = \"managed-identity\"\n";
+        let error = load_with_file(cosmos).unwrap_err().to_string();
         assert!(error.contains("auth.mode"), "{error}");
-        let mut text = std::fs::read_to_string(&file).unwrap();
-        text.push_str("[auth]\nallow_hs256_with_azure = true\n");
-        std::fs::write(&file, text).unwrap();
-        assert!(Settings::load("svc", &sources).is_ok());
+        let allowed = format!("{cosmos}[auth]\nallow_hs256_with_azure = true\n");
+        assert!(load_with_file(&allowed).is_ok());
     }
 }

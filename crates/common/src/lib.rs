@@ -16,6 +16,8 @@ pub mod rate_limit;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validation;
 
 pub use error::{ApiError, ErrorCode, FieldError};

@@ -6,10 +6,12 @@ mod conditional;
 mod extractors;
 mod health;
 mod middleware;
+mod openapi;
 mod server;
 
 pub use conditional::{IfMatch, etag_header_value, if_match, if_none_match_hits};
 pub use extractors::{json_config, path_config, query_config};
 pub use health::{BusReadiness, ReadinessCheck, StoreReadiness};
 pub use middleware::{problem_fallback, trace_request};
+pub use openapi::BearerAuth;
 pub use server::{Background, HttpContext, ServiceHandle, bind, serve};

@@ -109,6 +109,22 @@ fn etag_from(headers: &ResponseHeaders) -> ETag {
     ETag::new(headers.etag().map(|e| e.to_string()).unwrap_or_default())
 }
 
+/// The document a successful write stored, with its new ETag; records the charge.
+fn written(
+    pk: &str,
+    id: &str,
+    body: Json,
+    response: &azure_data_cosmos::models::ItemResponse,
+) -> Document {
+    record_charge(response.headers());
+    Document {
+        id: id.to_owned(),
+        partition_key: pk.to_owned(),
+        body,
+        etag: etag_from(response.headers()),
+    }
+}
+
 fn if_match(etag: Option<&ETag>) -> Option<ItemWriteOptions> {
     etag.map(|etag| {
         ItemWriteOptions::default().with_precondition(Precondition::IfMatch(etag.as_str().into()))
@@ -186,13 +202,7 @@ impl DocumentStore for CosmosStore {
             .create_item(pk.to_owned(), id, envelope(pk, id, body.clone()), None)
             .await
             .map_err(map_error)?;
-        record_charge(response.headers());
-        Ok(Document {
-            id: id.to_owned(),
-            partition_key: pk.to_owned(),
-            body,
-            etag: etag_from(response.headers()),
-        })
+        Ok(written(pk, id, body, &response))
     }
 
     #[tracing::instrument(name = "cosmos.replace", skip_all, fields(container, ru = tracing::field::Empty))]
@@ -214,13 +224,7 @@ impl DocumentStore for CosmosStore {
             )
             .await
             .map_err(map_error)?;
-        record_charge(response.headers());
-        Ok(Document {
-            id: id.to_owned(),
-            partition_key: pk.to_owned(),
-            body,
-            etag: etag_from(response.headers()),
-        })
+        Ok(written(pk, id, body, &response))
     }
 
     #[tracing::instrument(name = "cosmos.upsert", skip_all, fields(container, ru = tracing::field::Empty))]
@@ -236,13 +240,7 @@ impl DocumentStore for CosmosStore {
             .upsert_item(pk.to_owned(), id, envelope(pk, id, body.clone()), None)
             .await
             .map_err(map_error)?;
-        record_charge(response.headers());
-        Ok(Document {
-            id: id.to_owned(),
-            partition_key: pk.to_owned(),
-            body,
-            etag: etag_from(response.headers()),
-        })
+        Ok(written(pk, id, body, &response))
     }
 
     #[tracing::instrument(name = "cosmos.delete", skip_all, fields(container, ru = tracing::field::Empty))]

@@ -12,14 +12,6 @@ use crate::helpers::*;
 
 const ON_HAND: i64 = 20;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Up {
     child: Child,
     catalog: String,
@@ -27,7 +19,10 @@ struct Up {
 }
 
 async fn up(data: &std::path::Path) -> Up {
-    let (catalog_port, orders_port) = (free_port(), free_port());
+    let (catalog_port, orders_port) = (
+        common::testing::free_port().unwrap(),
+        common::testing::free_port().unwrap(),
+    );
     let child = Command::new(env!("CARGO_BIN_EXE_platform"))
         .args(["up", "--data-dir"])
         .arg(data)

@@ -145,6 +145,19 @@ impl Platform {
             .unwrap()
     }
 
+    /// `GET /v1/orders?<query>`.
+    pub async fn list(&self, query: &str) -> Value {
+        self.http
+            .get(format!("{}/v1/orders?{query}", self.orders_url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Waits until the order leaves `pending`, and returns it.
     pub async fn settled(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -159,18 +172,4 @@ impl Platform {
     }
 }
 
-/// Polls `check` until it holds or the deadline passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
+pub use common::testing::eventually;

@@ -56,19 +56,7 @@ async fn orders_are_confirmed_when_stock_suffices_and_rejected_when_short() {
     assert_eq!(platform.stock("A-1").await["reserved"], 2);
     assert_eq!(platform.stock("B-1").await["reserved"], 3);
 
-    let listed: Value = platform
-        .http
-        .get(format!(
-            "{}/v1/orders?customerId=cust-1&status=confirmed",
-            platform.orders_url
-        ))
-        .bearer_auth(&platform.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = platform.list("customerId=cust-1&status=confirmed").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
     platform.stop().await;
 }
@@ -182,19 +170,7 @@ async fn an_idempotency_key_gives_one_order() {
         .await;
     assert_eq!(different.status(), 422);
 
-    let all: Value = platform
-        .http
-        .get(format!(
-            "{}/v1/orders?customerId=cust-3",
-            platform.orders_url
-        ))
-        .bearer_auth(&platform.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = platform.list("customerId=cust-3").await;
     assert_eq!(all["items"].as_array().unwrap().len(), 2);
     let reserved = eventually(Duration::from_secs(30), || async {
         platform.stock("I-1").await["reserved"] == 2

@@ -13,14 +13,6 @@ struct Process {
     url: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start_binary(data_dir: &std::path::Path, port: u16) -> Process {
     let child = Command::new(env!("CARGO_BIN_EXE_catalog"))
         .env("CATALOG__HTTP__PORT", port.to_string())
@@ -57,7 +49,7 @@ async fn acknowledged_writes_survive_kill_9() {
     .unwrap();
     let client = reqwest::Client::new();
 
-    let mut process = start_binary(dir.path(), free_port()).await;
+    let mut process = start_binary(dir.path(), common::testing::free_port().unwrap()).await;
     // Writers keep going while the process is killed; only 201s count as acknowledged.
     let writer = {
         let (client, url, token) = (client.clone(), process.url.clone(), token.clone());
@@ -105,7 +97,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let acknowledged = writer.await.unwrap();
     assert!(acknowledged.len() >= 30);
 
-    let mut restarted = start_binary(dir.path(), free_port()).await;
+    let mut restarted = start_binary(dir.path(), common::testing::free_port().unwrap()).await;
     for sku in &acknowledged {
         let response = client
             .get(format!("{}/v2/products/{sku}", restarted.url))

@@ -1,5 +1,3 @@
-use std::time::{Duration, Instant};
-
 use common::config::Settings;
 use common::http::ServiceHandle;
 use reqwest::{Method, RequestBuilder, Response};
@@ -141,18 +139,4 @@ pub async fn problem(response: Response, status: u16) -> Value {
     body
 }
 
-/// Polls `check` until it holds or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
+pub use common::testing::eventually;
