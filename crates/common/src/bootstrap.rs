@@ -38,6 +38,39 @@ pub fn open_bus(settings: &Settings) -> Result<SharedBus, BusError> {
             &settings.bus_file(),
             Duration::from_secs(settings.bus.duplicate_window_seconds),
         )?)),
+        BusKind::Servicebus => {
+            use crate::bus::servicebus::{EntraTransport, ReqwestTransport, ServiceBusBus};
+            use crate::config::ServiceBusCredentialKind;
+
+            let servicebus = &settings.bus.servicebus;
+            let transport: Arc<dyn azure_core_legacy::HttpClient> =
+                Arc::new(ReqwestTransport::new(Duration::from_secs(30))?);
+            let (transport, key) = match servicebus.credential {
+                ServiceBusCredentialKind::Sas => {
+                    let key = servicebus.key.clone().ok_or_else(|| {
+                        BusError::Unavailable("bus.servicebus.key is not set".into())
+                    })?;
+                    (transport, key)
+                }
+                ServiceBusCredentialKind::ManagedIdentity => {
+                    let credential = azure_identity::ManagedIdentityCredential::new(None)
+                        .map_err(|e| BusError::Unavailable(format!("managed identity: {e}")))?;
+                    // The crate still signs with SAS; the transport replaces it with a token.
+                    let unused_key = secrecy::SecretString::from("entra".to_owned());
+                    (
+                        Arc::new(EntraTransport::new(transport, credential))
+                            as Arc<dyn azure_core_legacy::HttpClient>,
+                        unused_key,
+                    )
+                }
+            };
+            Ok(Arc::new(ServiceBusBus::new(
+                transport,
+                &servicebus.namespace,
+                &servicebus.policy,
+                key,
+            )))
+        }
     }
 }
 

@@ -43,7 +43,8 @@ region = "westeurope"
 credential = "key"
 
 [bus]
-# "embedded" (SQLite file data_dir/bus.db, shared by every service on the machine).
+# "embedded" (SQLite file data_dir/bus.db, shared by every service on the machine) or
+# "servicebus" (Azure Service Bus; SAS key from <SERVICE>__BUS__SERVICEBUS__KEY).
 kind = "embedded"
 # Deliveries of one message before it is dead-lettered.
 max_delivery_count = 10
@@ -55,6 +56,14 @@ duplicate_window_seconds = 600
 retry_backoff_ms = [100, 500, 2000, 10000]
 # Longest wait between looks for new messages and outbox entries.
 poll_interval_ms = 200
+
+[bus.servicebus]
+# The namespace name: <namespace>.servicebus.windows.net.
+namespace = ""
+# "sas" (policy + key from <SERVICE>__BUS__SERVICEBUS__KEY) or "managed-identity" (Entra ID).
+credential = "sas"
+# The shared access policy the key belongs to (Send + Listen; Manage to create entities).
+policy = "RootManageSharedAccessKey"
 
 [services]
 # Where this service finds the others (versioned REST calls).
@@ -96,7 +105,11 @@ sample_ratio = 1.0
 "#;
 
 /// Keys that hold secrets: allowed from the environment only.
-const SECRET_KEYS: &[&str] = &["auth.hs256_secret", "store.cosmos.key"];
+const SECRET_KEYS: &[&str] = &[
+    "auth.hs256_secret",
+    "store.cosmos.key",
+    "bus.servicebus.key",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
@@ -156,6 +169,24 @@ pub struct CosmosSettings {
 #[serde(rename_all = "kebab-case")]
 pub enum BusKind {
     Embedded,
+    Servicebus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceBusCredentialKind {
+    Sas,
+    ManagedIdentity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceBusSettings {
+    pub namespace: String,
+    pub credential: ServiceBusCredentialKind,
+    pub policy: String,
+    /// From the environment only.
+    #[serde(default)]
+    pub key: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +197,7 @@ pub struct BusSettings {
     pub duplicate_window_seconds: u64,
     pub retry_backoff_ms: Vec<u64>,
     pub poll_interval_ms: u64,
+    pub servicebus: ServiceBusSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,7 +334,7 @@ impl Settings {
     }
 
     pub fn uses_azure_backends(&self) -> bool {
-        self.store.kind == StoreKind::Cosmos
+        self.store.kind == StoreKind::Cosmos || self.bus.kind == BusKind::Servicebus
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

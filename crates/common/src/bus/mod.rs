@@ -12,6 +12,7 @@
 pub mod embedded;
 mod event;
 pub mod outbox;
+pub mod servicebus;
 pub mod worker;
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use common::bus::embedded::EmbeddedBus;
 use common::bus::worker::{HandlerError, MessageHandler, WorkerSettings, spawn_worker};
-use common::bus::{BusError, CloudEvent, Message, SharedBus, SubscriptionOptions};
+use common::bus::{BusError, CloudEvent, EventBus, Message, SharedBus, SubscriptionOptions};
 use serde_json::json;
 
 const TOPIC: &str = "things-events";
@@ -25,6 +25,52 @@ fn embedded() -> Subject {
         bus: Arc::new(bus),
         _dir: dir,
     }
+}
+
+fn servicebus() -> Subject {
+    use common::bus::servicebus::ServiceBusBus;
+    let broker = std::sync::Arc::new(crate::fake_servicebus::FakeServiceBus::new());
+    let bus = ServiceBusBus::new(
+        broker.clone(),
+        &broker.namespace,
+        &broker.policy,
+        broker.key.clone().into(),
+    );
+    Subject {
+        bus: Arc::new(bus),
+        _dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// A real namespace from `SERVICEBUS_CONNECTION_STRING`
+/// (`Endpoint=sb://<ns>.servicebus.windows.net/;SharedAccessKeyName=..;SharedAccessKey=..`);
+/// the policy needs Manage rights (entities are created per test run).
+fn servicebus_live() -> Option<Subject> {
+    use common::bus::servicebus::{ReqwestTransport, ServiceBusBus};
+    let connection = std::env::var("SERVICEBUS_CONNECTION_STRING").ok()?;
+    let part = |name: &str| {
+        connection
+            .split(';')
+            .find_map(|field| field.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+    };
+    let endpoint = part("Endpoint")?;
+    let namespace = endpoint
+        .trim_start_matches("sb://")
+        .split('.')
+        .next()?
+        .to_owned();
+    let transport = ReqwestTransport::new(Duration::from_secs(30)).ok()?;
+    let bus = ServiceBusBus::new(
+        Arc::new(transport),
+        &namespace,
+        &part("SharedAccessKeyName")?,
+        part("SharedAccessKey")?.into(),
+    );
+    Some(Subject {
+        bus: Arc::new(bus),
+        _dir: tempfile::tempdir().ok()?,
+    })
 }
 
 fn event(n: i64) -> Message {
@@ -47,6 +93,18 @@ macro_rules! contract {
     ($($name:ident),+ $(,)?) => {
         mod embedded_adapter {
             $(#[tokio::test] async fn $name() { super::$name(&super::embedded().bus).await; })+
+        }
+        mod servicebus_adapter_on_in_process_broker {
+            $(#[tokio::test] async fn $name() { super::$name(&super::servicebus().bus).await; })+
+        }
+        // Run with `cargo test -p common --test it servicebus_adapter_live -- --ignored` and
+        // SERVICEBUS_CONNECTION_STRING set.
+        mod servicebus_adapter_live {
+            $(#[tokio::test] #[ignore = "needs SERVICEBUS_CONNECTION_STRING"]
+            async fn $name() {
+                let subject = super::servicebus_live().expect("SERVICEBUS_CONNECTION_STRING is not set or malformed");
+                super::$name(&subject.bus).await;
+            })+
         }
     };
 }
@@ -332,4 +390,97 @@ async fn a_message_that_always_fails_is_dead_lettered_after_max_deliveries_then_
     worker.await.unwrap();
     assert!(bus.receive(TOPIC, "w", 10).await.unwrap().is_empty());
     assert!(bus.dead_letters(TOPIC, "w", 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn service_bus_requests_carry_valid_sas_signatures() {
+    use common::bus::servicebus::ServiceBusBus;
+    let broker = Arc::new(crate::fake_servicebus::FakeServiceBus::new());
+    let good = ServiceBusBus::new(
+        broker.clone(),
+        &broker.namespace,
+        &broker.policy,
+        broker.key.clone().into(),
+    );
+    good.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    good.publish(TOPIC, event(1)).await.unwrap();
+    assert_eq!(broker.refused.load(Ordering::SeqCst), 0);
+
+    let forged = ServiceBusBus::new(
+        broker.clone(),
+        &broker.namespace,
+        &broker.policy,
+        "not-the-key".to_owned().into(),
+    );
+    assert!(matches!(
+        forged.publish(TOPIC, event(2)).await.unwrap_err(),
+        BusError::Unavailable(_)
+    ));
+    assert!(matches!(
+        forged.receive(TOPIC, "s", 1).await.unwrap_err(),
+        BusError::Unavailable(_)
+    ));
+    assert!(broker.refused.load(Ordering::SeqCst) >= 2);
+    // Only the genuine message arrived.
+    assert_eq!(good.receive(TOPIC, "s", 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn entra_transport_sends_a_bearer_token_instead_of_the_signature() {
+    use azure_core_legacy::{HttpClient, Method, Request, Response, StatusCode};
+    use common::bus::servicebus::EntraTransport;
+
+    #[derive(Debug)]
+    struct FixedToken;
+    #[async_trait]
+    impl azure_core::credentials::TokenCredential for FixedToken {
+        async fn get_token(
+            &self,
+            scopes: &[&str],
+            _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            assert_eq!(scopes, [EntraTransport::SCOPE]);
+            Ok(azure_core::credentials::AccessToken::new(
+                "entra-token",
+                time::OffsetDateTime::now_utc() + time::Duration::HOUR,
+            ))
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+    #[async_trait]
+    impl HttpClient for Recorder {
+        async fn execute_request(&self, request: &Request) -> azure_core_legacy::Result<Response> {
+            let auth = request
+                .headers()
+                .iter()
+                .find(|(n, _)| n.as_str() == "authorization")
+                .map(|(_, v)| v.as_str().to_owned());
+            self.0.lock().unwrap().push(auth.unwrap_or_default());
+            Ok(Response::new(
+                StatusCode::Ok,
+                Default::default(),
+                Box::pin(futures::stream::once(async { Ok(bytes::Bytes::new()) })),
+            ))
+        }
+    }
+
+    let recorder = Arc::new(Recorder::default());
+    let transport = EntraTransport::new(recorder.clone(), Arc::new(FixedToken));
+    let mut request = Request::new(
+        url::Url::parse("https://ns.servicebus.windows.net/t/messages").unwrap(),
+        Method::Post,
+    );
+    request.insert_header(
+        "authorization",
+        "SharedAccessSignature sr=x&sig=y&se=1&skn=z",
+    );
+    transport.execute_request(&request).await.unwrap();
+    assert_eq!(
+        recorder.0.lock().unwrap().as_slice(),
+        ["Bearer entra-token"]
+    );
 }

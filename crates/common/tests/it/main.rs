@@ -3,5 +3,6 @@
 
 mod auth;
 mod bus_contract;
+mod fake_servicebus;
 mod http;
 mod store_contract;

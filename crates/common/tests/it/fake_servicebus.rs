@@ -1,0 +1,510 @@
+//! An in-process Service Bus that follows the documented REST data plane: send to a topic
+//! (fan-out to subscriptions, duplicate detection on MessageId, scheduled enqueue) or a
+//! queue; peek-lock, unlock, renew-lock and delete on lock URLs; dead-lettering after the
+//! subscription's MaxDeliveryCount into `$deadletterqueue`; entity creation by Atom PUT;
+//! every request checked for a valid SAS token. Plugged in as the crate's HTTP client.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use azure_core_legacy::headers::Headers;
+use azure_core_legacy::{Body, HttpClient, Method, Request, Response, StatusCode};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+struct Stored {
+    sequence: i64,
+    message_id: String,
+    body: String,
+    custom: Vec<(String, String)>,
+    correlation_id: Option<String>,
+    label: Option<String>,
+    enqueued: time::OffsetDateTime,
+    available_at: Instant,
+    delivery_count: u32,
+    lock: Option<(String, Instant)>,
+}
+
+#[derive(Debug)]
+struct Entity {
+    lock_duration: Duration,
+    max_delivery_count: u32,
+    messages: Vec<Stored>,
+    dead: Vec<Stored>,
+}
+
+impl Entity {
+    fn new(lock_duration: Duration, max_delivery_count: u32) -> Self {
+        Self {
+            lock_duration,
+            max_delivery_count,
+            messages: Vec::new(),
+            dead: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    topics: HashMap<String, HashMap<String, Entity>>,
+    seen: HashMap<(String, String), Instant>,
+    queues: HashMap<String, Entity>,
+    next_sequence: i64,
+}
+
+#[derive(Debug)]
+pub struct FakeServiceBus {
+    pub namespace: String,
+    pub policy: String,
+    pub key: String,
+    state: Mutex<State>,
+    pub refused: AtomicUsize,
+}
+
+fn respond(
+    status: StatusCode,
+    headers: Headers,
+    body: String,
+) -> azure_core_legacy::Result<Response> {
+    let bytes = bytes::Bytes::from(body);
+    Ok(Response::new(
+        status,
+        headers,
+        Box::pin(futures::stream::once(async move { Ok(bytes) })),
+    ))
+}
+
+fn status(status: StatusCode) -> azure_core_legacy::Result<Response> {
+    respond(status, Headers::new(), String::new())
+}
+
+fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(&xml[start..end])
+}
+
+fn iso_seconds(text: &str) -> Option<Duration> {
+    let seconds: f64 = text.strip_prefix("PT")?.strip_suffix('S')?.parse().ok()?;
+    Some(Duration::from_secs_f64(seconds))
+}
+
+impl FakeServiceBus {
+    pub fn new() -> Self {
+        Self {
+            namespace: "fake-namespace".into(),
+            policy: "RootManageSharedAccessKey".into(),
+            key: "fake-key-0123456789".into(),
+            state: Mutex::new(State::default()),
+            refused: AtomicUsize::new(0),
+        }
+    }
+
+    /// SAS check as Service Bus does it: right policy, not expired, resource a prefix of
+    /// the URL, signature over `<encoded resource>\n<expiry>` with the key.
+    fn authorized(&self, request: &Request) -> bool {
+        let Some(header) = request
+            .headers()
+            .iter()
+            .find(|(n, _)| n.as_str() == "authorization")
+            .map(|(_, v)| v.as_str().to_owned())
+        else {
+            return false;
+        };
+        let Some(fields) = header.strip_prefix("SharedAccessSignature ") else {
+            return false;
+        };
+        let pairs: HashMap<String, String> = url::form_urlencoded::parse(fields.as_bytes())
+            .into_owned()
+            .collect();
+        let (Some(sr), Some(sig), Some(se), Some(skn)) = (
+            pairs.get("sr"),
+            pairs.get("sig"),
+            pairs.get("se"),
+            pairs.get("skn"),
+        ) else {
+            return false;
+        };
+        let not_expired = se
+            .parse::<i64>()
+            .is_ok_and(|se| se > time::OffsetDateTime::now_utc().unix_timestamp());
+        let encoded: String = url::form_urlencoded::byte_serialize(sr.as_bytes()).collect();
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.as_bytes()).unwrap();
+        mac.update(format!("{encoded}\n{se}").as_bytes());
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let url = request.url().as_str();
+        *skn == self.policy
+            && not_expired
+            && &expected == sig
+            && url.starts_with(sr.split('?').next().unwrap_or_default())
+    }
+
+    fn peek_lock(&self, state: &mut State, path: &[&str]) -> azure_core_legacy::Result<Response> {
+        let now = Instant::now();
+        let (entity, location_base) = match path {
+            [
+                topic,
+                "subscriptions",
+                subscription,
+                "$deadletterqueue",
+                "messages",
+                "head",
+            ] => {
+                let Some(entity) = state
+                    .topics
+                    .get_mut(*topic)
+                    .and_then(|subs| subs.get_mut(*subscription))
+                else {
+                    return status(StatusCode::NotFound);
+                };
+                let lock = entity.lock_duration;
+                // The dead-letter queue: no delivery limit.
+                let Some(message) = entity
+                    .dead
+                    .iter_mut()
+                    .find(|m| m.lock.as_ref().is_none_or(|(_, until)| *until <= now))
+                else {
+                    return status(StatusCode::NoContent);
+                };
+                message.delivery_count += 1;
+                message.lock = Some((uuid::Uuid::new_v4().to_string(), now + lock));
+                let message = message.clone();
+                return self.locked_response(
+                    &format!("{topic}/subscriptions/{subscription}/$deadletterqueue"),
+                    &message,
+                    &[],
+                );
+            }
+            [topic, "subscriptions", subscription, "messages", "head"] => {
+                match state
+                    .topics
+                    .get_mut(*topic)
+                    .and_then(|subs| subs.get_mut(*subscription))
+                {
+                    Some(entity) => (entity, format!("{topic}/subscriptions/{subscription}")),
+                    None => return status(StatusCode::NotFound),
+                }
+            }
+            [queue, "messages", "head"] => match state.queues.get_mut(*queue) {
+                Some(entity) => (entity, (*queue).to_owned()),
+                None => return status(StatusCode::NotFound),
+            },
+            _ => return status(StatusCode::BadRequest),
+        };
+        loop {
+            let Some(index) = entity.messages.iter().position(|m| {
+                m.available_at <= now && m.lock.as_ref().is_none_or(|(_, until)| *until <= now)
+            }) else {
+                return status(StatusCode::NoContent);
+            };
+            if entity.messages[index].delivery_count >= entity.max_delivery_count {
+                let mut dead = entity.messages.remove(index);
+                dead.lock = None;
+                dead.custom.push((
+                    "DeadLetterReason".into(),
+                    "\"MaxDeliveryCountExceeded\"".into(),
+                ));
+                dead.custom.push((
+                    "DeadLetterErrorDescription".into(),
+                    "\"Message could not be consumed after maximum delivery attempts.\"".into(),
+                ));
+                entity.dead.push(dead);
+                continue;
+            }
+            let lock = entity.lock_duration;
+            let message = &mut entity.messages[index];
+            message.delivery_count += 1;
+            message.lock = Some((uuid::Uuid::new_v4().to_string(), now + lock));
+            let message = message.clone();
+            return self.locked_response(&location_base, &message, &[]);
+        }
+    }
+
+    fn locked_response(
+        &self,
+        entity_path: &str,
+        message: &Stored,
+        _extra: &[(String, String)],
+    ) -> azure_core_legacy::Result<Response> {
+        let (token, until) = message
+            .lock
+            .clone()
+            .unwrap_or_else(|| (String::new(), Instant::now()));
+        let locked_until =
+            time::OffsetDateTime::now_utc() + until.saturating_duration_since(Instant::now());
+        let rfc2822 = |at: time::OffsetDateTime| {
+            at.format(&time::format_description::well_known::Rfc2822)
+                .unwrap_or_default()
+        };
+        let mut broker = serde_json::json!({
+            "DeliveryCount": message.delivery_count,
+            "EnqueuedSequenceNumber": message.sequence,
+            "EnqueuedTimeUtc": rfc2822(message.enqueued),
+            "LockToken": token,
+            "LockedUntilUtc": rfc2822(locked_until),
+            "MessageId": message.message_id,
+            "SequenceNumber": message.sequence,
+            "State": "Active",
+            "TimeToLive": 922337203685.4775,
+        });
+        if let Some(id) = &message.correlation_id {
+            broker["CorrelationId"] = serde_json::json!(id);
+        }
+        if let Some(label) = &message.label {
+            broker["Label"] = serde_json::json!(label);
+        }
+        let mut headers = Headers::new();
+        headers.insert("brokerproperties", broker.to_string());
+        headers.insert(
+            "location",
+            format!(
+                "https://{}.servicebus.windows.net/{entity_path}/messages/{}/{token}",
+                self.namespace, message.message_id
+            ),
+        );
+        for (name, value) in &message.custom {
+            headers.insert(name.to_lowercase(), value.clone());
+        }
+        respond(StatusCode::Created, headers, message.body.clone())
+    }
+
+    /// The entity (messages or dead letters) a lock URL points into.
+    fn settle(
+        &self,
+        state: &mut State,
+        path: &[&str],
+        method: &Method,
+    ) -> azure_core_legacy::Result<Response> {
+        let now = Instant::now();
+        let (list, token) = match path {
+            [
+                topic,
+                "subscriptions",
+                subscription,
+                "$deadletterqueue",
+                "messages",
+                _id,
+                token,
+            ] => {
+                match state
+                    .topics
+                    .get_mut(*topic)
+                    .and_then(|subs| subs.get_mut(*subscription))
+                {
+                    Some(entity) => (&mut entity.dead, *token),
+                    None => return status(StatusCode::Gone),
+                }
+            }
+            [topic, "subscriptions", subscription, "messages", _id, token] => {
+                match state
+                    .topics
+                    .get_mut(*topic)
+                    .and_then(|subs| subs.get_mut(*subscription))
+                {
+                    Some(entity) => (&mut entity.messages, *token),
+                    None => return status(StatusCode::Gone),
+                }
+            }
+            [queue, "messages", _id, token] => match state.queues.get_mut(*queue) {
+                Some(entity) => (&mut entity.messages, *token),
+                None => return status(StatusCode::Gone),
+            },
+            _ => return status(StatusCode::BadRequest),
+        };
+        let Some(index) = list.iter().position(|m| {
+            m.lock
+                .as_ref()
+                .is_some_and(|(held, until)| held == token && *until > now)
+        }) else {
+            return status(StatusCode::NotFound);
+        };
+        match method {
+            Method::Delete => {
+                list.remove(index);
+            }
+            Method::Put => list[index].lock = None,
+            Method::Post => {
+                // Renew: the lock lasts as long again from now.
+                if let Some((_, until)) = list[index].lock.as_mut() {
+                    *until = now + Duration::from_secs(30);
+                }
+            }
+            _ => return status(StatusCode::MethodNotAllowed),
+        }
+        status(StatusCode::Ok)
+    }
+
+    fn send(
+        &self,
+        state: &mut State,
+        entity: &str,
+        request: &Request,
+    ) -> azure_core_legacy::Result<Response> {
+        let body = match request.body() {
+            Body::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => String::new(),
+        };
+        let broker: serde_json::Value = request
+            .headers()
+            .iter()
+            .find(|(n, _)| n.as_str() == "brokerproperties")
+            .and_then(|(_, v)| serde_json::from_str(v.as_str()).ok())
+            .unwrap_or_default();
+        let message_id = broker["MessageId"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let now = Instant::now();
+        let available_at = broker["ScheduledEnqueueTimeUtc"]
+            .as_str()
+            .and_then(|at| {
+                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc2822).ok()
+            })
+            .map(|at| {
+                now + (at - time::OffsetDateTime::now_utc())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO)
+            })
+            .unwrap_or(now);
+        let custom: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .filter(|(n, _)| {
+                !matches!(
+                    n.as_str(),
+                    "authorization" | "brokerproperties" | "content-type" | "content-length"
+                )
+            })
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned()))
+            .collect();
+        state.next_sequence += 1;
+        let stored = Stored {
+            sequence: state.next_sequence,
+            message_id: message_id.clone(),
+            body,
+            custom,
+            correlation_id: broker["CorrelationId"].as_str().map(str::to_owned),
+            label: broker["Label"].as_str().map(str::to_owned),
+            enqueued: time::OffsetDateTime::now_utc(),
+            available_at,
+            delivery_count: 0,
+            lock: None,
+        };
+        if let Some(queue) = state.queues.get_mut(entity) {
+            queue.messages.push(stored);
+            return status(StatusCode::Created);
+        }
+        let key = (entity.to_owned(), message_id);
+        if state
+            .seen
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < DUPLICATE_WINDOW)
+        {
+            return status(StatusCode::Created);
+        }
+        let Some(subscriptions) = state.topics.get_mut(entity) else {
+            return status(StatusCode::NotFound);
+        };
+        for subscription in subscriptions.values_mut() {
+            subscription.messages.push(stored.clone());
+        }
+        state.seen.insert(key, now);
+        status(StatusCode::Created)
+    }
+
+    fn create(
+        &self,
+        state: &mut State,
+        path: &[&str],
+        request: &Request,
+    ) -> azure_core_legacy::Result<Response> {
+        let xml = match request.body() {
+            Body::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => String::new(),
+        };
+        match path {
+            [topic, "subscriptions", subscription] => {
+                let Some(subscriptions) = state.topics.get_mut(*topic) else {
+                    return status(StatusCode::NotFound);
+                };
+                if subscriptions.contains_key(*subscription) {
+                    return status(StatusCode::Conflict);
+                }
+                let lock = tag(&xml, "LockDuration")
+                    .and_then(iso_seconds)
+                    .unwrap_or(Duration::from_secs(60));
+                let max = tag(&xml, "MaxDeliveryCount")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(10);
+                subscriptions.insert((*subscription).to_owned(), Entity::new(lock, max));
+                status(StatusCode::Created)
+            }
+            [name] if xml.contains("<QueueDescription") => {
+                if state.queues.contains_key(*name) {
+                    return status(StatusCode::Conflict);
+                }
+                state
+                    .queues
+                    .insert((*name).to_owned(), Entity::new(Duration::from_secs(60), 10));
+                status(StatusCode::Created)
+            }
+            [name] => {
+                if state.topics.contains_key(*name) {
+                    return status(StatusCode::Conflict);
+                }
+                state.topics.insert((*name).to_owned(), HashMap::new());
+                status(StatusCode::Created)
+            }
+            _ => status(StatusCode::BadRequest),
+        }
+    }
+}
+
+#[async_trait]
+impl HttpClient for FakeServiceBus {
+    async fn execute_request(&self, request: &Request) -> azure_core_legacy::Result<Response> {
+        let expected_host = format!("{}.servicebus.windows.net", self.namespace);
+        if request.url().host_str() != Some(expected_host.as_str()) {
+            return status(StatusCode::NotFound);
+        }
+        if !self.authorized(request) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return status(StatusCode::Unauthorized);
+        }
+        let path: Vec<String> = request
+            .url()
+            .path_segments()
+            .map(|segments| {
+                segments
+                    .map(|s| {
+                        url::form_urlencoded::parse(s.as_bytes())
+                            .map(|(k, _)| k.into_owned())
+                            .collect::<String>()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        let mut state = self.state.lock().unwrap();
+        match (request.method(), path.as_slice()) {
+            (Method::Get, ["$namespaceinfo"]) => status(StatusCode::Ok),
+            (Method::Put, entity)
+                if entity.len() == 1 || (entity.len() == 3 && entity[1] == "subscriptions") =>
+            {
+                self.create(&mut state, entity, request)
+            }
+            (Method::Post, [.., "messages", "head"]) => self.peek_lock(&mut state, &path),
+            (Method::Post, [entity, "messages"]) => self.send(&mut state, entity, request),
+            (method, [.., "messages", _, _]) => self.settle(&mut state, &path, method),
+            _ => status(StatusCode::BadRequest),
+        }
+    }
+}
