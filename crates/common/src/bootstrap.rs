@@ -122,14 +122,20 @@ pub struct Messaging {
 }
 
 impl ServiceRuntime {
+    /// Opens the store and the bus the settings ask for; `bus` replaces the latter (tests
+    /// that run the services on another broker).
     pub async fn open(
         settings: Settings,
         service: &str,
         containers: &[&str],
         messaging: &Messaging,
+        bus: Option<SharedBus>,
     ) -> anyhow::Result<Self> {
         let store = open_store(&settings, service, containers).await?;
-        let bus = open_bus(&settings)?;
+        let bus = match bus {
+            Some(bus) => bus,
+            None => open_bus(&settings)?,
+        };
         bus.ensure_subscription(
             messaging.topic,
             messaging.subscription,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 use common::bootstrap::{Messaging, ServiceRuntime};
-use common::bus::topics;
+use common::bus::{SharedBus, topics};
 use common::config::{ConfigError, Settings, Sources};
 use common::http::{ServiceHandle, serve};
 
@@ -32,7 +32,16 @@ pub fn load_settings() -> Result<Settings, ConfigError> {
 /// Opens the store and the bus, starts the stock-event worker and the outbox relay, and
 /// serves HTTP on `listener`.
 pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<ServiceHandle> {
-    let runtime = ServiceRuntime::open(settings, SERVICE, CONTAINERS, &MESSAGING).await?;
+    start_on_bus(settings, listener, None).await
+}
+
+/// As [`start`], on the given bus instead of the configured one.
+pub async fn start_on_bus(
+    settings: Settings,
+    listener: TcpListener,
+    bus: Option<SharedBus>,
+) -> anyhow::Result<ServiceHandle> {
+    let runtime = ServiceRuntime::open(settings, SERVICE, CONTAINERS, &MESSAGING, bus).await?;
     let catalog = CatalogClient::from_settings(&runtime.settings)?;
     let handler = StockEvents {
         store: runtime.store.clone(),

@@ -250,9 +250,10 @@ impl EventBus for EmbeddedBus {
         .map_err(|e| BusError::Backend(e.to_string()))?;
         let available_at = message
             .scheduled_for
+            // Rounded up: a scheduled message is never delivered early.
             .map(|at| {
-                i64::try_from((at - OffsetDateTime::UNIX_EPOCH).whole_milliseconds())
-                    .unwrap_or(i64::MAX)
+                let nanos = (at - OffsetDateTime::UNIX_EPOCH).whole_nanoseconds();
+                i64::try_from((nanos + 999_999) / 1_000_000).unwrap_or(i64::MAX)
             })
             .unwrap_or_else(now_ms);
         let id = message.event.id.clone();
@@ -385,7 +386,8 @@ impl EventBus for EmbeddedBus {
         delay: Duration,
     ) -> Result<(), BusError> {
         let (topic, subscription, lock) = (topic.to_owned(), subscription.to_owned(), lock.clone());
-        let available_at = now_ms() + millis(delay);
+        // One millisecond more: the clock is read in whole milliseconds; never come back early.
+        let available_at = now_ms() + millis(delay) + i64::from(!delay.is_zero());
         self.run(move |connection, _| {
             settle(
                 connection,

@@ -29,7 +29,7 @@ fn embedded() -> Subject {
 
 fn servicebus() -> Subject {
     use common::bus::servicebus::ServiceBusBus;
-    let broker = std::sync::Arc::new(crate::fake_servicebus::FakeServiceBus::new());
+    let broker = std::sync::Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
     let bus = ServiceBusBus::new(
         broker.clone(),
         &broker.namespace,
@@ -395,7 +395,7 @@ async fn a_message_that_always_fails_is_dead_lettered_after_max_deliveries_then_
 #[tokio::test]
 async fn service_bus_requests_carry_valid_sas_signatures() {
     use common::bus::servicebus::ServiceBusBus;
-    let broker = Arc::new(crate::fake_servicebus::FakeServiceBus::new());
+    let broker = Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
     let good = ServiceBusBus::new(
         broker.clone(),
         &broker.namespace,

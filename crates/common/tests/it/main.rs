@@ -3,6 +3,5 @@
 
 mod auth;
 mod bus_contract;
-mod fake_servicebus;
 mod http;
 mod store_contract;

@@ -48,22 +48,32 @@ impl Platform {
     }
 
     pub async fn start_with(tweak: impl Fn(&mut Settings)) -> Self {
+        Self::start_on_bus(tweak, None).await
+    }
+
+    /// Both services on `bus` instead of the embedded one.
+    pub async fn start_on_bus(
+        tweak: impl Fn(&mut Settings),
+        bus: Option<common::bus::SharedBus>,
+    ) -> Self {
         common::telemetry::init_for_tests();
         let dir = tempfile::tempdir().unwrap();
         let mut catalog_settings = settings(dir.path());
         tweak(&mut catalog_settings);
-        let catalog = catalog::startup::start(
+        let catalog = catalog::startup::start_on_bus(
             catalog_settings.clone(),
             std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            bus.clone(),
         )
         .await
         .unwrap();
         let mut orders_settings = settings(dir.path());
         orders_settings.services.catalog_url = catalog.url();
         tweak(&mut orders_settings);
-        let orders = orders::startup::start(
+        let orders = orders::startup::start_on_bus(
             orders_settings,
             std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            bus,
         )
         .await
         .unwrap();

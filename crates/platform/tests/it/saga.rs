@@ -393,3 +393,52 @@ async fn a_poison_event_lands_in_the_dead_letter_queue_and_the_cli_shows_it() {
     assert!(back);
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn the_saga_runs_on_the_service_bus_adapter_too() {
+    use common::bus::servicebus::ServiceBusBus;
+    use common::testing::fake_servicebus::FakeServiceBus;
+
+    let broker = std::sync::Arc::new(FakeServiceBus::new());
+    let bus = ServiceBusBus::new(
+        broker.clone(),
+        &broker.namespace,
+        &broker.policy,
+        broker.key.clone().into(),
+    );
+    let platform = Platform::start_on_bus(|_| {}, Some(std::sync::Arc::new(bus))).await;
+    platform.product("SB-1", "4.00", 1).await;
+    let first: Value = platform
+        .place("sb", json!([{"sku": "SB-1", "quantity": 1}]), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        platform.settled(first["id"].as_str().unwrap()).await["status"],
+        "confirmed"
+    );
+    let second: Value = platform
+        .place("sb", json!([{"sku": "SB-1", "quantity": 1}]), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        platform.settled(second["id"].as_str().unwrap()).await["status"],
+        "rejected"
+    );
+    assert_eq!(platform.stock("SB-1").await["reserved"], 1);
+    assert_eq!(broker.refused.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // placed, reserved, confirmed, placed, reservation-failed, rejected: all through the broker.
+    let all_sent = eventually(Duration::from_secs(30), || async {
+        broker.sent.load(std::sync::atomic::Ordering::SeqCst) >= 6
+    })
+    .await;
+    assert!(
+        all_sent,
+        "sent {}",
+        broker.sent.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    platform.stop().await;
+}

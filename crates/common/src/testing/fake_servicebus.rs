@@ -66,6 +66,8 @@ pub struct FakeServiceBus {
     pub key: String,
     state: Mutex<State>,
     pub refused: AtomicUsize,
+    /// Messages accepted by send.
+    pub sent: AtomicUsize,
 }
 
 fn respond(
@@ -96,6 +98,12 @@ fn iso_seconds(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds))
 }
 
+impl Default for FakeServiceBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FakeServiceBus {
     pub fn new() -> Self {
         Self {
@@ -104,6 +112,7 @@ impl FakeServiceBus {
             key: "fake-key-0123456789".into(),
             state: Mutex::new(State::default()),
             refused: AtomicUsize::new(0),
+            sent: AtomicUsize::new(0),
         }
     }
 
@@ -348,6 +357,7 @@ impl FakeServiceBus {
         entity: &str,
         request: &Request,
     ) -> azure_core_legacy::Result<Response> {
+        self.sent.fetch_add(1, Ordering::SeqCst);
         let body = match request.body() {
             Body::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
             _ => String::new(),

@@ -1,5 +1,9 @@
 //! Helpers for the services' tests (feature `testing`): waiting on conditions, never on
-//! fixed sleeps, and free ports for processes a test starts.
+//! fixed sleeps, free ports for processes a test starts, and an in-process Service Bus.
+// Test support: a broken fixture should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod fake_servicebus;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
