@@ -327,6 +327,15 @@ impl ServiceBusBus {
             .map_err(unavailable)?;
         match response.status() {
             status if status.is_success() || status == StatusCode::Conflict => Ok(()),
+            // Least-privilege credentials (Send + Listen) may not manage entities: they are
+            // then expected to be provisioned, and a missing one shows on the first receive.
+            StatusCode::Unauthorized | StatusCode::Forbidden => {
+                tracing::warn!(
+                    entity = path,
+                    "no rights to create Service Bus entities; expecting them provisioned"
+                );
+                Ok(())
+            }
             status => Err(BusError::Unavailable(format!(
                 "creating {path} answered {status}"
             ))),
