@@ -360,6 +360,21 @@ impl Settings {
                 ));
             }
         }
+        self.validate_bus()?;
+        if self.services.attempts == 0 || self.services.timeout_ms == 0 {
+            return Err(ConfigError::key(
+                "services.attempts",
+                "and services.timeout_ms must be greater than 0",
+            ));
+        }
+        if !self.services.catalog_url.starts_with("http://")
+            && !self.services.catalog_url.starts_with("https://")
+        {
+            return Err(ConfigError::key(
+                "services.catalog_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
         if self.auth.mode == AuthMode::Hs256
             && self.uses_azure_backends()
             && !self.auth.allow_hs256_with_azure
@@ -390,6 +405,51 @@ impl Settings {
             return Err(ConfigError::key(
                 "telemetry.sample_ratio",
                 "must be between 0.0 and 1.0",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_bus(&self) -> Result<(), ConfigError> {
+        let bus = &self.bus;
+        if bus.kind == BusKind::Servicebus {
+            if bus.servicebus.namespace.trim().is_empty() {
+                return Err(ConfigError::key(
+                    "bus.servicebus.namespace",
+                    "is required when bus.kind is \"servicebus\"",
+                ));
+            }
+            if bus.servicebus.credential == ServiceBusCredentialKind::Sas
+                && bus.servicebus.key.is_none()
+            {
+                return Err(ConfigError::key(
+                    "bus.servicebus.key",
+                    "is required (from the environment) when bus.servicebus.credential is \"sas\"",
+                ));
+            }
+        }
+        if bus.max_delivery_count == 0 {
+            return Err(ConfigError::key(
+                "bus.max_delivery_count",
+                "must be at least 1",
+            ));
+        }
+        if bus.lock_seconds == 0 {
+            return Err(ConfigError::key(
+                "bus.lock_seconds",
+                "must be greater than 0",
+            ));
+        }
+        if bus.poll_interval_ms == 0 {
+            return Err(ConfigError::key(
+                "bus.poll_interval_ms",
+                "must be greater than 0",
+            ));
+        }
+        if bus.retry_backoff_ms.is_empty() {
+            return Err(ConfigError::key(
+                "bus.retry_backoff_ms",
+                "needs at least one delay",
             ));
         }
         Ok(())
@@ -479,6 +539,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("store.cosmos.endpoint"), "{error}");
+    }
+
+    #[test]
+    fn service_bus_needs_a_namespace_and_a_key_from_the_environment() {
+        let dev_auth = "[auth]\nallow_hs256_with_azure = true\n";
+        let error = load_with_file(&format!("{dev_auth}[bus]\nkind = \"servicebus\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("bus.servicebus.namespace"), "{error}");
+        let error = load_with_file(&format!(
+            "{dev_auth}[bus]\nkind = \"servicebus\"\n[bus.servicebus]\nnamespace = \"ns\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("bus.servicebus.key"), "{error}");
+        let error = load_with_file("[bus.servicebus]\nkey = \"leaked\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must come from the environment"), "{error}");
+    }
+
+    #[test]
+    fn bus_and_peer_settings_are_checked() {
+        let error = load_with_file("[bus]\nmax_delivery_count = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("bus.max_delivery_count"), "{error}");
+        let error = load_with_file("[bus]\nretry_backoff_ms = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("bus.retry_backoff_ms"), "{error}");
+        let error = load_with_file("[services]\ncatalog_url = \"catalog:8081\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("services.catalog_url"), "{error}");
     }
 
     #[test]

@@ -220,18 +220,15 @@ impl Orders {
         Ok(priced)
     }
 
-    /// Finds an order by id alone (a cross-partition query).
+    /// Finds an order by id alone (a cross-partition lookup).
     pub async fn get(&self, id: &str) -> Result<(Order, ETag), OrdersError> {
-        let query = Query::new(QueryScope::AllPartitions, 1)
-            .filter(KIND_FIELD, Order::KIND)
-            .filter("id", id);
         let document = self
             .store
-            .query(ORDERS, &query)
+            .find_by_id(ORDERS, id)
             .await?
-            .items
-            .into_iter()
-            .next()
+            .filter(|document| {
+                document.body.get(KIND_FIELD).and_then(|kind| kind.as_str()) == Some(Order::KIND)
+            })
             .ok_or_else(|| OrdersError::NotFound(id.to_owned()))?;
         Ok(document.into_model()?)
     }

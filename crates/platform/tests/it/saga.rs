@@ -161,6 +161,19 @@ async fn an_idempotency_key_gives_one_order() {
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
 
+    // Records kept beside orders are not orders.
+    let record = platform
+        .http
+        .get(format!(
+            "{}/v1/orders/idempotency-key-1",
+            platform.orders_url
+        ))
+        .bearer_auth(&platform.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(record.status(), 404);
+
     let different = platform
         .place(
             "cust-3",
