@@ -455,3 +455,42 @@ async fn the_saga_runs_on_the_service_bus_adapter_too() {
     );
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn a_failing_catalog_is_a_424() {
+    // A catalog that answers every price request with a 500.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let failing = format!("http://{}", listener.local_addr().unwrap());
+    let server = actix_web::HttpServer::new(|| {
+        actix_web::App::new().default_service(actix_web::web::to(|| async {
+            actix_web::HttpResponse::InternalServerError().finish()
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let server_handle = server.handle();
+    tokio::spawn(server);
+
+    let platform = Platform::start_with(move |s| {
+        s.services.attempts = 2;
+        s.services.catalog_url = failing.clone();
+    })
+    .await;
+    let response = platform
+        .place("c", json!([{"sku": "X-1", "quantity": 1}]), None)
+        .await;
+    assert_eq!(response.status(), 424);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "urn:problem:dependency-failed");
+    // Nothing was stored.
+    assert!(
+        platform.list("customerId=c").await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    platform.stop().await;
+    server_handle.stop(true).await;
+}
