@@ -68,6 +68,16 @@ fn unavailable(error: impl fmt::Display) -> BusError {
     BusError::Unavailable(error.to_string())
 }
 
+/// Where a subscription's dead letters are: parked by us (explicit dead-lettering, which
+/// REST cannot do) or dead-lettered by the broker (MaxDeliveryCount).
+#[derive(Debug, Clone, Copy)]
+enum LetterPlace {
+    Parked,
+    Broker,
+}
+
+const LETTER_PLACES: [LetterPlace; 2] = [LetterPlace::Parked, LetterPlace::Broker];
+
 /// The queue that holds a subscription's explicitly dead-lettered messages.
 pub fn dead_letter_queue(topic: &str, subscription: &str) -> String {
     format!("{topic}.{subscription}.dead-letters")
@@ -301,9 +311,10 @@ impl ServiceBusBus {
     }
 
     /// Sends a management request (Atom entry) with a SAS token; 409 means it exists.
-    async fn put_entity(&self, path: &str, description: &str) -> Result<(), BusError> {
+    /// A request the crate does not make for us (management, ping), signed like its own.
+    fn signed_request(&self, path: &str, method: Method) -> Result<Request, BusError> {
         let url = format!("{}/{path}", self.base());
-        let mut request = Request::new(url::Url::parse(&url).map_err(backend)?, Method::Put);
+        let mut request = Request::new(url::Url::parse(&url).map_err(backend)?, method);
         request.insert_header(
             "authorization",
             sas_token(
@@ -313,6 +324,11 @@ impl ServiceBusBus {
                 Duration::from_secs(300),
             ),
         );
+        Ok(request)
+    }
+
+    async fn put_entity(&self, path: &str, description: &str) -> Result<(), BusError> {
+        let mut request = self.signed_request(path, Method::Put)?;
         request.insert_header(
             "content-type",
             "application/atom+xml;type=entry;charset=utf-8",
@@ -353,26 +369,36 @@ impl ServiceBusBus {
             .map_err(unavailable)
     }
 
-    /// Looks through a dead-letter entity for `message_id`; unlocks what it passes over.
+    /// Locks the next letter from one of the two places a subscription's letters are kept.
+    async fn next_letter(
+        &self,
+        topic: &str,
+        subscription: &str,
+        place: LetterPlace,
+    ) -> Result<Option<PeekLockResponse>, BusError> {
+        match place {
+            LetterPlace::Parked => {
+                self.peek_lock_queue(&dead_letter_queue(topic, subscription))
+                    .await
+            }
+            LetterPlace::Broker => {
+                self.peek_lock(topic, &format!("{subscription}/$deadletterqueue"))
+                    .await
+            }
+        }
+    }
+
+    /// Looks through one place for `message_id`; unlocks what it passes over.
     async fn find_letter(
         &self,
         topic: &str,
         subscription: &str,
-        queue: Option<&str>,
+        place: LetterPlace,
         message_id: &str,
-    ) -> Result<Option<Arc<PeekLockResponse>>, BusError> {
+    ) -> Result<Option<PeekLockResponse>, BusError> {
         let mut passed = Vec::new();
         let mut found = None;
-        loop {
-            let next = match queue {
-                Some(queue) => self.peek_lock_queue(queue).await?,
-                None => {
-                    self.peek_lock(topic, &format!("{subscription}/$deadletterqueue"))
-                        .await?
-                }
-            };
-            let Some(response) = next else { break };
-            let response = Arc::new(response);
+        while let Some(response) = self.next_letter(topic, subscription, place).await? {
             if Self::read(&response).is_ok_and(|(message, _)| message.event.id == message_id) {
                 found = Some(response);
                 break;
@@ -540,23 +566,14 @@ impl EventBus for ServiceBusBus {
     ) -> Result<Vec<DeadLetter>, BusError> {
         let mut held = Vec::new();
         let mut letters = Vec::new();
-        let queue = dead_letter_queue(topic, subscription);
-        while letters.len() < limit {
-            let Some(response) = self.peek_lock_queue(&queue).await? else {
-                break;
-            };
-            letters.push(Self::dead_letter_of(&response)?);
-            held.push(response);
-        }
-        while letters.len() < limit {
-            let Some(response) = self
-                .peek_lock(topic, &format!("{subscription}/$deadletterqueue"))
-                .await?
-            else {
-                break;
-            };
-            letters.push(Self::dead_letter_of(&response)?);
-            held.push(response);
+        for place in LETTER_PLACES {
+            while letters.len() < limit {
+                let Some(response) = self.next_letter(topic, subscription, place).await? else {
+                    break;
+                };
+                letters.push(Self::dead_letter_of(&response)?);
+                held.push(response);
+            }
         }
         // Looking is not taking: give every letter back.
         for response in held {
@@ -571,17 +588,15 @@ impl EventBus for ServiceBusBus {
         subscription: &str,
         message_id: &str,
     ) -> Result<bool, BusError> {
-        let queue = dead_letter_queue(topic, subscription);
-        let found = match self
-            .find_letter(topic, subscription, Some(&queue), message_id)
-            .await?
-        {
-            Some(found) => Some(found),
-            None => {
-                self.find_letter(topic, subscription, None, message_id)
-                    .await?
+        let mut found = None;
+        for place in LETTER_PLACES {
+            found = self
+                .find_letter(topic, subscription, place, message_id)
+                .await?;
+            if found.is_some() {
+                break;
             }
-        };
+        }
         let Some(response) = found else {
             return Ok(false);
         };
@@ -599,17 +614,7 @@ impl EventBus for ServiceBusBus {
     }
 
     async fn ping(&self) -> Result<(), BusError> {
-        let url = format!("{}/$namespaceinfo", self.base());
-        let mut request = Request::new(url::Url::parse(&url).map_err(backend)?, Method::Get);
-        request.insert_header(
-            "authorization",
-            sas_token(
-                &url,
-                &self.policy,
-                self.key.expose_secret(),
-                Duration::from_secs(300),
-            ),
-        );
+        let request = self.signed_request("$namespaceinfo", Method::Get)?;
         let response = self
             .http
             .execute_request(&request)
