@@ -120,15 +120,8 @@ impl Platform {
     }
 
     pub async fn stock(&self, sku: &str) -> Value {
-        self.http
-            .get(format!("{}/v2/products/{sku}/stock", self.catalog_url))
-            .bearer_auth(&self.token)
-            .send()
+        self.get_json(format!("{}/v2/products/{sku}/stock", self.catalog_url))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
     }
 
     pub async fn place(&self, customer: &str, lines: Value, key: Option<&str>) -> Response {
@@ -143,9 +136,10 @@ impl Platform {
         request.send().await.unwrap()
     }
 
-    pub async fn order(&self, id: &str) -> Value {
+    /// `GET url` with the token, as JSON.
+    pub async fn get_json(&self, url: String) -> Value {
         self.http
-            .get(format!("{}/v1/orders/{id}", self.orders_url))
+            .get(url)
             .bearer_auth(&self.token)
             .send()
             .await
@@ -155,17 +149,15 @@ impl Platform {
             .unwrap()
     }
 
+    pub async fn order(&self, id: &str) -> Value {
+        self.get_json(format!("{}/v1/orders/{id}", self.orders_url))
+            .await
+    }
+
     /// `GET /v1/orders?<query>`.
     pub async fn list(&self, query: &str) -> Value {
-        self.http
-            .get(format!("{}/v1/orders?{query}", self.orders_url))
-            .bearer_auth(&self.token)
-            .send()
+        self.get_json(format!("{}/v1/orders?{query}", self.orders_url))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
     }
 
     /// Waits until the order leaves `pending`, and returns it.
