@@ -5,7 +5,6 @@
 //! from configuration in each service's start-up function.
 
 pub mod auth;
-pub mod bootstrap;
 pub mod bus;
 pub mod config;
 pub mod error;
@@ -13,6 +12,7 @@ pub mod events;
 pub mod http;
 pub mod money;
 pub mod rate_limit;
+pub mod runtime;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -4,7 +4,6 @@
 //!
 //! `cargo bench -p platform --bench saga` (SAGA_ORDERS, SAGA_CONCURRENCY to tune).
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -90,11 +89,26 @@ async fn main() -> anyhow::Result<()> {
     settings.rate_limit.enabled = false;
     settings.telemetry.log_level = "error".into();
     let _telemetry = common::telemetry::init(&settings.telemetry, "saga-bench")?;
-    let catalog =
-        catalog::startup::start(settings.clone(), TcpListener::bind("127.0.0.1:0")?).await?;
-    let mut orders_settings = settings.clone();
-    orders_settings.services.catalog_url = catalog.url();
-    let orders = orders::startup::start(orders_settings, TcpListener::bind("127.0.0.1:0")?).await?;
+    // Started as `platform up` starts them: one registry, each service told where the
+    // others listen.
+    let sources = common::config::Sources::defaults_only()
+        .with_override("data_dir", dir.path().display().to_string())
+        .with_override("http.port", "0");
+    let mut loaded = platform::registry::load(&platform::registry::select(&[])?, &sources)?;
+    for service in &mut loaded {
+        let shared = service.settings();
+        shared.auth.hs256_secret = settings.auth.hs256_secret.clone();
+        shared.rate_limit.enabled = false;
+    }
+    let handles = platform::registry::start(loaded, None).await?;
+    let url = |name: &str| {
+        handles
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.url())
+            .unwrap_or_default()
+    };
+    let (catalog_url, orders_url) = (url("catalog"), url("orders"));
 
     let token = common::auth::mint_dev_token(
         &SecretString::from(SECRET.to_owned()),
@@ -109,13 +123,13 @@ async fn main() -> anyhow::Result<()> {
     for n in 0..10 {
         let sku = format!("B-{n}");
         let created = http
-            .post(format!("{}/v2/products", catalog.url()))
+            .post(format!("{catalog_url}/v2/products"))
             .bearer_auth(&token)
             .json(&json!({"sku": sku, "name": sku, "category": "bench", "price": {"amount": "3.50", "currency": "EUR"}}))
             .send()
             .await?;
         anyhow::ensure!(created.status() == 201, "could not create {sku}");
-        http.put(format!("{}/v2/products/{sku}/stock", catalog.url()))
+        http.put(format!("{catalog_url}/v2/products/{sku}/stock"))
             .bearer_auth(&token)
             .json(&json!({"onHand": 1_000_000_000}))
             .send()
@@ -123,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = Client {
         http,
-        orders: orders.url(),
+        orders: orders_url,
         token,
     };
 
@@ -199,7 +213,8 @@ async fn main() -> anyhow::Result<()> {
         percentile(&loaded, 0.5),
         percentile(&loaded, 0.99)
     );
-    orders.stop(true).await?;
-    catalog.stop(true).await?;
+    for handle in handles.into_iter().rev() {
+        handle.stop(true).await?;
+    }
     Ok(())
 }

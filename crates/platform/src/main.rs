@@ -24,6 +24,10 @@ enum Command {
         /// Data folder for every service (default `./.data`, or `PLATFORM__DATA_DIR`).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Start only these services (comma separated, e.g. `catalog,orders`); the others
+        /// are reached at their configured URLs.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Show or resubmit dead-lettered messages of the embedded bus.
     Dlq {
@@ -75,16 +79,27 @@ enum DlqAction {
     },
 }
 
-/// Every subscription the platform's services create.
-const SUBSCRIPTIONS: &[(&str, &str)] = &[
-    (common::bus::topics::ORDERS, catalog::startup::SUBSCRIPTION),
-    (common::bus::topics::CATALOG, orders::startup::SUBSCRIPTION),
-];
+/// Every subscription of the platform's services, from the registry.
+fn subscriptions() -> Vec<(&'static str, &'static str)> {
+    platform::registry::descriptors()
+        .into_iter()
+        .flat_map(|d| d.subscriptions.iter().map(|s| (s.topic, s.name)))
+        .collect()
+}
+
+/// The configuration sources of the command, with `--data-dir` over everything.
+fn sources(data_dir: Option<&PathBuf>) -> Sources {
+    let sources = Sources::standard(&[]);
+    match data_dir {
+        Some(dir) => sources.with_override("data_dir", dir.display().to_string()),
+        None => sources,
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Up { data_dir } => up(data_dir).await,
+        Command::Up { data_dir, only } => up(data_dir, only).await,
         Command::Token {
             sub,
             scope,
@@ -95,25 +110,19 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn up(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut catalog_settings = catalog::startup::load_settings()?;
-    let mut orders_settings = orders::startup::load_settings()?;
-    if let Some(dir) = &data_dir {
-        catalog_settings.data_dir = dir.clone();
-        orders_settings.data_dir = dir.clone();
-    }
-    let _telemetry = common::telemetry::init(&catalog_settings.telemetry, "platform")?;
-    let data = catalog_settings.data_dir.clone();
+async fn up(data_dir: Option<PathBuf>, only: Vec<String>) -> anyhow::Result<()> {
+    let selected = platform::registry::select(&only)?;
+    let mut loaded = platform::registry::load(&selected, &sources(data_dir.as_ref()))?;
+    let first = loaded
+        .first_mut()
+        .context("no service selected")?
+        .settings()
+        .clone();
+    let _telemetry = common::telemetry::init(&first.telemetry, "platform")?;
+    let data = first.data_dir.clone();
     // One secret for every service: made now, before they race to create it.
     common::auth::load_or_create_dev_secret(&data)?;
-
-    let catalog_listener = common::http::bind(&catalog_settings)
-        .with_context(|| format!("catalog: binding port {}", catalog_settings.http.port))?;
-    let orders_listener = common::http::bind(&orders_settings)
-        .with_context(|| format!("orders: binding port {}", orders_settings.http.port))?;
-    // Catalog first: its subscription must exist before orders publishes.
-    let catalog = catalog::startup::start(catalog_settings, catalog_listener).await?;
-    let orders = orders::startup::start(orders_settings, orders_listener).await?;
+    let handles = platform::registry::start(loaded, None).await?;
 
     let exe = "cargo run --release -p platform --";
     let data_flag = data_dir
@@ -121,10 +130,11 @@ async fn up(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
         .map(|dir| format!(" --data-dir {}", dir.display()))
         .unwrap_or_default();
     println!("platform is up (data in {})", data.display());
-    for service in [&catalog, &orders] {
+    for service in &handles {
         println!(
-            "  {:<14} {}   (OpenAPI: {}/openapi.json)",
+            "  {:<14} {}   (OpenAPI: {}/openapi.json, events: {}/asyncapi.json)",
             service.name,
+            service.url(),
             service.url(),
             service.url()
         );
@@ -134,22 +144,23 @@ async fn up(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!(
         "  TOKEN=$({exe} token --sub me --scope \"catalog.read catalog.write orders.read orders.write\"{data_flag})"
     );
-    println!(
-        "  curl -H \"Authorization: Bearer $TOKEN\" {}/v2/products",
-        catalog.url()
-    );
+    if let Some(catalog) = handles.iter().find(|h| h.name == "catalog") {
+        println!(
+            "  curl -H \"Authorization: Bearer $TOKEN\" {}/v2/products",
+            catalog.url()
+        );
+    }
     println!();
     println!("Ctrl-C stops every service cleanly.");
-    // Orders first, so that no new order is accepted while the catalog stops.
-    common::startup::run_until_stopped(vec![orders, catalog]).await
+    // Last started first, so that nothing new reaches a service that already stopped.
+    let mut handles = handles;
+    handles.reverse();
+    common::startup::run_until_stopped(handles).await
 }
 
 async fn dlq(action: DlqAction, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut settings = Settings::load("platform", &Sources::standard(&[]))?;
-    if let Some(dir) = data_dir {
-        settings.data_dir = dir;
-    }
-    let bus = common::bootstrap::open_bus(&settings)?;
+    let settings = Settings::load("platform", &sources(data_dir.as_ref()))?;
+    let bus = common::runtime::adapters::open_bus(&settings)?;
     match action {
         DlqAction::List {
             topic,
@@ -157,11 +168,11 @@ async fn dlq(action: DlqAction, data_dir: Option<PathBuf>) -> anyhow::Result<()>
             limit,
         } => {
             let mut total = 0;
-            for (known_topic, known_subscription) in SUBSCRIPTIONS {
-                if topic.as_deref().is_some_and(|t| t != *known_topic)
+            for (known_topic, known_subscription) in subscriptions() {
+                if topic.as_deref().is_some_and(|t| t != known_topic)
                     || subscription
                         .as_deref()
-                        .is_some_and(|s| s != *known_subscription)
+                        .is_some_and(|s| s != known_subscription)
                 {
                     continue;
                 }
@@ -222,10 +233,7 @@ async fn dlq(action: DlqAction, data_dir: Option<PathBuf>) -> anyhow::Result<()>
 }
 
 fn token(sub: &str, scope: &str, ttl: u64, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut settings = Settings::load("platform", &Sources::standard(&[]))?;
-    if let Some(dir) = data_dir {
-        settings.data_dir = dir;
-    }
+    let settings = Settings::load("platform", &sources(data_dir.as_ref()))?;
     anyhow::ensure!(
         settings.auth.mode == AuthMode::Hs256,
         "auth.mode is \"oidc\": get tokens from your identity provider"

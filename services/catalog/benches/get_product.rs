@@ -122,8 +122,11 @@ async fn main() -> anyhow::Result<()> {
     settings.telemetry.log_level = "warn".into();
     let _telemetry = common::telemetry::init(&settings.telemetry, "catalog-bench")?;
 
-    let catalog =
-        catalog::startup::start(settings.clone(), TcpListener::bind("127.0.0.1:0")?).await?;
+    let catalog = catalog::startup::start(
+        settings.clone(),
+        common::runtime::Launch::on(TcpListener::bind("127.0.0.1:0")?),
+    )
+    .await?;
     let token = common::auth::mint_dev_token(
         &SecretString::from(SECRET.to_owned()),
         &settings.auth,

@@ -1,243 +1,161 @@
 //! What the catalog does with other services' events: reserve stock for placed orders
-//! (every line or none) and release it for cancelled ones. Each handler commits its
-//! effect, the record that the event was handled, and the event it publishes in one batch
-//! in the stock partition: exactly once, whatever the bus redelivers.
+//! (every line or none, planned by `domain::stock::plan_reservation`) and release it for
+//! cancelled ones. Each handler commits its effect, the record that the event was handled,
+//! and the event it publishes in one batch in the stock partition (the runtime's idempotent
+//! consumer): exactly once, whatever the bus redelivers.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use common::bus::outbox::{OutboxSignal, outbox_op, processed_id, processed_op};
-use common::bus::worker::{HandlerError, MessageHandler};
-use common::bus::{CloudEvent, Message, topics};
-use common::events::{self, OrderLineV1, OrderPlacedV1, OrderRefV1, OrderRefusedV1, ShortageV1};
-use common::store::{BatchOp, ETag, SharedStore, StoreError};
+use common::bus::CloudEvent;
+use common::bus::worker::HandlerError;
+use common::events::{
+    OrderCancelled, OrderPlaced, OrderPlacedV1, OrderRefV1, OrderRefusedV1, ShortageV1,
+    StockReleased, StockReservationFailed, StockReserved,
+};
+use common::runtime::consumer::{body, transient};
+use common::runtime::{Effect, Handles, IdempotentConsumer};
+use common::store::{BatchOp, ETag};
 
 use crate::catalog::{STOCK, STOCK_PARTITION};
-use crate::domain::stock::{Reservation, ReservedLine, Stock};
-
-/// Attempts before a handler gives the message back to the bus (a write kept racing).
-const ATTEMPTS: usize = 32;
+use crate::domain::Stock;
+use crate::domain::stock::{Reservation, ReservationPlan, plan_reservation, wanted_quantities};
 
 pub struct OrderEvents {
-    pub store: SharedStore,
-    pub signal: OutboxSignal,
-}
-
-fn transient(error: StoreError) -> HandlerError {
-    HandlerError::Transient(error.to_string())
-}
-
-fn body<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, HandlerError> {
-    serde_json::to_value(value).map_err(|e| HandlerError::Permanent(e.to_string()))
-}
-
-enum Outcome {
-    Committed,
-    Raced,
+    pub consumer: IdempotentConsumer,
 }
 
 impl OrderEvents {
-    async fn handled_already(&self, event: &CloudEvent) -> Result<bool, HandlerError> {
-        Ok(self
-            .store
-            .read(STOCK, STOCK_PARTITION, &processed_id(&event.id))
-            .await
-            .map_err(transient)?
-            .is_some())
-    }
-
-    async fn commit(
-        &self,
-        operations: Vec<BatchOp>,
-        event: &CloudEvent,
-    ) -> Result<Outcome, HandlerError> {
-        match self.store.batch(STOCK, STOCK_PARTITION, operations).await {
-            Ok(_) => {
-                self.signal.notify();
-                Ok(Outcome::Committed)
-            }
-            // Another delivery of the same event won, or a stock item changed under us.
-            Err(StoreError::Conflict | StoreError::PreconditionFailed | StoreError::NotFound) => {
-                if self.handled_already(event).await? {
-                    Ok(Outcome::Committed)
-                } else {
-                    Ok(Outcome::Raced)
-                }
-            }
-            Err(other) => Err(transient(other)),
-        }
-    }
-
     async fn stock_of(&self, sku: &str) -> Result<Option<(Stock, ETag)>, HandlerError> {
         let Some(document) = self
-            .store
+            .consumer
+            .store()
             .read(STOCK, STOCK_PARTITION, sku)
             .await
             .map_err(transient)?
         else {
             return Ok(None);
         };
-        let (stock, etag) = document.into_model::<Stock>().map_err(transient)?;
-        Ok(Some((stock, etag)))
+        Ok(Some(document.into_model::<Stock>().map_err(transient)?))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id))]
-    async fn reserve(&self, event: &CloudEvent) -> Result<(), HandlerError> {
-        let placed: OrderPlacedV1 = events::data(event).map_err(HandlerError::Permanent)?;
-        tracing::Span::current().record("order_id", placed.order_id.as_str());
-        if placed.lines.is_empty() {
-            return Err(HandlerError::Permanent("an order without lines".into()));
-        }
-        // Lines for one SKU are reserved together.
-        let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
-        for OrderLineV1 { sku, quantity } in &placed.lines {
-            if *quantity <= 0 {
-                return Err(HandlerError::Permanent(format!(
-                    "line {sku} has quantity {quantity}"
-                )));
+    async fn plan_reservation(
+        &self,
+        placed: &OrderPlacedV1,
+        wanted: &BTreeMap<String, i64>,
+    ) -> Result<Effect, HandlerError> {
+        let mut current = BTreeMap::new();
+        let mut etags = BTreeMap::new();
+        for sku in wanted.keys() {
+            if let Some((stock, etag)) = self.stock_of(sku).await? {
+                current.insert(sku.clone(), stock);
+                etags.insert(sku.clone(), etag);
             }
-            *wanted.entry(sku.clone()).or_default() += quantity;
         }
-        for _ in 0..ATTEMPTS {
-            if self.handled_already(event).await? {
-                return Ok(());
-            }
-            let mut operations = Vec::new();
-            let mut shortages = Vec::new();
-            let mut reserved = Vec::new();
-            for (sku, quantity) in &wanted {
-                match self.stock_of(sku).await? {
-                    Some((stock, etag)) => match stock.reserve(*quantity) {
-                        Some(after) => {
-                            operations.push(BatchOp::Replace {
-                                id: sku.clone(),
-                                body: body(&after)?,
-                                if_match: Some(etag),
-                            });
-                            reserved.push(ReservedLine {
-                                sku: stock.sku.clone(),
-                                quantity: *quantity,
-                            });
-                        }
-                        None => shortages.push(ShortageV1 {
-                            sku: sku.clone(),
-                            requested: *quantity,
-                            available: stock.available(),
-                        }),
-                    },
-                    None => shortages.push(ShortageV1 {
-                        sku: sku.clone(),
-                        requested: *quantity,
-                        available: 0,
-                    }),
+        match plan_reservation(wanted, &current) {
+            ReservationPlan::Reserve { updated, lines } => {
+                let mut effect = Effect::none();
+                for stock in updated {
+                    let id = stock.sku.as_str().to_owned();
+                    effect = effect.write(BatchOp::Replace {
+                        if_match: etags.get(&id).cloned(),
+                        id,
+                        body: body(&stock)?,
+                    });
                 }
-            }
-            let reference = OrderRefV1 {
-                order_id: placed.order_id.clone(),
-                customer_id: placed.customer_id.clone(),
-            };
-            let answer = if shortages.is_empty() {
                 let reservation = Reservation {
                     kind: Reservation::KIND.to_owned(),
                     order_id: placed.order_id.clone(),
                     customer_id: placed.customer_id.clone(),
-                    lines: reserved,
+                    lines,
                 };
-                operations.push(BatchOp::Create {
-                    id: Reservation::id_for(&placed.order_id),
-                    body: body(&reservation)?,
-                });
-                CloudEvent::new(
-                    "catalog",
-                    events::STOCK_RESERVED_V1,
-                    &placed.order_id,
-                    body(&reference)?,
-                )
-            } else {
-                operations.clear();
-                let refused = OrderRefusedV1 {
+                effect
+                    .write(BatchOp::Create {
+                        id: Reservation::id_for(&placed.order_id),
+                        body: body(&reservation)?,
+                    })
+                    .publish::<StockReserved>(
+                        &placed.order_id,
+                        &OrderRefV1 {
+                            order_id: placed.order_id.clone(),
+                            customer_id: placed.customer_id.clone(),
+                        },
+                    )
+            }
+            ReservationPlan::Refuse(shortages) => Effect::none().publish::<StockReservationFailed>(
+                &placed.order_id,
+                &OrderRefusedV1 {
                     order_id: placed.order_id.clone(),
                     customer_id: placed.customer_id.clone(),
                     reason: "insufficient stock".to_owned(),
-                    shortages,
-                };
-                CloudEvent::new(
-                    "catalog",
-                    events::STOCK_RESERVATION_FAILED_V1,
-                    &placed.order_id,
-                    body(&refused)?,
-                )
-            };
-            operations.push(processed_op(&event.id));
-            operations.push(outbox_op(topics::CATALOG, &answer));
-            if let Outcome::Committed = self.commit(operations, event).await? {
-                tracing::info!(event_type = %answer.event_type, "answered order");
-                return Ok(());
-            }
+                    shortages: shortages
+                        .into_iter()
+                        .map(|s| ShortageV1 {
+                            sku: s.sku,
+                            requested: s.requested,
+                            available: s.available,
+                        })
+                        .collect(),
+                },
+            ),
         }
-        Err(HandlerError::Transient(
-            "stock kept changing; will retry".into(),
-        ))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id))]
-    async fn release(&self, event: &CloudEvent) -> Result<(), HandlerError> {
-        let cancelled: OrderRefV1 = events::data(event).map_err(HandlerError::Permanent)?;
-        tracing::Span::current().record("order_id", cancelled.order_id.as_str());
+    async fn plan_release(&self, cancelled: &OrderRefV1) -> Result<Effect, HandlerError> {
         let reservation_id = Reservation::id_for(&cancelled.order_id);
-        for _ in 0..ATTEMPTS {
-            if self.handled_already(event).await? {
-                return Ok(());
-            }
-            let mut operations = Vec::new();
-            if let Some(document) = self
-                .store
-                .read(STOCK, STOCK_PARTITION, &reservation_id)
-                .await
-                .map_err(transient)?
-            {
-                let (reservation, reservation_etag) =
-                    document.into_model::<Reservation>().map_err(transient)?;
-                for line in &reservation.lines {
-                    if let Some((stock, etag)) = self.stock_of(line.sku.as_str()).await? {
-                        operations.push(BatchOp::Replace {
-                            id: line.sku.as_str().to_owned(),
-                            body: body(&stock.release(line.quantity))?,
-                            if_match: Some(etag),
-                        });
-                    }
-                }
-                operations.push(BatchOp::Delete {
-                    id: reservation_id.clone(),
-                    if_match: Some(reservation_etag),
+        let Some(document) = self
+            .consumer
+            .store()
+            .read(STOCK, STOCK_PARTITION, &reservation_id)
+            .await
+            .map_err(transient)?
+        else {
+            // Nothing was reserved (rejected, or released already): only record the event.
+            return Ok(Effect::none());
+        };
+        let (reservation, reservation_etag) =
+            document.into_model::<Reservation>().map_err(transient)?;
+        let mut effect = Effect::none();
+        for line in &reservation.lines {
+            if let Some((stock, etag)) = self.stock_of(line.sku.as_str()).await? {
+                effect = effect.write(BatchOp::Replace {
+                    id: line.sku.as_str().to_owned(),
+                    body: body(&stock.release(line.quantity))?,
+                    if_match: Some(etag),
                 });
-                let released = CloudEvent::new(
-                    "catalog",
-                    events::STOCK_RELEASED_V1,
-                    &cancelled.order_id,
-                    body(&cancelled)?,
-                );
-                operations.push(outbox_op(topics::CATALOG, &released));
-            }
-            operations.push(processed_op(&event.id));
-            if let Outcome::Committed = self.commit(operations, event).await? {
-                return Ok(());
             }
         }
-        Err(HandlerError::Transient(
-            "stock kept changing; will retry".into(),
-        ))
+        effect
+            .write(BatchOp::Delete {
+                id: reservation_id,
+                if_match: Some(reservation_etag),
+            })
+            .publish::<StockReleased>(&cancelled.order_id, cancelled)
     }
 }
 
 #[async_trait]
-impl MessageHandler for OrderEvents {
-    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
-        match message.event.event_type.as_str() {
-            events::ORDER_PLACED_V1 => self.reserve(&message.event).await,
-            events::ORDER_CANCELLED_V1 => self.release(&message.event).await,
-            // Other order events are not the catalog's business.
-            _ => Ok(()),
-        }
+impl Handles<OrderPlaced> for OrderEvents {
+    #[tracing::instrument(name = "catalog.reserve", skip_all, fields(order_id = %placed.order_id))]
+    async fn handle(&self, event: &CloudEvent, placed: OrderPlacedV1) -> Result<(), HandlerError> {
+        let wanted = wanted_quantities(placed.lines.iter().map(|l| (l.sku.as_str(), l.quantity)))
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        self.consumer
+            .apply_once(STOCK, STOCK_PARTITION, event, || {
+                self.plan_reservation(&placed, &wanted)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Handles<OrderCancelled> for OrderEvents {
+    #[tracing::instrument(name = "catalog.release", skip_all, fields(order_id = %cancelled.order_id))]
+    async fn handle(&self, event: &CloudEvent, cancelled: OrderRefV1) -> Result<(), HandlerError> {
+        self.consumer
+            .apply_once(STOCK, STOCK_PARTITION, event, || {
+                self.plan_release(&cancelled)
+            })
+            .await
     }
 }

@@ -1,6 +1,7 @@
 //! The catalog service as its own process (container or Azure Functions custom handler).
 
 use anyhow::Context;
+use common::runtime::Launch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -8,6 +9,6 @@ async fn main() -> anyhow::Result<()> {
     common::startup::adopt_functions_port(&mut settings);
     let _telemetry = common::telemetry::init(&settings.telemetry, catalog::startup::SERVICE)?;
     let listener = common::http::bind(&settings).context("binding the HTTP port")?;
-    let handle = catalog::startup::start(settings, listener).await?;
+    let handle = catalog::startup::start(settings, Launch::on(listener)).await?;
     common::startup::run_until_stopped(vec![handle]).await
 }

@@ -1,57 +1,95 @@
 //! The one start-up path, shared by `main`, `platform up` and the tests.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::web;
-use common::bootstrap::{Messaging, ServiceRuntime};
-use common::bus::{SharedBus, topics};
-use common::config::{ConfigError, Settings, Sources};
-use common::http::{ServiceHandle, serve};
+use common::bus::topics;
+use common::config::{ConfigError, NoOwnSettings, Settings, Sources};
+use common::events::{
+    EventContract, EventType, OrderCancelled, OrderPlaced, StockReleased, StockReservationFailed,
+    StockReserved,
+};
+use common::http::ServiceHandle;
+use common::runtime::{Dispatcher, Launch, Runtime, Service, ServiceDescriptor, SubscriptionSpec};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 
 use crate::catalog::{CONTAINERS, Catalog, STOCK};
 use crate::handlers::OrderEvents;
 
 pub const SERVICE: &str = "catalog";
-pub const DEFAULT_PORT: &str = "8081";
 /// The catalog's subscription on the orders topic.
 pub const SUBSCRIPTION: &str = "catalog";
 
-const MESSAGING: Messaging = Messaging {
-    topic: topics::ORDERS,
-    subscription: SUBSCRIPTION,
-    outbox_container: STOCK,
+pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
+    name: SERVICE,
+    default_port: 8081,
+    containers: CONTAINERS,
+    subscriptions: &[SubscriptionSpec {
+        topic: topics::ORDERS,
+        name: SUBSCRIPTION,
+        event_types: &[OrderPlaced::TYPE, OrderCancelled::TYPE],
+    }],
+    outboxes: &[STOCK],
+    publishes: || {
+        vec![
+            EventContract::of::<StockReserved>(),
+            EventContract::of::<StockReservationFailed>(),
+            EventContract::of::<StockReleased>(),
+        ]
+    },
+    consumes: || {
+        vec![
+            EventContract::of::<OrderPlaced>(),
+            EventContract::of::<OrderCancelled>(),
+        ]
+    },
 };
+
+/// The catalog service, as the platform hosts it.
+pub struct CatalogService;
+
+impl Service for CatalogService {
+    type Settings = NoOwnSettings;
+    const DESCRIPTOR: &'static ServiceDescriptor = &DESCRIPTOR;
+    const OWN_DEFAULTS: &'static str = "";
+
+    fn start(
+        settings: Settings,
+        _own: NoOwnSettings,
+        launch: Launch,
+    ) -> BoxFuture<'static, anyhow::Result<ServiceHandle>> {
+        start(settings, launch).boxed()
+    }
+}
 
 /// Defaults, then `config/catalog.toml`, then `PLATFORM__*` and `CATALOG__*`.
 pub fn load_settings() -> Result<Settings, ConfigError> {
-    Settings::load(SERVICE, &Sources::standard(&[("http.port", DEFAULT_PORT)]))
+    Ok(CatalogService::load(&Sources::standard(&[]))?.0)
 }
 
 /// Opens the store and the bus, starts the order-event worker and the outbox relay, and
-/// serves HTTP on `listener`.
-pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<ServiceHandle> {
-    start_on_bus(settings, listener, None).await
-}
-
-/// As [`start`], on the given bus instead of the configured one.
-pub async fn start_on_bus(
-    settings: Settings,
-    listener: TcpListener,
-    bus: Option<SharedBus>,
-) -> anyhow::Result<ServiceHandle> {
-    let runtime = ServiceRuntime::open(settings, SERVICE, CONTAINERS, &MESSAGING, bus).await?;
-    let handler = OrderEvents {
-        store: runtime.store.clone(),
-        signal: runtime.signal.clone(),
-    };
-    let background = runtime.background(&MESSAGING, Arc::new(handler));
+/// serves HTTP on the launch's listener.
+pub async fn start(settings: Settings, launch: Launch) -> anyhow::Result<ServiceHandle> {
+    let runtime = Runtime::open(&DESCRIPTOR, settings, launch.bus).await?;
+    let order_events = Arc::new(OrderEvents {
+        consumer: runtime.consumer(),
+    });
+    let handlers = vec![(
+        SUBSCRIPTION,
+        Dispatcher::new()
+            .on::<OrderPlaced, _>(order_events.clone())
+            .on::<OrderCancelled, _>(order_events),
+    )];
     let catalog = web::Data::new(Catalog::new(runtime.store.clone()));
-    let context = runtime.http_context(SERVICE, crate::api::openapi::document());
-    let handle = serve(context, listener, move |config| {
-        config
-            .app_data(catalog.clone())
-            .configure(crate::api::configure);
-    })?;
-    Ok(handle.with_background(background))
+    runtime.serve(
+        handlers,
+        launch.listener,
+        crate::api::openapi::document(),
+        move |config| {
+            config
+                .app_data(catalog.clone())
+                .configure(crate::api::configure);
+        },
+    )
 }

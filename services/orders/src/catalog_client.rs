@@ -12,6 +12,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::settings::CatalogPeer;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CatalogError {
     #[error("product {0} does not exist")]
@@ -62,7 +64,12 @@ pub struct CatalogClient {
 const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
 impl CatalogClient {
-    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+    /// A client of the catalog at `peer.url` (or `url` when the platform knows better).
+    pub fn from_settings(
+        settings: &Settings,
+        peer: &CatalogPeer,
+        url: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let tokens = match settings.auth.mode {
             AuthMode::Hs256 => {
                 let secret = match &settings.auth.hs256_secret {
@@ -80,17 +87,13 @@ impl CatalogClient {
             },
         };
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.services.timeout_ms))
-            .connect_timeout(Duration::from_millis(settings.services.timeout_ms))
+            .timeout(Duration::from_millis(peer.timeout_ms))
+            .connect_timeout(Duration::from_millis(peer.timeout_ms))
             .build()?;
         Ok(Self {
             http,
-            base_url: settings
-                .services
-                .catalog_url
-                .trim_end_matches('/')
-                .to_owned(),
-            attempts: settings.services.attempts,
+            base_url: url.unwrap_or(&peer.url).trim_end_matches('/').to_owned(),
+            attempts: peer.attempts,
             tokens: Arc::new(tokens),
             cached: Arc::new(Mutex::new(None)),
         })

@@ -5,4 +5,5 @@ pub mod catalog_client;
 pub mod domain;
 pub mod handlers;
 pub mod orders;
+pub mod settings;
 pub mod startup;

@@ -5,8 +5,10 @@
 //! handled events and the outbox: an order and the event it causes commit in one batch.
 
 use common::bus::outbox::{KIND_FIELD, OutboxSignal, outbox_op};
-use common::bus::{CloudEvent, topics};
-use common::events::{self, OrderLineV1, OrderPlacedV1, OrderRefV1};
+
+use common::events::{
+    EventType, OrderCancelled, OrderLineV1, OrderPlaced, OrderPlacedV1, OrderRefV1,
+};
 use common::store::{BatchOp, ETag, Query, QueryScope, SharedStore, StoreError};
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
@@ -119,12 +121,8 @@ impl Orders {
             customer_id: order.customer_id.clone(),
             lines: request.lines.clone(),
         };
-        let event = CloudEvent::new(
-            "orders",
-            events::ORDER_PLACED_V1,
-            &order.id,
-            to_json(&placed)?,
-        );
+        let event = OrderPlaced::event(&order.id, &placed)
+            .map_err(|e| OrdersError::Store(StoreError::Serialization(e.to_string())))?;
         let mut operations = vec![BatchOp::Create {
             id: order.id.clone(),
             body: to_json(&order)?,
@@ -141,7 +139,7 @@ impl Orders {
                 body: to_json(&record)?,
             });
         }
-        operations.push(outbox_op(topics::ORDERS, &event));
+        operations.push(outbox_op(OrderPlaced::TOPIC, &event));
         match self
             .store
             .batch(ORDERS, &order.customer_id, operations)
@@ -277,19 +275,15 @@ impl Orders {
             order_id: order.id.clone(),
             customer_id: order.customer_id.clone(),
         };
-        let event = CloudEvent::new(
-            "orders",
-            events::ORDER_CANCELLED_V1,
-            &order.id,
-            to_json(&reference)?,
-        );
+        let event = OrderCancelled::event(&order.id, &reference)
+            .map_err(|e| OrdersError::Store(StoreError::Serialization(e.to_string())))?;
         let operations = vec![
             BatchOp::Replace {
                 id: order.id.clone(),
                 body: to_json(&cancelled)?,
                 if_match: Some(etag),
             },
-            outbox_op(topics::ORDERS, &event),
+            outbox_op(OrderCancelled::TOPIC, &event),
         ];
         let etags = self
             .store

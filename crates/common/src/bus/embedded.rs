@@ -52,6 +52,25 @@ CREATE INDEX IF NOT EXISTS deliveries_ready ON deliveries (topic, subscription, 
 CREATE INDEX IF NOT EXISTS deliveries_lock ON deliveries (lock_token);
 ";
 
+/// Added after the first release: a subscription's event-type filter (a JSON array; NULL
+/// takes every message).
+fn migrate(connection: &Connection) -> Result<(), BusError> {
+    connection.execute_batch(SCHEMA).map_err(backend)?;
+    let has_filter: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('subscriptions') WHERE name = 'event_types'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(backend)?;
+    if has_filter == 0 {
+        connection
+            .execute_batch("ALTER TABLE subscriptions ADD COLUMN event_types TEXT")
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
 /// How long a message id is remembered for duplicate detection.
 const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 
@@ -136,7 +155,7 @@ impl EmbeddedBus {
         connection
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(backend)?;
-        connection.execute_batch(SCHEMA).map_err(backend)?;
+        migrate(&connection)?;
         let inner = Arc::new(Inner {
             connection: Mutex::new(connection),
             duplicate_window,
@@ -227,12 +246,21 @@ impl EventBus for EmbeddedBus {
         options: SubscriptionOptions,
     ) -> Result<(), BusError> {
         let (topic, subscription) = (topic.to_owned(), subscription.to_owned());
+        let event_types = if options.event_types.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&options.event_types)
+                    .map_err(|e| BusError::Backend(e.to_string()))?,
+            )
+        };
         self.run(move |connection, _| {
             connection
                 .execute(
-                    "INSERT INTO subscriptions (topic, name, max_delivery_count, lock_ms) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (topic, name) DO UPDATE SET max_delivery_count = excluded.max_delivery_count, lock_ms = excluded.lock_ms",
-                    params![topic, subscription, options.max_delivery_count, millis(options.lock_duration)],
+                    "INSERT INTO subscriptions (topic, name, max_delivery_count, lock_ms, event_types) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (topic, name) DO UPDATE SET max_delivery_count = excluded.max_delivery_count,
+                       lock_ms = excluded.lock_ms, event_types = excluded.event_types",
+                    params![topic, subscription, options.max_delivery_count, millis(options.lock_duration), event_types],
                 )
                 .map_err(backend)?;
             Ok(())
@@ -248,6 +276,13 @@ impl EventBus for EmbeddedBus {
             properties: message.properties.clone(),
         })
         .map_err(|e| BusError::Backend(e.to_string()))?;
+        if text.len() > super::MAX_MESSAGE_BYTES {
+            return Err(BusError::Rejected(format!(
+                "the message is {} bytes; at most {} are accepted",
+                text.len(),
+                super::MAX_MESSAGE_BYTES
+            )));
+        }
         let available_at = message
             .scheduled_for
             // Rounded up: a scheduled message is never delivered early.
@@ -257,6 +292,7 @@ impl EventBus for EmbeddedBus {
             })
             .unwrap_or_else(now_ms);
         let id = message.event.id.clone();
+        let event_type = message.event.event_type.clone();
         let published = self
             .run(move |connection, inner| {
                 let now = now_ms();
@@ -281,8 +317,9 @@ impl EventBus for EmbeddedBus {
                 .map_err(backend)?;
                 tx.execute(
                     "INSERT OR IGNORE INTO deliveries (topic, subscription, message_id, message, available_at)
-                     SELECT topic, name, ?2, ?3, ?4 FROM subscriptions WHERE topic = ?1",
-                    params![topic, id, text, available_at],
+                     SELECT topic, name, ?2, ?3, ?4 FROM subscriptions WHERE topic = ?1
+                       AND (event_types IS NULL OR EXISTS (SELECT 1 FROM json_each(event_types) WHERE value = ?5))",
+                    params![topic, id, text, available_at, event_type],
                 )
                 .map_err(backend)?;
                 // Forget ids that left the window, a few at a time.

@@ -95,15 +95,22 @@ pub enum BusError {
     UnknownSubscription { topic: String, subscription: String },
     #[error("the bus is unavailable: {0}")]
     Unavailable(String),
+    /// This message can never be accepted (too large, malformed); retrying will not help.
+    #[error("the bus refused the message: {0}")]
+    Rejected(String),
     #[error("bus failure: {0}")]
     Backend(String),
 }
 
 /// Settings a subscription is created with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionOptions {
     pub max_delivery_count: u32,
     pub lock_duration: Duration,
+    /// The event types (CloudEvents `type`) the subscription receives; empty takes every
+    /// message of the topic. Applied by the broker (a rule on Service Bus), so that what a
+    /// subscriber does not handle never reaches it.
+    pub event_types: Vec<String>,
 }
 
 impl Default for SubscriptionOptions {
@@ -111,13 +118,22 @@ impl Default for SubscriptionOptions {
         Self {
             max_delivery_count: 10,
             lock_duration: Duration::from_secs(30),
+            event_types: Vec::new(),
         }
+    }
+}
+
+impl SubscriptionOptions {
+    pub fn for_event_types<S: AsRef<str>>(mut self, event_types: &[S]) -> Self {
+        self.event_types = event_types.iter().map(|t| t.as_ref().to_owned()).collect();
+        self
     }
 }
 
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
-    /// Creates the subscription if it does not exist (Service Bus: provisioned, checked).
+    /// Creates the subscription if it does not exist, and makes its settings and event-type
+    /// filter those given (Service Bus: provisioned, checked).
     async fn ensure_subscription(
         &self,
         topic: &str,
@@ -193,6 +209,10 @@ pub trait EventBus: Send + Sync + 'static {
 }
 
 pub type SharedBus = Arc<dyn EventBus>;
+
+/// The largest message either bus accepts (Service Bus standard tier: 256 KB including
+/// headers; the embedded bus refuses the same serialized size).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// The platform's topics.
 pub mod topics {

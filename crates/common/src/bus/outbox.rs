@@ -1,22 +1,26 @@
 //! The transactional outbox: events are written as documents in the same atomic batch as
-//! the state change that causes them; a relay publishes them and then deletes them. A
-//! crash between the two publishes again, which duplicate detection and idempotent
-//! handlers absorb. Consumers record each handled event id in the same batch as its effect.
+//! the state change that causes them; a relay following the container's change feed
+//! publishes them and then deletes them. A crash between the two publishes again, which
+//! duplicate detection and idempotent handlers absorb. An entry that can never be published
+//! (unreadable, too large, refused) is parked in place as `outbox-parked` with the reason,
+//! and the entries behind it go on.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
 
-use super::{CloudEvent, Message, SharedBus};
-use crate::store::{BatchOp, Query, QueryScope, SharedStore, StoreError};
+use super::{BusError, CloudEvent, Message, SharedBus};
+use crate::runtime::feed::{FeedError, FeedHandler, FeedSignal};
+use crate::store::{BatchOp, Document, SharedStore, StoreError};
 
 pub const KIND_FIELD: &str = "kind";
 pub const OUTBOX_KIND: &str = "outbox";
+pub const PARKED_KIND: &str = "outbox-parked";
 pub const PROCESSED_KIND: &str = "processed";
+/// The change-feed reader name of the relay (its lease is `<container>.outbox-relay`).
+pub const RELAY_READER: &str = "outbox-relay";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutboxEntry {
@@ -29,12 +33,7 @@ pub struct OutboxEntry {
 pub fn outbox_op(topic: &str, event: &CloudEvent) -> BatchOp {
     BatchOp::Create {
         id: format!("outbox-{}", event.id),
-        body: serde_json::to_value(OutboxEntry {
-            kind: OUTBOX_KIND.to_owned(),
-            topic: topic.to_owned(),
-            event: event.clone(),
-        })
-        .unwrap_or_default(),
+        body: json!({KIND_FIELD: OUTBOX_KIND, "topic": topic, "event": event}),
     }
 }
 
@@ -43,85 +42,96 @@ pub fn processed_id(event_id: &str) -> String {
     format!("processed-{event_id}")
 }
 
-/// The batch operation that records `event_id` as handled; the batch fails with
-/// [`StoreError::Conflict`] when it was handled already.
-pub fn processed_op(event_id: &str) -> BatchOp {
-    BatchOp::Create {
+/// The batch operation that records `event_id` as handled for `retention_seconds`; the
+/// batch fails with [`StoreError::Conflict`] when it was handled already.
+pub fn processed_op(event_id: &str, retention_seconds: u32) -> BatchOp {
+    BatchOp::CreateExpiring {
         id: processed_id(event_id),
         body: json!({KIND_FIELD: PROCESSED_KIND, "eventId": event_id}),
+        ttl_seconds: retention_seconds,
     }
 }
 
 /// Wakes the relay right after a commit, so that events do not wait for the next poll.
-#[derive(Clone, Default)]
-pub struct OutboxSignal(Arc<Notify>);
+pub type OutboxSignal = FeedSignal;
 
-impl OutboxSignal {
-    pub fn notify(&self) {
-        self.0.notify_one();
-    }
-}
-
+/// Publishes the outbox entries among a container's changes.
 pub struct OutboxRelay {
     pub store: SharedStore,
     pub bus: SharedBus,
     pub container: &'static str,
-    pub signal: OutboxSignal,
-    pub poll_interval: Duration,
 }
 
 impl OutboxRelay {
-    /// Publishes what is in the outbox now; returns how many events went out.
-    pub async fn relay_once(&self) -> Result<usize, StoreError> {
-        let mut sent = 0;
-        loop {
-            let query = Query::new(QueryScope::AllPartitions, 100).filter(KIND_FIELD, OUTBOX_KIND);
-            let page = self.store.query(self.container, &query).await?;
-            if page.items.is_empty() {
-                return Ok(sent);
-            }
-            for document in page.items {
-                let entry: OutboxEntry = match serde_json::from_value(document.body) {
-                    Ok(entry) => entry,
-                    Err(error) => {
-                        tracing::error!(%error, id = %document.id, "unreadable outbox entry left in place");
-                        continue;
-                    }
-                };
-                let message =
-                    Message::new(entry.event).with_correlation_id(document.partition_key.clone());
-                if let Err(error) = self.bus.publish(&entry.topic, message).await {
-                    tracing::warn!(%error, "publishing from the outbox failed; will retry");
-                    return Ok(sent);
-                }
-                match self
-                    .store
-                    .delete(self.container, &document.partition_key, &document.id, None)
-                    .await
-                {
-                    Ok(()) | Err(StoreError::NotFound) => sent += 1,
-                    Err(error) => return Err(error),
-                }
-            }
+    pub fn new(store: SharedStore, bus: SharedBus, container: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            bus,
+            container,
+        })
+    }
+
+    async fn park(&self, document: &Document, reason: &str) -> Result<(), FeedError> {
+        tracing::error!(id = %document.id, container = self.container, %reason, "outbox entry parked: it cannot be published");
+        let mut body = document.body.clone();
+        if let Some(fields) = body.as_object_mut() {
+            fields.insert(KIND_FIELD.to_owned(), json!(PARKED_KIND));
+            fields.insert("parkedReason".to_owned(), json!(reason));
+        } else {
+            body = json!({KIND_FIELD: PARKED_KIND, "parkedReason": reason, "original": body});
+        }
+        match self
+            .store
+            .replace(
+                self.container,
+                &document.partition_key,
+                &document.id,
+                body,
+                Some(&document.etag),
+            )
+            .await
+        {
+            // Gone or changed since the feed showed it: someone else dealt with it.
+            Ok(_) | Err(StoreError::NotFound | StoreError::PreconditionFailed) => Ok(()),
+            Err(other) => Err(FeedError::Transient(other.to_string())),
         }
     }
 
-    pub fn spawn(self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            while !*shutdown.borrow() {
-                if let Err(error) = self.relay_once().await {
-                    tracing::warn!(%error, container = self.container, "outbox relay failed; will retry");
-                }
-                tokio::select! {
-                    _ = self.signal.0.notified() => {}
-                    _ = tokio::time::sleep(self.poll_interval) => {}
-                    _ = shutdown.changed() => {}
-                }
+    async fn relay(&self, document: &Document) -> Result<(), FeedError> {
+        let entry: OutboxEntry = match serde_json::from_value(document.body.clone()) {
+            Ok(entry) => entry,
+            Err(error) => {
+                return self
+                    .park(document, &format!("unreadable entry: {error}"))
+                    .await;
             }
-            // Drain what was committed before the stop.
-            if let Err(error) = self.relay_once().await {
-                tracing::warn!(%error, "outbox relay could not drain at shutdown");
-            }
-        })
+        };
+        let message = Message::new(entry.event).with_correlation_id(document.partition_key.clone());
+        match self.bus.publish(&entry.topic, message).await {
+            Ok(()) => {}
+            Err(BusError::Rejected(reason)) => return self.park(document, &reason).await,
+            Err(other) => return Err(FeedError::Transient(other.to_string())),
+        }
+        match self
+            .store
+            .delete(self.container, &document.partition_key, &document.id, None)
+            .await
+        {
+            Ok(()) | Err(StoreError::NotFound) => Ok(()),
+            Err(other) => Err(FeedError::Transient(other.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl FeedHandler for OutboxRelay {
+    async fn handle(&self, changes: Vec<Document>) -> Result<(), FeedError> {
+        for document in changes
+            .iter()
+            .filter(|d| d.body.get(KIND_FIELD).and_then(|k| k.as_str()) == Some(OUTBOX_KIND))
+        {
+            self.relay(document).await?;
+        }
+        Ok(())
     }
 }

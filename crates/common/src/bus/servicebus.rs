@@ -98,6 +98,64 @@ pub fn sas_token(resource_url: &str, policy: &str, key: &str, valid_for: Duratio
     format!("SharedAccessSignature sr={resource}&sig={signature}&se={expiry}&skn={policy}")
 }
 
+/// The rule that filters a subscription on event types.
+pub const EVENT_TYPES_RULE: &str = "event-types";
+
+const MANAGEMENT_NS: &str = "xmlns:i=\"http://www.w3.org/2001/XMLSchema-instance\" xmlns=\"http://schemas.microsoft.com/netservices/2010/10/servicebus/connect\"";
+
+/// `sys.Label IN ('a', 'b')`: the publisher sets `Label` to the CloudEvents type.
+pub fn label_filter(event_types: &[String]) -> String {
+    let quoted: Vec<String> = event_types
+        .iter()
+        .map(|t| format!("'{}'", t.replace('\'', "''")))
+        .collect();
+    format!("sys.Label IN ({})", quoted.join(", "))
+}
+
+fn xml_text(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn rule_description(sql: &str) -> String {
+    format!(
+        "<RuleDescription {MANAGEMENT_NS}><Filter i:type=\"SqlFilter\"><SqlExpression>{}</SqlExpression></Filter><Action i:type=\"EmptyRuleAction\"/></RuleDescription>",
+        xml_text(sql)
+    )
+}
+
+fn management_outcome(path: &str, status: StatusCode) -> Result<(), BusError> {
+    match status {
+        status if status.is_success() || status == StatusCode::Conflict => Ok(()),
+        // Least-privilege credentials (Send + Listen) may not manage entities: they are
+        // then expected to be provisioned, and a missing one shows on the first receive.
+        StatusCode::Unauthorized | StatusCode::Forbidden => {
+            tracing::warn!(
+                entity = path,
+                "no rights to manage Service Bus entities; expecting them provisioned"
+            );
+            Ok(())
+        }
+        status => Err(BusError::Unavailable(format!(
+            "managing {path} answered {status}"
+        ))),
+    }
+}
+
+/// A send the broker refuses for the message itself (too large, malformed) is permanent;
+/// everything else (throttling, timeouts, credentials) may pass on a later try.
+fn send_error(error: azure_core_legacy::Error) -> BusError {
+    use azure_core_legacy::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::HttpResponse {
+            status: StatusCode::PayloadTooLarge | StatusCode::BadRequest,
+            ..
+        } => BusError::Rejected(error.to_string()),
+        _ => unavailable(error),
+    }
+}
+
 fn iso_duration(duration: Duration) -> String {
     format!("PT{}S", duration.as_secs_f64())
 }
@@ -327,7 +385,13 @@ impl ServiceBusBus {
         Ok(request)
     }
 
-    async fn put_entity(&self, path: &str, description: &str) -> Result<(), BusError> {
+    /// Creates an entity (Atom entry); with `update`, replaces it when it exists already.
+    async fn put_entity_with(
+        &self,
+        path: &str,
+        description: &str,
+        update: bool,
+    ) -> Result<(), BusError> {
         let mut request = self.signed_request(path, Method::Put)?;
         request.insert_header(
             "content-type",
@@ -342,20 +406,60 @@ impl ServiceBusBus {
             .await
             .map_err(unavailable)?;
         match response.status() {
-            status if status.is_success() || status == StatusCode::Conflict => Ok(()),
-            // Least-privilege credentials (Send + Listen) may not manage entities: they are
-            // then expected to be provisioned, and a missing one shows on the first receive.
-            StatusCode::Unauthorized | StatusCode::Forbidden => {
-                tracing::warn!(
-                    entity = path,
-                    "no rights to create Service Bus entities; expecting them provisioned"
-                );
-                Ok(())
+            StatusCode::Conflict if update => {
+                request.insert_header("if-match", "*");
+                let response = self
+                    .http
+                    .execute_request(&request)
+                    .await
+                    .map_err(unavailable)?;
+                management_outcome(path, response.status())
             }
-            status => Err(BusError::Unavailable(format!(
-                "creating {path} answered {status}"
-            ))),
+            status => management_outcome(path, status),
         }
+    }
+
+    async fn put_entity(&self, path: &str, description: &str) -> Result<(), BusError> {
+        self.put_entity_with(path, description, false).await
+    }
+
+    async fn delete_entity(&self, path: &str) -> Result<(), BusError> {
+        let request = self.signed_request(path, Method::Delete)?;
+        let response = self
+            .http
+            .execute_request(&request)
+            .await
+            .map_err(unavailable)?;
+        match response.status() {
+            StatusCode::NotFound => Ok(()),
+            status => management_outcome(path, status),
+        }
+    }
+
+    /// Makes the subscription take only `event_types` (the message `Label`), or everything
+    /// when empty. The new rule goes in before the old one goes out, so no message of a
+    /// wanted type is ever refused while the rules change.
+    async fn ensure_rules(
+        &self,
+        topic: &str,
+        subscription: &str,
+        event_types: &[String],
+    ) -> Result<(), BusError> {
+        let rules = format!("{topic}/subscriptions/{subscription}/rules");
+        if event_types.is_empty() {
+            self.put_entity(&format!("{rules}/$Default"), &rule_description("1=1"))
+                .await?;
+            return self
+                .delete_entity(&format!("{rules}/{EVENT_TYPES_RULE}"))
+                .await;
+        }
+        self.put_entity_with(
+            &format!("{rules}/{EVENT_TYPES_RULE}"),
+            &rule_description(&label_filter(event_types)),
+            true,
+        )
+        .await?;
+        self.delete_entity(&format!("{rules}/$Default")).await
     }
 
     async fn send(&self, topic: &str, message: &Message, message_id: &str) -> Result<(), BusError> {
@@ -366,7 +470,7 @@ impl ServiceBusBus {
                 Some(Self::options(message, message_id, &[])),
             )
             .await
-            .map_err(unavailable)
+            .map_err(send_error)
     }
 
     /// Locks the next letter from one of the two places a subscription's letters are kept.
@@ -420,7 +524,7 @@ impl EventBus for ServiceBusBus {
         subscription: &str,
         options: SubscriptionOptions,
     ) -> Result<(), BusError> {
-        const NS: &str = "xmlns:i=\"http://www.w3.org/2001/XMLSchema-instance\" xmlns=\"http://schemas.microsoft.com/netservices/2010/10/servicebus/connect\"";
+        const NS: &str = MANAGEMENT_NS;
         self.put_entity(topic, &format!("<TopicDescription {NS}><RequiresDuplicateDetection>true</RequiresDuplicateDetection></TopicDescription>"))
             .await?;
         self.put_entity(
@@ -432,6 +536,8 @@ impl EventBus for ServiceBusBus {
             ),
         )
         .await?;
+        self.ensure_rules(topic, subscription, &options.event_types)
+            .await?;
         self.put_entity(
             &dead_letter_queue(topic, subscription),
             &format!("<QueueDescription {NS}></QueueDescription>"),

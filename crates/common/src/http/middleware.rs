@@ -119,3 +119,12 @@ pub(crate) async fn openapi(
 ) -> web::Json<serde_json::Value> {
     web::Json(document.get_ref().clone())
 }
+
+/// The service's AsyncAPI document (a type of its own beside the OpenAPI one).
+pub(crate) struct AsyncApiDocument(pub serde_json::Value);
+
+pub(crate) async fn asyncapi(
+    document: web::Data<AsyncApiDocument>,
+) -> web::Json<serde_json::Value> {
+    web::Json(document.0.clone())
+}

@@ -5,7 +5,9 @@ use actix_web::middleware::{Compress, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use super::health::{self, ReadinessCheck};
-use super::middleware::{ServiceName, not_found, openapi, problem_fallback, trace_request};
+use super::middleware::{
+    ServiceName, asyncapi, not_found, openapi, problem_fallback, trace_request,
+};
 use super::{json_config, path_config, query_config};
 use crate::auth::{Authenticator, authenticate};
 use crate::config::Settings;
@@ -19,6 +21,8 @@ pub struct HttpContext {
     pub authenticator: Authenticator,
     pub readiness: Vec<Arc<dyn ReadinessCheck>>,
     pub openapi: serde_json::Value,
+    /// The service's events (AsyncAPI 3.0), served at `/asyncapi.json`.
+    pub asyncapi: serde_json::Value,
 }
 
 /// A running service: its address, and the way to stop it.
@@ -82,6 +86,9 @@ where
     let limiter = web::Data::new(RateLimiter::from_settings(&settings.rate_limit));
     let readiness = web::Data::new(context.readiness.clone());
     let document = web::Data::new(context.openapi.clone());
+    let events_document = web::Data::new(super::middleware::AsyncApiDocument(
+        context.asyncapi.clone(),
+    ));
     let name = context.name;
     let max_body = settings.http.max_body_bytes;
     let mut server = HttpServer::new(move || {
@@ -91,6 +98,7 @@ where
             .app_data(limiter.clone())
             .app_data(readiness.clone())
             .app_data(document.clone())
+            .app_data(events_document.clone())
             .app_data(json_config(max_body))
             .app_data(web::PayloadConfig::new(max_body))
             .app_data(path_config())
@@ -103,6 +111,7 @@ where
             .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))
             .route("/openapi.json", web::get().to(openapi))
+            .route("/asyncapi.json", web::get().to(asyncapi))
             .configure(configure.clone())
             .default_service(web::to(not_found))
     })

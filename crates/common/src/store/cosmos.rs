@@ -36,11 +36,29 @@ struct Envelope {
     id: String,
     pk: String,
     doc: Json,
+    /// Seconds the item lives after its last write (needs the container's default TTL on,
+    /// `-1`: see docs/deploy-azure.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ttl: Option<u32>,
     #[serde(rename = "_etag", default, skip_serializing)]
     etag: Option<String>,
+    #[serde(rename = "_ts", default, skip_serializing)]
+    written_at: Option<i64>,
 }
 
 impl Envelope {
+    /// Cosmos DB hides an item once `_ts + ttl` has passed; the check here says the same
+    /// where deletion lags (the emulator does not expire items at all).
+    fn expired(&self) -> bool {
+        match (self.ttl, self.written_at) {
+            (Some(ttl), Some(written_at)) => {
+                written_at.saturating_add(i64::from(ttl))
+                    <= time::OffsetDateTime::now_utc().unix_timestamp()
+            }
+            _ => false,
+        }
+    }
+
     fn into_document(self) -> Document {
         Document {
             id: self.id,
@@ -136,7 +154,9 @@ fn envelope(pk: &str, id: &str, body: Json) -> Envelope {
         id: id.to_owned(),
         pk: pk.to_owned(),
         doc: body,
+        ttl: None,
         etag: None,
+        written_at: None,
     }
 }
 
@@ -160,6 +180,9 @@ impl DocumentStore for CosmosStore {
                 let item: Envelope = response
                     .into_model()
                     .map_err(|e| StoreError::Serialization(e.to_string()))?;
+                if item.expired() {
+                    return Ok(None);
+                }
                 let mut document = item.into_document();
                 document.etag = etag;
                 Ok(Some(document))
@@ -182,7 +205,7 @@ impl DocumentStore for CosmosStore {
             .into_pages();
         while let Some(page) = pages.try_next().await.map_err(map_error)? {
             record_charge(page.headers());
-            if let Some(found) = page.into_items().into_iter().next() {
+            if let Some(found) = page.into_items().into_iter().find(|e| !e.expired()) {
                 return Ok(Some(found.into_document()));
             }
         }
@@ -300,7 +323,12 @@ impl DocumentStore for CosmosStore {
             match pages.try_next().await.map_err(map_error)? {
                 Some(page) => {
                     record_charge(page.headers());
-                    items.extend(page.into_items().into_iter().map(Envelope::into_document));
+                    items.extend(
+                        page.into_items()
+                            .into_iter()
+                            .filter(|e| !e.expired())
+                            .map(Envelope::into_document),
+                    );
                 }
                 None => break,
             }
@@ -357,11 +385,16 @@ impl DocumentStore for CosmosStore {
                 page.into_items()
                     .into_iter()
                     .filter_map(|change| {
-                        change
-                            .current()
-                            .map(|e| (e.id.clone(), e.pk.clone(), e.doc.clone(), e.etag.clone()))
+                        change.current().filter(|e| !e.expired()).map(|e| Envelope {
+                            id: e.id.clone(),
+                            pk: e.pk.clone(),
+                            doc: e.doc.clone(),
+                            ttl: e.ttl,
+                            etag: e.etag.clone(),
+                            written_at: e.written_at,
+                        })
                     })
-                    .map(|(id, pk, doc, etag)| Envelope { id, pk, doc, etag }.into_document()),
+                    .map(Envelope::into_document),
             );
             if documents.len() == before {
                 empty_pages += 1;
@@ -391,6 +424,16 @@ impl DocumentStore for CosmosStore {
             batch = match operation {
                 BatchOp::Create { id, body } => batch
                     .create_item(envelope(pk, id, body.clone()))
+                    .map_err(serialization)?,
+                BatchOp::CreateExpiring {
+                    id,
+                    body,
+                    ttl_seconds,
+                } => batch
+                    .create_item(Envelope {
+                        ttl: Some(*ttl_seconds),
+                        ..envelope(pk, id, body.clone())
+                    })
                     .map_err(serialization)?,
                 BatchOp::Upsert { id, body } => batch
                     .upsert_item(envelope(pk, id, body.clone()), None)

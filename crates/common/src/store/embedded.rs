@@ -35,6 +35,52 @@ CREATE TABLE IF NOT EXISTS sequence (name TEXT PRIMARY KEY, value INTEGER NOT NU
 INSERT OR IGNORE INTO sequence (name, value) VALUES ('documents', 0);
 ";
 
+/// Items written with a time to live carry `expires_at` (Unix ms): hidden from every read
+/// from then on, and purged a few at a time by later writes.
+const EXPIRY_SCHEMA: &str = "
+CREATE INDEX IF NOT EXISTS documents_expiry ON documents (expires_at) WHERE expires_at IS NOT NULL;
+";
+
+/// Expired items removed per write transaction: enough to keep up with any write rate that
+/// creates them, small enough not to slow the write.
+const PURGE_PER_WRITE: i64 = 32;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn migrate(connection: &Connection) -> Result<(), StoreError> {
+    connection.execute_batch(SCHEMA).map_err(backend)?;
+    let has_expiry: bool = connection
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('documents') WHERE name = 'expires_at'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map_err(backend)?
+        > 0;
+    if !has_expiry {
+        connection
+            .execute_batch("ALTER TABLE documents ADD COLUMN expires_at INTEGER")
+            .map_err(backend)?;
+    }
+    connection.execute_batch(EXPIRY_SCHEMA).map_err(backend)
+}
+
+fn purge_expired(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "DELETE FROM documents WHERE (container, pk, id) IN (
+            SELECT container, pk, id FROM documents WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+    )
+    .map_err(backend)?
+    .execute(params![now_ms(), PURGE_PER_WRITE])
+    .map_err(backend)?;
+    Ok(())
+}
+
 /// How hard SQLite flushes at commit. `Normal` in WAL mode keeps every committed write
 /// across a process crash (`kill -9`); `Full` also across power loss, at a cost per write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
@@ -66,7 +112,7 @@ impl EmbeddedStore {
             })?;
         }
         let writer = open_connection(path, durability, false)?;
-        writer.execute_batch(SCHEMA).map_err(backend)?;
+        migrate(&writer)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -219,17 +265,31 @@ fn current_seq(
     pk: &str,
     id: &str,
 ) -> Result<Option<i64>, StoreError> {
-    tx.query_row(
-        "SELECT seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
-        params![container, pk, id],
-        |row| row.get(0),
-    )
-    .optional()
-    .map_err(backend)
+    let found: Option<(i64, Option<i64>)> = tx
+        .query_row(
+            "SELECT seq, expires_at FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
+            params![container, pk, id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(backend)?;
+    match found {
+        Some((_, Some(expires_at))) if expires_at <= now_ms() => {
+            // Expired but not purged yet: it is gone for every reader, so for writers too.
+            tx.execute(
+                "DELETE FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
+                params![container, pk, id],
+            )
+            .map_err(backend)?;
+            Ok(None)
+        }
+        found => Ok(found.map(|(seq, _)| seq)),
+    }
 }
 
 enum WriteMode<'a> {
     Create,
+    CreateExpiring(u32),
     Replace(Option<&'a ETag>),
     Upsert,
 }
@@ -246,6 +306,7 @@ fn write(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(backend)?;
     let etag = write_in(&tx, container, pk, id, body, mode)?;
+    purge_expired(&tx)?;
     tx.commit().map_err(backend)?;
     Ok(Document {
         id: id.to_owned(),
@@ -285,7 +346,9 @@ fn write_in(
     let text = serialize(body)?;
     let existing = current_seq(tx, container, pk, id)?;
     match (&mode, existing) {
-        (WriteMode::Create, Some(_)) => return Err(StoreError::Conflict),
+        (WriteMode::Create | WriteMode::CreateExpiring(_), Some(_)) => {
+            return Err(StoreError::Conflict);
+        }
         (WriteMode::Replace(_), None) => return Err(StoreError::NotFound),
         (WriteMode::Replace(Some(expected)), Some(seq)) if etag_of(seq) != **expected => {
             return Err(StoreError::PreconditionFailed);
@@ -293,11 +356,18 @@ fn write_in(
         _ => {}
     }
     let seq = next_seq(tx)?;
-    tx.execute(
-        "INSERT INTO documents (container, pk, id, body, seq) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (container, pk, id) DO UPDATE SET body = excluded.body, seq = excluded.seq",
-        params![container, pk, id, text, seq],
+    let expires_at = match mode {
+        WriteMode::CreateExpiring(ttl_seconds) => {
+            Some(now_ms().saturating_add(i64::from(ttl_seconds) * 1000))
+        }
+        _ => None,
+    };
+    tx.prepare_cached(
+        "INSERT INTO documents (container, pk, id, body, seq, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (container, pk, id) DO UPDATE SET body = excluded.body, seq = excluded.seq, expires_at = excluded.expires_at",
     )
+    .map_err(backend)?
+    .execute(params![container, pk, id, text, seq, expires_at])
     .map_err(backend)?;
     Ok(etag_of(seq))
 }
@@ -314,10 +384,11 @@ impl DocumentStore for EmbeddedStore {
         self.with_reader(move |connection| {
             let row = connection
                 .prepare_cached(
-                    "SELECT body, seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
+                    "SELECT body, seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3
+                     AND (expires_at IS NULL OR expires_at > ?4)",
                 )
                 .map_err(backend)?
-                .query_row(params![container, pk, id], |row| {
+                .query_row(params![container, pk, id, now_ms()], |row| {
                     Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
                 })
                 .optional()
@@ -333,15 +404,21 @@ impl DocumentStore for EmbeddedStore {
         self.with_reader(move |connection| {
             let row = connection
                 .prepare_cached(
-                    "SELECT pk, body, seq FROM documents WHERE container = ?1 AND id = ?2 ORDER BY pk LIMIT 1",
+                    "SELECT pk, body, seq FROM documents WHERE container = ?1 AND id = ?2
+                     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY pk LIMIT 1",
                 )
                 .map_err(backend)?
-                .query_row(params![container, id], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+                .query_row(params![container, id, now_ms()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
                 })
                 .optional()
                 .map_err(backend)?;
-            row.map(|(pk, body, seq)| to_document(pk, id, body, seq)).transpose()
+            row.map(|(pk, body, seq)| to_document(pk, id, body, seq))
+                .transpose()
         })
         .await
     }
@@ -407,6 +484,7 @@ impl DocumentStore for EmbeddedStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
             delete_in(&tx, &container, &pk, &id, if_match.as_ref())?;
+            purge_expired(&tx)?;
             tx.commit().map_err(backend)
         })
         .await
@@ -431,6 +509,18 @@ impl DocumentStore for EmbeddedStore {
                     BatchOp::Create { id, body } => {
                         Some(write_in(&tx, &container, &pk, id, body, WriteMode::Create)?)
                     }
+                    BatchOp::CreateExpiring {
+                        id,
+                        body,
+                        ttl_seconds,
+                    } => Some(write_in(
+                        &tx,
+                        &container,
+                        &pk,
+                        id,
+                        body,
+                        WriteMode::CreateExpiring(*ttl_seconds),
+                    )?),
                     BatchOp::Replace { id, body, if_match } => Some(write_in(
                         &tx,
                         &container,
@@ -449,6 +539,7 @@ impl DocumentStore for EmbeddedStore {
                 };
                 etags.push(etag);
             }
+            purge_expired(&tx)?;
             tx.commit().map_err(backend)?;
             Ok(etags)
         })
@@ -460,9 +551,10 @@ impl DocumentStore for EmbeddedStore {
         let container = container.to_owned();
         let query = query.clone();
         self.with_reader(move |connection| {
-            let mut sql =
-                String::from("SELECT pk, id, body, seq FROM documents WHERE container = ?");
-            let mut values: Vec<rusqlite::types::Value> = vec![container.into()];
+            let mut sql = String::from(
+                "SELECT pk, id, body, seq FROM documents WHERE container = ? AND (expires_at IS NULL OR expires_at > ?)",
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![container.into(), now_ms().into()];
             if let QueryScope::Partition(pk) = &query.scope {
                 sql.push_str(" AND pk = ?");
                 values.push(pk.clone().into());
@@ -520,12 +612,18 @@ impl DocumentStore for EmbeddedStore {
         self.with_reader(move |connection| {
             let mut statement = connection
                 .prepare_cached(
-                    "SELECT pk, id, body, seq FROM documents WHERE container = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    "SELECT pk, id, body, seq FROM documents WHERE container = ?1 AND seq > ?2
+                     AND (expires_at IS NULL OR expires_at > ?4) ORDER BY seq LIMIT ?3",
                 )
                 .map_err(backend)?;
             let rows = statement
-                .query_map(params![container, after, max], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+                .query_map(params![container, after, max, now_ms()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
                 })
                 .map_err(backend)?;
             let mut documents = Vec::new();

@@ -196,6 +196,13 @@ pub enum BatchOp {
         id: String,
         body: Json,
     },
+    /// A create whose item disappears by itself `ttl_seconds` after it was written (Cosmos
+    /// item `ttl`; the embedded store hides it at once and purges it as it writes).
+    CreateExpiring {
+        id: String,
+        body: Json,
+        ttl_seconds: u32,
+    },
     Replace {
         id: String,
         body: Json,
@@ -215,6 +222,7 @@ impl BatchOp {
     pub fn id(&self) -> &str {
         match self {
             BatchOp::Create { id, .. }
+            | BatchOp::CreateExpiring { id, .. }
             | BatchOp::Replace { id, .. }
             | BatchOp::Upsert { id, .. }
             | BatchOp::Delete { id, .. } => id,

@@ -32,12 +32,49 @@ struct Stored {
     lock: Option<(String, Instant)>,
 }
 
+/// A subscription rule's filter: everything, or a set of `Label`s.
+#[derive(Debug, Clone)]
+enum Filter {
+    True,
+    LabelIn(Vec<String>),
+}
+
+impl Filter {
+    /// The two SQL filter forms the adapter writes; anything else is a bad request.
+    fn parse(sql: &str) -> Option<Self> {
+        let sql = sql.trim();
+        if sql == "1=1" {
+            return Some(Filter::True);
+        }
+        let list = sql.strip_prefix("sys.Label IN (")?.strip_suffix(')')?;
+        let labels = list
+            .split(',')
+            .map(|item| {
+                let item = item.trim();
+                item.strip_prefix('\'')
+                    .and_then(|rest| rest.strip_suffix('\''))
+                    .map(|label| label.replace("''", "'"))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Filter::LabelIn(labels))
+    }
+
+    fn matches(&self, label: Option<&str>) -> bool {
+        match self {
+            Filter::True => true,
+            Filter::LabelIn(labels) => label.is_some_and(|l| labels.iter().any(|x| x == l)),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entity {
     lock_duration: Duration,
     max_delivery_count: u32,
     messages: Vec<Stored>,
     dead: Vec<Stored>,
+    /// Subscriptions only: a message is copied in when any rule matches.
+    rules: HashMap<String, Filter>,
 }
 
 impl Entity {
@@ -47,7 +84,12 @@ impl Entity {
             max_delivery_count,
             messages: Vec::new(),
             dead: Vec::new(),
+            rules: HashMap::from([("$Default".to_owned(), Filter::True)]),
         }
+    }
+
+    fn accepts(&self, label: Option<&str>) -> bool {
+        self.rules.values().any(|rule| rule.matches(label))
     }
 }
 
@@ -362,6 +404,9 @@ impl FakeServiceBus {
             Body::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
             _ => String::new(),
         };
+        if body.len() > crate::bus::MAX_MESSAGE_BYTES {
+            return status(StatusCode::PayloadTooLarge);
+        }
         let broker: serde_json::Value = request
             .headers()
             .iter()
@@ -424,7 +469,9 @@ impl FakeServiceBus {
             return status(StatusCode::NotFound);
         };
         for subscription in subscriptions.values_mut() {
-            subscription.messages.push(stored.clone());
+            if subscription.accepts(stored.label.as_deref()) {
+                subscription.messages.push(stored.clone());
+            }
         }
         state.seen.insert(key, now);
         status(StatusCode::Created)
@@ -441,6 +488,34 @@ impl FakeServiceBus {
             _ => String::new(),
         };
         match path {
+            [topic, "subscriptions", subscription, "rules", rule] => {
+                let Some(entity) = state
+                    .topics
+                    .get_mut(*topic)
+                    .and_then(|subscriptions| subscriptions.get_mut(*subscription))
+                else {
+                    return status(StatusCode::NotFound);
+                };
+                let update = request
+                    .headers()
+                    .iter()
+                    .any(|(n, _)| n.as_str() == "if-match");
+                if entity.rules.contains_key(*rule) && !update {
+                    return status(StatusCode::Conflict);
+                }
+                let Some(filter) = tag(&xml, "SqlExpression")
+                    .map(|sql| {
+                        sql.replace("&lt;", "<")
+                            .replace("&gt;", ">")
+                            .replace("&amp;", "&")
+                    })
+                    .and_then(|sql| Filter::parse(&sql))
+                else {
+                    return status(StatusCode::BadRequest);
+                };
+                entity.rules.insert((*rule).to_owned(), filter);
+                status(StatusCode::Created)
+            }
             [topic, "subscriptions", subscription] => {
                 let Some(subscriptions) = state.topics.get_mut(*topic) else {
                     return status(StatusCode::NotFound);
@@ -507,9 +582,25 @@ impl HttpClient for FakeServiceBus {
         match (request.method(), path.as_slice()) {
             (Method::Get, ["$namespaceinfo"]) => status(StatusCode::Ok),
             (Method::Put, entity)
-                if entity.len() == 1 || (entity.len() == 3 && entity[1] == "subscriptions") =>
+                if entity.len() == 1
+                    || (entity.len() == 3 && entity[1] == "subscriptions")
+                    || (entity.len() == 5
+                        && entity[1] == "subscriptions"
+                        && entity[3] == "rules") =>
             {
                 self.create(&mut state, entity, request)
+            }
+            (Method::Delete, [topic, "subscriptions", subscription, "rules", rule]) => {
+                let removed = state
+                    .topics
+                    .get_mut(*topic)
+                    .and_then(|subscriptions| subscriptions.get_mut(*subscription))
+                    .and_then(|entity| entity.rules.remove(*rule));
+                status(if removed.is_some() {
+                    StatusCode::Ok
+                } else {
+                    StatusCode::NotFound
+                })
             }
             (Method::Post, [.., "messages", "head"]) => self.peek_lock(&mut state, &path),
             (Method::Post, [entity, "messages"]) => self.send(&mut state, entity, request),

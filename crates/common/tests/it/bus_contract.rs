@@ -86,7 +86,17 @@ fn options(max_delivery_count: u32, lock: Duration) -> SubscriptionOptions {
     SubscriptionOptions {
         max_delivery_count,
         lock_duration: lock,
+        event_types: Vec::new(),
     }
+}
+
+fn typed(event_type: &str, n: i64) -> Message {
+    Message::new(CloudEvent::new(
+        "tests",
+        event_type,
+        format!("thing-{n}"),
+        json!({"n": n}),
+    ))
 }
 
 macro_rules! contract {
@@ -121,7 +131,85 @@ contract!(
     receive_on_unknown_subscription_fails,
     properties_and_trace_context_travel,
     competing_receivers_never_share_a_message,
+    a_subscription_takes_only_its_event_types,
+    a_message_over_the_size_limit_is_rejected,
 );
+
+async fn a_subscription_takes_only_its_event_types(bus: &SharedBus) {
+    let wanted = ["tests.thing.made.v1", "tests.thing.sold.v1"];
+    bus.ensure_subscription(
+        TOPIC,
+        "picky",
+        options(10, Duration::from_secs(30)).for_event_types(&wanted),
+    )
+    .await
+    .unwrap();
+    bus.ensure_subscription(TOPIC, "all", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, typed("tests.thing.made.v1", 1))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, typed("tests.thing.lost.v1", 2))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, typed("tests.thing.sold.v1", 3))
+        .await
+        .unwrap();
+    let mut picky = Vec::new();
+    for delivery in bus.receive(TOPIC, "picky", 10).await.unwrap() {
+        picky.push(delivery.message.event.event_type.clone());
+        bus.complete(TOPIC, "picky", &delivery.lock).await.unwrap();
+    }
+    picky.sort();
+    assert_eq!(picky, wanted);
+    assert_eq!(bus.receive(TOPIC, "all", 10).await.unwrap().len(), 3);
+
+    // Filters can change: the same subscription now takes one type only, and everything
+    // again when given none.
+    bus.ensure_subscription(
+        TOPIC,
+        "picky",
+        options(10, Duration::from_secs(30)).for_event_types(&["tests.thing.lost.v1"]),
+    )
+    .await
+    .unwrap();
+    bus.publish(TOPIC, typed("tests.thing.made.v1", 4))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, typed("tests.thing.lost.v1", 5))
+        .await
+        .unwrap();
+    let taken = bus.receive(TOPIC, "picky", 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].message.event.event_type, "tests.thing.lost.v1");
+    bus.complete(TOPIC, "picky", &taken[0].lock).await.unwrap();
+    bus.ensure_subscription(TOPIC, "picky", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, typed("tests.thing.made.v1", 6))
+        .await
+        .unwrap();
+    assert_eq!(bus.receive(TOPIC, "picky", 10).await.unwrap().len(), 1);
+}
+
+async fn a_message_over_the_size_limit_is_rejected(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "a", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let huge = Message::new(CloudEvent::new(
+        "tests",
+        "tests.thing.happened.v1",
+        "huge",
+        json!({"blob": "x".repeat(common::bus::MAX_MESSAGE_BYTES)}),
+    ));
+    match bus.publish(TOPIC, huge).await {
+        Err(BusError::Rejected(_)) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    bus.publish(TOPIC, event(1)).await.unwrap();
+    assert_eq!(bus.receive(TOPIC, "a", 10).await.unwrap().len(), 1);
+}
 
 async fn every_subscription_gets_a_copy(bus: &SharedBus) {
     bus.ensure_subscription(TOPIC, "a", options(10, Duration::from_secs(30)))

@@ -28,10 +28,6 @@ async fn up(data: &std::path::Path) -> Up {
         .arg(data)
         .env("CATALOG__HTTP__PORT", catalog_port.to_string())
         .env("ORDERS__HTTP__PORT", orders_port.to_string())
-        .env(
-            "ORDERS__SERVICES__CATALOG_URL",
-            format!("http://127.0.0.1:{catalog_port}"),
-        )
         .env("PLATFORM__AUTH__HS256_SECRET", SECRET)
         .env("PLATFORM__RATE_LIMIT__ENABLED", "false")
         .env("PLATFORM__BUS__POLL_INTERVAL_MS", "50")
@@ -93,7 +89,7 @@ async fn all_orders(client: &reqwest::Client, orders_url: &str, token: &str) -> 
 #[tokio::test]
 async fn no_order_is_lost_or_confirmed_twice_across_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let token = token(&settings(dir.path()));
+    let token = token(&common::config::Settings::defaults());
     let client = reqwest::Client::new();
     let mut first = up(dir.path()).await;
     let skus = ["K-A", "K-B", "K-C"];

@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use common::config::Settings;
+use common::config::{Settings, Sources};
 use common::http::ServiceHandle;
 use reqwest::Response;
 use secrecy::SecretString;
@@ -9,15 +9,13 @@ use serde_json::{Value, json};
 pub const SECRET: &str = "e2e-tests-secret-0123456789abcdef0123";
 pub const ALL: &str = "catalog.read catalog.write orders.read orders.write";
 
-pub fn settings(dir: &std::path::Path) -> Settings {
-    let mut settings = Settings::defaults();
-    settings.data_dir = dir.to_owned();
+/// What every test sets on every service it starts.
+pub fn test_settings(settings: &mut Settings) {
     settings.http.workers = 1;
     settings.auth.hs256_secret = Some(SecretString::from(SECRET.to_owned()));
     settings.rate_limit.enabled = false;
     settings.bus.poll_interval_ms = 50;
     settings.bus.retry_backoff_ms = vec![20, 50];
-    settings
 }
 
 pub fn token(settings: &Settings) -> String {
@@ -31,7 +29,8 @@ pub fn token(settings: &Settings) -> String {
     .unwrap()
 }
 
-/// Catalog and orders in this process, on random ports, sharing one data folder.
+/// Services of the registry in this process, on random ports, sharing one data folder,
+/// started the way `platform up` starts them.
 pub struct Platform {
     pub catalog_url: String,
     pub orders_url: String,
@@ -51,45 +50,59 @@ impl Platform {
         Self::start_on_bus(tweak, None).await
     }
 
-    /// Both services on `bus` instead of the embedded one.
+    /// Every service on `bus` instead of the embedded one.
     pub async fn start_on_bus(
+        tweak: impl Fn(&mut Settings),
+        bus: Option<common::bus::SharedBus>,
+    ) -> Self {
+        Self::launch(&[], &[], tweak, bus).await
+    }
+
+    /// The services named in `only` (all when empty), with configuration `overrides`
+    /// (keys as in the services' TOML files).
+    pub async fn launch(
+        only: &[&str],
+        overrides: &[(&str, String)],
         tweak: impl Fn(&mut Settings),
         bus: Option<common::bus::SharedBus>,
     ) -> Self {
         common::telemetry::init_for_tests();
         let dir = tempfile::tempdir().unwrap();
-        let mut catalog_settings = settings(dir.path());
-        tweak(&mut catalog_settings);
-        let catalog = catalog::startup::start_on_bus(
-            catalog_settings.clone(),
-            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-            bus.clone(),
-        )
-        .await
-        .unwrap();
-        let mut orders_settings = settings(dir.path());
-        orders_settings.services.catalog_url = catalog.url();
-        tweak(&mut orders_settings);
-        let orders = orders::startup::start_on_bus(
-            orders_settings,
-            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-            bus,
-        )
-        .await
-        .unwrap();
+        let mut sources = Sources::defaults_only()
+            .with_override("data_dir", dir.path().display().to_string())
+            .with_override("http.port", "0");
+        for (key, value) in overrides {
+            sources = sources.with_override(key, value.clone());
+        }
+        let only: Vec<String> = only.iter().map(|s| (*s).to_owned()).collect();
+        let selected = platform::registry::select(&only).unwrap();
+        let mut loaded = platform::registry::load(&selected, &sources).unwrap();
+        for service in &mut loaded {
+            test_settings(service.settings());
+            tweak(service.settings());
+        }
+        let settings = loaded[0].settings().clone();
+        let handles = platform::registry::start(loaded, bus).await.unwrap();
+        let url = |name: &str| {
+            handles
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.url())
+                .unwrap_or_default()
+        };
         Self {
-            catalog_url: catalog.url(),
-            orders_url: orders.url(),
+            catalog_url: url("catalog"),
+            orders_url: url("orders"),
             http: reqwest::Client::new(),
-            token: token(&catalog_settings),
-            settings: catalog_settings,
-            handles: vec![orders, catalog],
+            token: token(&settings),
+            settings,
+            handles,
             dir,
         }
     }
 
     pub async fn stop(self) {
-        for handle in self.handles {
+        for handle in self.handles.into_iter().rev() {
             handle.stop(true).await.unwrap();
         }
     }

@@ -318,13 +318,17 @@ async fn an_unreachable_catalog_is_a_clear_503() {
         .unwrap()
         .local_addr()
         .unwrap();
-    // Applied to both services' settings; only orders calls the catalog, and it is
-    // pointed at a port where nothing listens.
-    let platform = Platform::start_with(|s| {
-        s.services.attempts = 2;
-        s.services.timeout_ms = 500;
-        s.services.catalog_url = format!("http://{closed}");
-    })
+    // Orders alone, pointed at a port where nothing listens.
+    let platform = Platform::launch(
+        &["orders"],
+        &[
+            ("catalog.attempts", "2".to_owned()),
+            ("catalog.timeout_ms", "500".to_owned()),
+            ("catalog.url", format!("http://{closed}")),
+        ],
+        |_| {},
+        None,
+    )
     .await;
     let response = platform
         .place("c", json!([{"sku": "X-1", "quantity": 1}]), None)
@@ -339,7 +343,7 @@ async fn an_unreachable_catalog_is_a_clear_503() {
 #[tokio::test]
 async fn a_poison_event_lands_in_the_dead_letter_queue_and_the_cli_shows_it() {
     let platform = Platform::start().await;
-    let bus = common::bootstrap::open_bus(&platform.settings).unwrap();
+    let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
     let poison = CloudEvent::new(
         "tests",
         common::events::ORDER_PLACED_V1,
@@ -473,10 +477,15 @@ async fn a_failing_catalog_is_a_424() {
     let server_handle = server.handle();
     tokio::spawn(server);
 
-    let platform = Platform::start_with(move |s| {
-        s.services.attempts = 2;
-        s.services.catalog_url = failing.clone();
-    })
+    let platform = Platform::launch(
+        &["orders"],
+        &[
+            ("catalog.attempts", "2".to_owned()),
+            ("catalog.url", failing.clone()),
+        ],
+        |_| {},
+        None,
+    )
     .await;
     let response = platform
         .place("c", json!([{"sku": "X-1", "quantity": 1}]), None)

@@ -40,9 +40,10 @@ impl TestApp {
 
     async fn start(settings: Settings, dir: tempfile::TempDir) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let handle = catalog::startup::start(settings.clone(), listener)
-            .await
-            .unwrap();
+        let handle =
+            catalog::startup::start(settings.clone(), common::runtime::Launch::on(listener))
+                .await
+                .unwrap();
         Self {
             url: handle.url(),
             http: reqwest::Client::new(),

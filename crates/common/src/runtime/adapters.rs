@@ -1,5 +1,4 @@
-//! Glue every service's start-up shares: the store adapter and the authenticator that the
-//! settings ask for.
+//! The adapters the settings ask for: store, bus, authenticator.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +78,7 @@ pub fn subscription_options(settings: &Settings) -> SubscriptionOptions {
     SubscriptionOptions {
         max_delivery_count: settings.bus.max_delivery_count,
         lock_duration: Duration::from_secs(settings.bus.lock_seconds),
+        event_types: Vec::new(),
     }
 }
 
@@ -102,98 +102,4 @@ pub fn authenticator(settings: &Settings) -> Result<Authenticator, DevSecretErro
     Authenticator::from_settings(&settings.auth, || {
         load_or_create_dev_secret(&settings.data_dir)
     })
-}
-
-/// What an event-driven service runs: its store, the bus, and the authenticator, opened
-/// from the settings, with its subscription ensured.
-pub struct ServiceRuntime {
-    pub settings: Settings,
-    pub store: SharedStore,
-    pub bus: SharedBus,
-    pub authenticator: crate::auth::Authenticator,
-    pub signal: crate::bus::outbox::OutboxSignal,
-}
-
-/// The subscription a service handles and the container its outbox lives in.
-pub struct Messaging {
-    pub topic: &'static str,
-    pub subscription: &'static str,
-    pub outbox_container: &'static str,
-}
-
-impl ServiceRuntime {
-    /// Opens the store and the bus the settings ask for; `bus` replaces the latter (tests
-    /// that run the services on another broker).
-    pub async fn open(
-        settings: Settings,
-        service: &str,
-        containers: &[&str],
-        messaging: &Messaging,
-        bus: Option<SharedBus>,
-    ) -> anyhow::Result<Self> {
-        let store = open_store(&settings, service, containers).await?;
-        let bus = match bus {
-            Some(bus) => bus,
-            None => open_bus(&settings)?,
-        };
-        bus.ensure_subscription(
-            messaging.topic,
-            messaging.subscription,
-            subscription_options(&settings),
-        )
-        .await?;
-        let authenticator = authenticator(&settings)?;
-        Ok(Self {
-            settings,
-            store,
-            bus,
-            authenticator,
-            signal: crate::bus::outbox::OutboxSignal::default(),
-        })
-    }
-
-    /// Starts the outbox relay and the subscription's worker; they stop with the service.
-    pub fn background(
-        &self,
-        messaging: &Messaging,
-        handler: Arc<dyn crate::bus::worker::MessageHandler>,
-    ) -> crate::http::Background {
-        let (shutdown, stopped) = tokio::sync::watch::channel(false);
-        let relay = crate::bus::outbox::OutboxRelay {
-            store: self.store.clone(),
-            bus: self.bus.clone(),
-            container: messaging.outbox_container,
-            signal: self.signal.clone(),
-            poll_interval: Duration::from_millis(self.settings.bus.poll_interval_ms),
-        }
-        .spawn(stopped.clone());
-        let worker = crate::bus::worker::spawn_worker(
-            self.bus.clone(),
-            worker_settings(&self.settings, messaging.topic, messaging.subscription),
-            handler,
-            stopped,
-        );
-        crate::http::Background {
-            shutdown,
-            tasks: vec![relay, worker],
-        }
-    }
-
-    /// The shared HTTP layer's context: readiness checks the store and the bus.
-    pub fn http_context(
-        &self,
-        name: &'static str,
-        openapi: serde_json::Value,
-    ) -> crate::http::HttpContext {
-        crate::http::HttpContext {
-            name,
-            settings: self.settings.clone(),
-            authenticator: self.authenticator.clone(),
-            readiness: vec![
-                Arc::new(crate::http::StoreReadiness(self.store.clone())),
-                Arc::new(crate::http::BusReadiness(self.bus.clone())),
-            ],
-            openapi,
-        }
-    }
 }

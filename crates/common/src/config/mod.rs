@@ -4,105 +4,21 @@
 //! Secrets are never read from a file: they come from the environment only, and a file
 //! that sets one is refused at start.
 
+mod keys;
+
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use secrecy::SecretString;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+pub use keys::KnownKeys;
 
 use crate::store::embedded::Durability;
 
 /// The defaults every service starts from, with the reason for each.
-pub const DEFAULTS: &str = r#"
-# Folder for the embedded store and bus, and the development signing secret.
-data_dir = "./.data"
-
-[http]
-host = "127.0.0.1"
-# 0 picks a free port (tests); each service binary overrides its own default port.
-port = 0
-# Larger bodies are refused with 413 before they are parsed.
-max_body_bytes = 262144
-# Worker threads per service; 0 means one per core.
-workers = 0
-# Seconds a stopping server waits for requests in flight.
-shutdown_timeout_seconds = 10
-
-[store]
-# "embedded" (SQLite file per service under data_dir) or "cosmos".
-kind = "embedded"
-# Embedded only: "normal" keeps committed writes across a crash, "full" also across power loss.
-durability = "normal"
-
-[store.cosmos]
-endpoint = ""
-database = "platform"
-# Azure region the service runs in; the SDK prefers the account's nearest regions.
-region = "westeurope"
-# "key" (secret from <SERVICE>__STORE__COSMOS__KEY), "managed-identity" or "developer-tools".
-credential = "key"
-
-[bus]
-# "embedded" (SQLite file data_dir/bus.db, shared by every service on the machine) or
-# "servicebus" (Azure Service Bus; SAS key from <SERVICE>__BUS__SERVICEBUS__KEY).
-kind = "embedded"
-# Deliveries of one message before it is dead-lettered.
-max_delivery_count = 10
-# How long a received message stays locked to its receiver.
-lock_seconds = 30
-# How long a message id is remembered to drop repeats.
-duplicate_window_seconds = 600
-# Delay before the n-th redelivery of a failed message (the last repeats), plus jitter.
-retry_backoff_ms = [100, 500, 2000, 10000]
-# Longest wait between looks for new messages and outbox entries.
-poll_interval_ms = 200
-
-[bus.servicebus]
-# The namespace name: <namespace>.servicebus.windows.net.
-namespace = ""
-# "sas" (policy + key from <SERVICE>__BUS__SERVICEBUS__KEY) or "managed-identity" (Entra ID).
-credential = "sas"
-# The shared access policy the key belongs to (Send + Listen; Manage to create entities).
-policy = "RootManageSharedAccessKey"
-
-[services]
-# Where this service finds the others (versioned REST calls).
-catalog_url = "http://127.0.0.1:8081"
-# Per attempt; calls are retried with jitter.
-timeout_ms = 2000
-attempts = 3
-
-[auth]
-# "hs256" (development secret) or "oidc" (RS256/ES256 keys from the issuer's JWKS).
-mode = "hs256"
-issuer = "platform-dev"
-audience = "platform"
-# Allowed clock skew for exp and nbf.
-leeway_seconds = 30
-# OIDC only; empty means "<issuer>/.well-known/openid-configuration" discovery.
-jwks_url = ""
-# Minimum seconds between two JWKS refreshes caused by unknown key ids.
-jwks_refresh_min_seconds = 30
-# A service on Azure backends refuses HS256 unless this is set: it is a development mode.
-allow_hs256_with_azure = false
-
-[rate_limit]
-enabled = true
-# Sustained requests per second per client (token subject, else IP address) ...
-per_second = 200
-# ... and the burst a client may spend at once.
-burst = 400
-
-[telemetry]
-# "text" or "json".
-log_format = "text"
-# tracing filter directive, overridden by RUST_LOG.
-log_level = "info"
-# OTLP/HTTP endpoint, e.g. "http://localhost:4318/v1/traces"; empty disables export.
-otlp_endpoint = ""
-# Fraction of new traces sampled; incoming sampled parents are always followed.
-sample_ratio = 1.0
-"#;
+pub const DEFAULTS: &str = include_str!("defaults.toml");
 
 /// Keys that hold secrets: allowed from the environment only.
 const SECRET_KEYS: &[&str] = &[
@@ -117,7 +33,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub store: StoreSettings,
     pub bus: BusSettings,
-    pub services: ServicesSettings,
+    pub change_feed: ChangeFeedSettings,
     pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
     pub telemetry: TelemetrySettings,
@@ -197,15 +113,21 @@ pub struct BusSettings {
     pub duplicate_window_seconds: u64,
     pub retry_backoff_ms: Vec<u64>,
     pub poll_interval_ms: u64,
+    pub processed_retention_seconds: u32,
     pub servicebus: ServiceBusSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct ServicesSettings {
-    pub catalog_url: String,
-    pub timeout_ms: u64,
-    pub attempts: u32,
+pub struct ChangeFeedSettings {
+    pub poll_interval_ms: u64,
+    pub lease_seconds: u64,
+    pub batch_size: usize,
+    pub instance_id: String,
 }
+
+/// Settings of a service's own that has none (yet).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NoOwnSettings {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -257,10 +179,18 @@ pub enum ConfigError {
     Invalid(#[from] config::ConfigError),
     #[error("configuration key `{key}`: {message}")]
     Key { key: String, message: String },
+    #[error(
+        "unknown configuration key `{key}` (from {origin}); the nearest known key is `{nearest}`"
+    )]
+    UnknownKey {
+        key: String,
+        origin: String,
+        nearest: String,
+    },
 }
 
 impl ConfigError {
-    fn key(key: &str, message: impl Into<String>) -> Self {
+    pub fn key(key: &str, message: impl Into<String>) -> Self {
         ConfigError::Key {
             key: key.to_owned(),
             message: message.into(),
@@ -277,6 +207,8 @@ pub struct Sources {
     pub environment: bool,
     /// Extra defaults applied after the built-ins (a service's own port, say).
     pub service_defaults: Vec<(String, String)>,
+    /// Applied last, over everything (command-line flags such as `--data-dir`).
+    pub overrides: Vec<(String, String)>,
 }
 
 impl Sources {
@@ -288,7 +220,13 @@ impl Sources {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            overrides: Vec::new(),
         }
+    }
+
+    pub fn with_override(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.overrides.push((key.to_owned(), value.into()));
+        self
     }
 
     /// Built-in defaults only: what tests start from.
@@ -297,33 +235,70 @@ impl Sources {
             config_dir: PathBuf::from("/nonexistent"),
             environment: false,
             service_defaults: Vec::new(),
+            overrides: Vec::new(),
         }
     }
 }
 
 impl Settings {
-    /// Loads and validates one service's settings.
+    /// Loads and validates the shared settings of a service that has none of its own.
     pub fn load(service: &str, sources: &Sources) -> Result<Settings, ConfigError> {
+        Ok(Self::load_with::<NoOwnSettings>(service, "", sources)?.0)
+    }
+
+    /// Loads and validates one service's settings: the shared sections, and the service's
+    /// own (`S`, whose defaults are `own_defaults`). A key known to neither stops it here.
+    pub fn load_with<S: DeserializeOwned>(
+        service: &str,
+        own_defaults: &str,
+        sources: &Sources,
+    ) -> Result<(Settings, S), ConfigError> {
+        let mut shared_keys = KnownKeys::from_defaults(DEFAULTS)?;
+        for secret in SECRET_KEYS {
+            shared_keys.add_leaf(secret);
+        }
+        let mut service_keys = KnownKeys::from_defaults(own_defaults)?;
+        service_keys.merge(&shared_keys);
+
         let mut service_defaults = Config::builder();
         for (key, value) in &sources.service_defaults {
             service_defaults = service_defaults.set_override(key.as_str(), value.as_str())?;
         }
         let mut builder = Config::builder()
             .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from_str(own_defaults, FileFormat::Toml))
             .add_source(service_defaults.build()?);
         let file_path = sources.config_dir.join(format!("{service}.toml"));
         if file_path.exists() {
+            let text = std::fs::read_to_string(&file_path)
+                .map_err(|e| ConfigError::key("(file)", format!("{}: {e}", file_path.display())))?;
+            let table: toml::Table = text.parse().map_err(|e| {
+                ConfigError::key(
+                    "(file)",
+                    format!("{} is not valid TOML: {e}", file_path.display()),
+                )
+            })?;
+            service_keys.check_table(&table, &file_path.display().to_string())?;
             refuse_secrets_in_file(&file_path)?;
             builder = builder.add_source(File::from(file_path.as_path()).format(FileFormat::Toml));
         }
         if sources.environment {
+            let prefix = service.to_uppercase();
+            // Shared variables may only set shared keys: they reach every service.
+            shared_keys.check_environment("PLATFORM", std::env::vars())?;
+            service_keys.check_environment(&prefix, std::env::vars())?;
             builder = builder
                 .add_source(environment("PLATFORM"))
-                .add_source(environment(&service.to_uppercase()));
+                .add_source(environment(&prefix));
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        for (key, value) in &sources.overrides {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
+        }
+        let config = builder.build()?;
+        let settings: Settings = config.clone().try_deserialize()?;
         settings.validate()?;
-        Ok(settings)
+        let own: S = config.try_deserialize()?;
+        Ok((settings, own))
     }
 
     /// Built-in defaults, no file, no environment.
@@ -361,20 +336,7 @@ impl Settings {
             }
         }
         self.validate_bus()?;
-        if self.services.attempts == 0 || self.services.timeout_ms == 0 {
-            return Err(ConfigError::key(
-                "services.attempts",
-                "and services.timeout_ms must be greater than 0",
-            ));
-        }
-        if !self.services.catalog_url.starts_with("http://")
-            && !self.services.catalog_url.starts_with("https://")
-        {
-            return Err(ConfigError::key(
-                "services.catalog_url",
-                "must be an http:// or https:// URL",
-            ));
-        }
+        self.validate_change_feed()?;
         if self.auth.mode == AuthMode::Hs256
             && self.uses_azure_backends()
             && !self.auth.allow_hs256_with_azure
@@ -452,6 +414,50 @@ impl Settings {
                 "needs at least one delay",
             ));
         }
+        // A redelivery must find the record that its event was handled: keep the record
+        // longer than any message can come back (duplicate window, or every retry with its
+        // lock held to the end).
+        let redelivery_ms = bus
+            .retry_backoff_ms
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(0)
+            .saturating_add(bus.lock_seconds.saturating_mul(1000))
+            .saturating_mul(u64::from(bus.max_delivery_count));
+        let window_ms = (bus.duplicate_window_seconds.saturating_mul(1000)).max(redelivery_ms);
+        if u64::from(bus.processed_retention_seconds).saturating_mul(1000) <= window_ms {
+            return Err(ConfigError::key(
+                "bus.processed_retention_seconds",
+                format!(
+                    "must be longer than the redelivery and duplicate-detection window ({} s)",
+                    window_ms.div_ceil(1000)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_change_feed(&self) -> Result<(), ConfigError> {
+        let feed = &self.change_feed;
+        if feed.poll_interval_ms == 0 {
+            return Err(ConfigError::key(
+                "change_feed.poll_interval_ms",
+                "must be greater than 0",
+            ));
+        }
+        if feed.lease_seconds < 2 {
+            return Err(ConfigError::key(
+                "change_feed.lease_seconds",
+                "must be at least 2",
+            ));
+        }
+        if feed.batch_size == 0 || feed.batch_size > 1000 {
+            return Err(ConfigError::key(
+                "change_feed.batch_size",
+                "must be 1 to 1000",
+            ));
+        }
         Ok(())
     }
 
@@ -506,6 +512,7 @@ mod tests {
             config_dir: dir.path().to_owned(),
             environment: false,
             service_defaults: vec![],
+            overrides: vec![],
         };
         Settings::load("svc", &sources)
     }
@@ -570,10 +577,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("bus.retry_backoff_ms"), "{error}");
-        let error = load_with_file("[services]\ncatalog_url = \"catalog:8081\"\n")
+        let error = load_with_file("[bus]\nprocessed_retention_seconds = 60\n")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("services.catalog_url"), "{error}");
+        assert!(error.contains("bus.processed_retention_seconds"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_names_the_nearest_known_one() {
+        let error = load_with_file("[bus]\npoll_intervall_ms = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("bus.poll_intervall_ms"), "{error}");
+        assert!(error.contains("bus.poll_interval_ms"), "{error}");
+    }
+
+    #[test]
+    fn a_service_reads_its_own_section_and_refuses_unknown_keys_in_it() {
+        #[derive(Debug, Deserialize)]
+        struct Own {
+            peer: Peer,
+        }
+        #[derive(Debug, Deserialize)]
+        struct Peer {
+            url: String,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("svc.toml"), "[peer]\nurl = \"http://x\"\n").unwrap();
+        let sources = Sources {
+            config_dir: dir.path().to_owned(),
+            environment: false,
+            service_defaults: vec![],
+            overrides: vec![],
+        };
+        let own_defaults = "[peer]\nurl = \"http://default\"\n";
+        let (_, own) = Settings::load_with::<Own>("svc", own_defaults, &sources).unwrap();
+        assert_eq!(own.peer.url, "http://x");
+        std::fs::write(dir.path().join("svc.toml"), "[peer]\nurls = \"http://x\"\n").unwrap();
+        let error = Settings::load_with::<Own>("svc", own_defaults, &sources)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("peer.urls") && error.contains("peer.url`"),
+            "{error}"
+        );
     }
 
     #[test]

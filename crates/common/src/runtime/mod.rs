@@ -1,0 +1,300 @@
+//! One runtime for every service: a service declares what it runs (containers,
+//! subscriptions with the event types they take, outbox containers); the runtime opens the
+//! adapters, creates the subscriptions with their filters, runs one worker per subscription
+//! and one change-feed relay per outbox, serves HTTP, and stops it all on shutdown.
+
+pub mod adapters;
+pub mod asyncapi;
+pub mod consumer;
+pub mod dispatch;
+pub mod feed;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::web;
+
+use crate::auth::Authenticator;
+use crate::bus::SharedBus;
+use crate::bus::outbox::{OutboxRelay, RELAY_READER};
+use crate::bus::worker::spawn_worker;
+use crate::config::Settings;
+use crate::events::EventContract;
+use crate::http::{Background, HttpContext, ServiceHandle};
+use crate::store::SharedStore;
+
+pub use consumer::{Effect, IdempotentConsumer};
+pub use dispatch::{Dispatcher, Handles};
+pub use feed::{FeedHandler, FeedReader, FeedSignal, LEASES};
+pub use service::{Host, Hosted, Loaded, Service};
+
+/// A subscription a service consumes through.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscriptionSpec {
+    pub topic: &'static str,
+    /// The subscription's name on the topic (the service's name, by convention).
+    pub name: &'static str,
+    /// The event types it takes; the broker filters out the rest.
+    pub event_types: &'static [&'static str],
+}
+
+/// What a service is, as the platform sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceDescriptor {
+    pub name: &'static str,
+    pub default_port: u16,
+    /// Its document containers (the runtime adds [`LEASES`]).
+    pub containers: &'static [&'static str],
+    pub subscriptions: &'static [SubscriptionSpec],
+    /// Containers holding outbox entries; each gets a relay.
+    pub outboxes: &'static [&'static str],
+    /// The events it publishes.
+    pub publishes: fn() -> Vec<EventContract>,
+    /// The events it consumes, with their schemas.
+    pub consumes: fn() -> Vec<EventContract>,
+}
+
+impl ServiceDescriptor {
+    /// Every container the service opens, leases included.
+    pub fn all_containers(&self) -> Vec<&'static str> {
+        let mut containers = self.containers.to_vec();
+        containers.push(LEASES);
+        containers
+    }
+}
+
+/// Where the platform's other services answer, by service name: the addresses actually
+/// bound when `platform up` hosts them, which win over configured URLs.
+#[derive(Debug, Clone, Default)]
+pub struct Peers(BTreeMap<String, String>);
+
+impl Peers {
+    pub fn insert(&mut self, service: &str, url: String) {
+        self.0.insert(service.to_owned(), url);
+    }
+
+    pub fn url(&self, service: &str) -> Option<&str> {
+        self.0.get(service).map(String::as_str)
+    }
+}
+
+/// What a service is started with besides its settings.
+pub struct Launch {
+    pub listener: TcpListener,
+    pub peers: Peers,
+    /// Replaces the configured bus (tests that run the services on another broker).
+    pub bus: Option<SharedBus>,
+}
+
+impl Launch {
+    pub fn on(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            peers: Peers::default(),
+            bus: None,
+        }
+    }
+}
+
+/// A service's opened adapters and what runs beside its HTTP server.
+pub struct Runtime {
+    pub descriptor: &'static ServiceDescriptor,
+    pub settings: Settings,
+    pub store: SharedStore,
+    pub bus: SharedBus,
+    pub authenticator: Authenticator,
+    /// Wakes the outbox relays after a commit.
+    pub outbox_signal: FeedSignal,
+    /// This instance, as owner of change-feed leases (`change_feed.instance_id`).
+    pub instance: String,
+    feeds: Vec<FeedReader>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("subscription {topic}/{subscription} is declared but has no handlers")]
+    MissingHandlers {
+        topic: &'static str,
+        subscription: &'static str,
+    },
+    #[error(
+        "subscription {subscription} declares event types {declared:?} but handles {handled:?}"
+    )]
+    HandlerMismatch {
+        subscription: &'static str,
+        declared: Vec<&'static str>,
+        handled: Vec<&'static str>,
+    },
+    #[error("handlers were given for {0}, which the service does not declare")]
+    UnknownSubscription(&'static str),
+}
+
+/// This instance's name as a lease owner: configured, or `<service>@<host>`.
+fn instance_id(service: &str, configured: &str) -> String {
+    if !configured.trim().is_empty() {
+        return configured.trim().to_owned();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{service}@{host}")
+}
+
+impl Runtime {
+    /// Opens the store and the bus the settings ask for (or `bus`), and creates every
+    /// declared subscription with its event-type filter.
+    pub async fn open(
+        descriptor: &'static ServiceDescriptor,
+        settings: Settings,
+        bus: Option<SharedBus>,
+    ) -> anyhow::Result<Self> {
+        let store =
+            adapters::open_store(&settings, descriptor.name, &descriptor.all_containers()).await?;
+        let bus = match bus {
+            Some(bus) => bus,
+            None => adapters::open_bus(&settings)?,
+        };
+        for subscription in descriptor.subscriptions {
+            bus.ensure_subscription(
+                subscription.topic,
+                subscription.name,
+                adapters::subscription_options(&settings).for_event_types(subscription.event_types),
+            )
+            .await?;
+        }
+        let authenticator = adapters::authenticator(&settings)?;
+        let instance = instance_id(descriptor.name, &settings.change_feed.instance_id);
+        Ok(Self {
+            descriptor,
+            settings,
+            store,
+            bus,
+            authenticator,
+            outbox_signal: FeedSignal::default(),
+            instance,
+            feeds: Vec::new(),
+        })
+    }
+
+    /// The idempotent-consumer helper over this service's store.
+    pub fn consumer(&self) -> IdempotentConsumer {
+        IdempotentConsumer::new(
+            self.store.clone(),
+            self.outbox_signal.clone(),
+            self.settings.bus.processed_retention_seconds,
+        )
+    }
+
+    /// A change-feed reader of `container` under this instance's leases.
+    pub fn feed_reader(
+        &self,
+        container: &'static str,
+        reader: &'static str,
+        signal: FeedSignal,
+        handler: Arc<dyn FeedHandler>,
+    ) -> FeedReader {
+        FeedReader {
+            store: self.store.clone(),
+            container,
+            reader,
+            owner: self.instance.clone(),
+            settings: self.settings.change_feed.clone(),
+            signal,
+            handler,
+        }
+    }
+
+    /// Runs `reader` beside the service (a view, say); it stops with the service.
+    pub fn follow(&mut self, reader: FeedReader) {
+        self.feeds.push(reader);
+    }
+
+    /// Starts the workers (one per declared subscription, each with its dispatcher), the
+    /// outbox relays and any other feed readers, and serves HTTP on `listener`.
+    pub fn serve<F>(
+        self,
+        handlers: Vec<(&'static str, Dispatcher)>,
+        listener: TcpListener,
+        openapi: serde_json::Value,
+        configure: F,
+    ) -> anyhow::Result<ServiceHandle>
+    where
+        F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    {
+        let workers = self.match_handlers(handlers)?;
+        let (shutdown, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for (subscription, dispatcher) in workers {
+            tasks.push(spawn_worker(
+                self.bus.clone(),
+                adapters::worker_settings(&self.settings, subscription.topic, subscription.name),
+                Arc::new(dispatcher),
+                stopped.clone(),
+            ));
+        }
+        for container in self.descriptor.outboxes {
+            let relay = OutboxRelay::new(self.store.clone(), self.bus.clone(), container);
+            let reader =
+                self.feed_reader(container, RELAY_READER, self.outbox_signal.clone(), relay);
+            tasks.push(reader.spawn(stopped.clone()));
+        }
+        let context = self.http_context(openapi);
+        for reader in self.feeds {
+            tasks.push(reader.spawn(stopped.clone()));
+        }
+        let handle = crate::http::serve(context, listener, configure)?;
+        Ok(handle.with_background(Background { shutdown, tasks }))
+    }
+
+    /// Pairs each declared subscription with its dispatcher, which must handle exactly the
+    /// declared event types.
+    fn match_handlers(
+        &self,
+        mut handlers: Vec<(&'static str, Dispatcher)>,
+    ) -> Result<Vec<(SubscriptionSpec, Dispatcher)>, RuntimeError> {
+        let mut paired = Vec::new();
+        for subscription in self.descriptor.subscriptions {
+            let index = handlers
+                .iter()
+                .position(|(name, _)| *name == subscription.name)
+                .ok_or(RuntimeError::MissingHandlers {
+                    topic: subscription.topic,
+                    subscription: subscription.name,
+                })?;
+            let (_, dispatcher) = handlers.swap_remove(index);
+            let mut declared = subscription.event_types.to_vec();
+            declared.sort_unstable();
+            if dispatcher.event_types() != declared {
+                return Err(RuntimeError::HandlerMismatch {
+                    subscription: subscription.name,
+                    declared,
+                    handled: dispatcher.event_types(),
+                });
+            }
+            paired.push((*subscription, dispatcher));
+        }
+        if let Some((name, _)) = handlers.first() {
+            return Err(RuntimeError::UnknownSubscription(name));
+        }
+        Ok(paired)
+    }
+
+    fn http_context(&self, openapi: serde_json::Value) -> HttpContext {
+        HttpContext {
+            name: self.descriptor.name,
+            settings: self.settings.clone(),
+            authenticator: self.authenticator.clone(),
+            readiness: vec![
+                Arc::new(crate::http::StoreReadiness(self.store.clone())),
+                Arc::new(crate::http::BusReadiness(self.bus.clone())),
+            ],
+            openapi,
+            asyncapi: asyncapi::document(self.descriptor),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Every service of the platform, in start order: a service's subscriptions exist before a
+//! later one publishes to them.
+
+use std::net::TcpListener;
+
+use anyhow::Context;
+use common::bus::SharedBus;
+use common::config::Sources;
+use common::http::ServiceHandle;
+use common::runtime::{Host, Hosted, Launch, Loaded, Peers, ServiceDescriptor};
+
+static CATALOG: Host<catalog::startup::CatalogService> = Host::new();
+static ORDERS: Host<orders::startup::OrdersService> = Host::new();
+
+/// The platform's services, in start order.
+pub fn services() -> [&'static dyn Hosted; 2] {
+    [&CATALOG, &ORDERS]
+}
+
+/// Their descriptors.
+pub fn descriptors() -> Vec<&'static ServiceDescriptor> {
+    services().iter().map(|s| s.descriptor()).collect()
+}
+
+/// The services named in `only` (all when empty), in start order; an unknown name is an
+/// error that lists the known ones.
+pub fn select(only: &[String]) -> anyhow::Result<Vec<&'static dyn Hosted>> {
+    let all = services();
+    for name in only {
+        anyhow::ensure!(
+            all.iter().any(|s| s.descriptor().name == name),
+            "unknown service {name:?}; the platform has {}",
+            all.iter()
+                .map(|s| s.descriptor().name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(all
+        .into_iter()
+        .filter(|s| only.is_empty() || only.iter().any(|n| n == s.descriptor().name))
+        .collect())
+}
+
+/// Loads every selected service's settings (all first, so that a bad key stops everything
+/// before anything starts).
+pub fn load(
+    selected: &[&'static dyn Hosted],
+    sources: &Sources,
+) -> anyhow::Result<Vec<Box<dyn Loaded>>> {
+    selected
+        .iter()
+        .map(|service| {
+            service
+                .load(sources)
+                .with_context(|| format!("{}: configuration", service.descriptor().name))
+        })
+        .collect()
+}
+
+/// Binds each service's configured port, then starts them in order, each told where the
+/// others listen.
+pub async fn start(
+    mut loaded: Vec<Box<dyn Loaded>>,
+    bus: Option<SharedBus>,
+) -> anyhow::Result<Vec<ServiceHandle>> {
+    let mut listeners: Vec<TcpListener> = Vec::new();
+    let mut peers = Peers::default();
+    for service in &mut loaded {
+        let name = service.descriptor().name;
+        let settings = service.settings();
+        let listener = common::http::bind(settings).with_context(|| {
+            format!(
+                "{name}: binding {}:{}",
+                settings.http.host, settings.http.port
+            )
+        })?;
+        let mut address = listener.local_addr()?;
+        // A service listening on every interface is reached on loopback from here.
+        if address.ip().is_unspecified() {
+            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        peers.insert(name, format!("http://{address}"));
+        listeners.push(listener);
+    }
+    let mut handles = Vec::new();
+    for (service, listener) in loaded.into_iter().zip(listeners) {
+        let name = service.descriptor().name;
+        let launch = Launch {
+            listener,
+            peers: peers.clone(),
+            bus: bus.clone(),
+        };
+        let handle = service
+            .start(launch)
+            .await
+            .with_context(|| format!("{name}: start"))?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
