@@ -650,3 +650,40 @@ impl DocumentStore for EmbeddedStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(store: &EmbeddedStore) -> i64 {
+        let connection = store.inner.writer.lock().unwrap();
+        connection
+            .query_row("SELECT COUNT(*) FROM documents", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn expired_items_are_purged_by_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.db"), Durability::Normal).unwrap();
+        let expiring: Vec<BatchOp> = (0..3)
+            .map(|n| BatchOp::CreateExpiring {
+                id: format!("p-{n}"),
+                body: serde_json::json!({}),
+                ttl_seconds: 0,
+            })
+            .collect();
+        store.batch("c", "pk", expiring).await.unwrap();
+        assert!(store.read("c", "pk", "p-0").await.unwrap().is_none());
+        store
+            .create("c", "pk", "kept", serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(rows(&store), 1, "the expired rows are still stored");
+        // An expired id can be created again at once.
+        store
+            .create("c", "pk", "p-0", serde_json::json!({}))
+            .await
+            .unwrap();
+    }
+}

@@ -4,4 +4,5 @@
 mod auth;
 mod bus_contract;
 mod http;
+mod runtime;
 mod store_contract;

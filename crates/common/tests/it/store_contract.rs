@@ -10,16 +10,16 @@ use common::store::embedded::{Durability, EmbeddedStore};
 use common::store::{BatchOp, Checkpoint, Query, QueryScope, SharedStore, StoreError};
 use serde_json::json;
 
-const THINGS: &str = "things";
+pub(crate) const THINGS: &str = "things";
 const OTHER: &str = "other";
 
 /// A store under test, with whatever must outlive it.
-struct Subject {
-    store: SharedStore,
+pub(crate) struct Subject {
+    pub(crate) store: SharedStore,
     _keep: Box<dyn std::any::Any + Send>,
 }
 
-fn embedded() -> Subject {
+pub(crate) fn embedded() -> Subject {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("contract.db"), Durability::Normal).unwrap();
     Subject {
@@ -28,7 +28,7 @@ fn embedded() -> Subject {
     }
 }
 
-async fn cosmos_emulator() -> Subject {
+pub(crate) async fn cosmos_emulator() -> Subject {
     use azure_data_cosmos::options::Region;
     use azure_data_cosmos::{
         AccountEndpoint, AccountReference, CosmosClientBuilder, CosmosRuntimeBuilder,
@@ -49,7 +49,7 @@ async fn cosmos_emulator() -> Subject {
     let emulator = Arc::new(InMemoryEmulatorHttpClient::new(config));
     let emulated = emulator.store();
     emulated.create_database(DATABASE);
-    for container in [THINGS, OTHER] {
+    for container in [THINGS, OTHER, common::runtime::LEASES] {
         emulated.create_container(
             DATABASE,
             container,
@@ -71,9 +71,13 @@ async fn cosmos_emulator() -> Subject {
         .build(account, RoutingStrategy::ProximityTo(Region::EAST_US))
         .await
         .unwrap();
-    let store = common::store::cosmos::CosmosStore::open(&client, DATABASE, &[THINGS, OTHER])
-        .await
-        .unwrap();
+    let store = common::store::cosmos::CosmosStore::open(
+        &client,
+        DATABASE,
+        &[THINGS, OTHER, common::runtime::LEASES],
+    )
+    .await
+    .unwrap();
     Subject {
         store: Arc::new(store),
         _keep: Box::new(emulator),
@@ -101,7 +105,7 @@ async fn cosmos_live() -> Option<Subject> {
     })
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -145,6 +149,7 @@ contract!(
     batch_applies_every_operation,
     failed_batch_applies_nothing,
     batch_with_stale_etag_applies_nothing,
+    expiring_items_vanish_after_their_time_to_live,
 );
 
 async fn create_then_read_round_trips(store: &SharedStore) {
@@ -689,4 +694,41 @@ async fn find_by_id_looks_in_every_partition(store: &SharedStore) {
     assert_eq!(found.id, id);
     assert!(!found.etag.as_str().is_empty());
     assert_eq!(store.find_by_id(OTHER, &id).await.unwrap(), None);
+}
+
+async fn expiring_items_vanish_after_their_time_to_live(store: &SharedStore) {
+    let pk = unique("ttl");
+    store
+        .batch(
+            THINGS,
+            &pk,
+            vec![
+                BatchOp::CreateExpiring {
+                    id: "brief".into(),
+                    body: json!({"kind": "processed"}),
+                    ttl_seconds: 1,
+                },
+                BatchOp::CreateExpiring {
+                    id: "lasting".into(),
+                    body: json!({"kind": "processed"}),
+                    ttl_seconds: 3600,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(store.read(THINGS, &pk, "brief").await.unwrap().is_some());
+    let gone = common::testing::eventually(Duration::from_secs(10), || async {
+        store.read(THINGS, &pk, "brief").await.unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "an item past its time to live is still read");
+    assert!(store.read(THINGS, &pk, "lasting").await.unwrap().is_some());
+    let page = store
+        .query(THINGS, &Query::new(QueryScope::Partition(pk.clone()), 10))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.items.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["lasting"]);
+    assert!(store.find_by_id(THINGS, "brief").await.unwrap().is_none());
 }

@@ -1,0 +1,430 @@
+//! The service runtime: the outbox relay on the change feed (leases, take-over, parking)
+//! on every store adapter, and a service that consumes two topics with typed handlers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::bus::embedded::EmbeddedBus;
+use common::bus::outbox::{OutboxRelay, PARKED_KIND, RELAY_READER, outbox_op};
+use common::bus::worker::HandlerError;
+use common::bus::{CloudEvent, EventBus, SharedBus, SubscriptionOptions};
+use common::config::{ChangeFeedSettings, Settings};
+use common::events::{EventContract, EventType};
+use common::runtime::{
+    Dispatcher, FeedReader, FeedSignal, Handles, Runtime, ServiceDescriptor, SubscriptionSpec,
+};
+use common::store::{Query, QueryScope, SharedStore};
+use common::testing::eventually;
+use serde_json::json;
+
+use crate::store_contract::{THINGS, cosmos_emulator, embedded, unique};
+
+const TOPIC: &str = "relay-events";
+
+fn bus() -> (SharedBus, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(&dir.path().join("bus.db")).unwrap();
+    (Arc::new(bus), dir)
+}
+
+fn relay(store: &SharedStore, bus: &SharedBus, owner: &str) -> FeedReader {
+    FeedReader {
+        store: store.clone(),
+        container: THINGS,
+        reader: RELAY_READER,
+        owner: owner.to_owned(),
+        settings: ChangeFeedSettings {
+            poll_interval_ms: 50,
+            lease_seconds: 1,
+            batch_size: 5,
+            instance_id: String::new(),
+        },
+        signal: FeedSignal::default(),
+        handler: OutboxRelay::new(store.clone(), bus.clone(), THINGS),
+    }
+}
+
+fn event(n: usize) -> CloudEvent {
+    CloudEvent::new(
+        "tests",
+        "tests.relayed.v1",
+        format!("n-{n}"),
+        json!({"n": n}),
+    )
+}
+
+/// Writes `count` outbox entries over a few partitions; returns their event ids.
+async fn fill_outbox(store: &SharedStore, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let event = event(n);
+        ids.push(event.id.clone());
+        let pk = format!("p-{}", n % 4);
+        store
+            .batch(THINGS, &pk, vec![outbox_op(TOPIC, &event)])
+            .await
+            .unwrap();
+    }
+    ids
+}
+
+/// Receives and completes everything the sink holds now, counting each event id.
+async fn drain(bus: &SharedBus, seen: &mut BTreeMap<String, usize>) {
+    loop {
+        let deliveries = bus.receive(TOPIC, "sink", 100).await.unwrap();
+        if deliveries.is_empty() {
+            return;
+        }
+        for delivery in deliveries {
+            *seen.entry(delivery.message.event.id.clone()).or_default() += 1;
+            bus.complete(TOPIC, "sink", &delivery.lock).await.unwrap();
+        }
+    }
+}
+
+async fn outbox_left(store: &SharedStore, kind: &str) -> usize {
+    store
+        .query(
+            THINGS,
+            &Query::new(QueryScope::AllPartitions, 1000).filter("kind", kind),
+        )
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+async fn two_relays_one_killed_midway_relay_every_entry_once(store: SharedStore) {
+    let (bus, _dir) = bus();
+    bus.ensure_subscription(TOPIC, "sink", SubscriptionOptions::default())
+        .await
+        .unwrap();
+    let ids = fill_outbox(&store, 60).await;
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let first = relay(&store, &bus, "first").spawn(stopped.clone());
+    let second = relay(&store, &bus, "second").spawn(stopped.clone());
+    let mut seen = BTreeMap::new();
+    // Kill whichever holds the lease once it has relayed part of the outbox.
+    let started = eventually(Duration::from_secs(20), || async {
+        outbox_left(&store, "outbox").await < 50
+    })
+    .await;
+    assert!(started, "nothing was relayed");
+    let lease = store
+        .read(
+            common::runtime::LEASES,
+            "things.outbox-relay",
+            "things.outbox-relay",
+        )
+        .await
+        .unwrap()
+        .expect("a lease document");
+    let owner = lease.body["owner"].as_str().unwrap().to_owned();
+    let survivor = if owner == "first" {
+        first.abort();
+        second
+    } else {
+        second.abort();
+        first
+    };
+    let all = eventually(Duration::from_secs(30), || async {
+        outbox_left(&store, "outbox").await == 0
+    })
+    .await;
+    assert!(all, "the survivor did not relay what was left");
+    drain(&bus, &mut seen).await;
+    let received: Vec<&String> = seen.keys().collect();
+    let mut expected: Vec<&String> = ids.iter().collect();
+    expected.sort();
+    assert_eq!(received, expected, "every entry arrives");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "an event arrived twice: {seen:?}"
+    );
+    let lease = store
+        .read(
+            common::runtime::LEASES,
+            "things.outbox-relay",
+            "things.outbox-relay",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(lease.body["owner"], owner, "the lease was taken over");
+    survivor.abort();
+}
+
+async fn a_permanent_failure_is_parked_and_the_rest_go_on(store: SharedStore) {
+    let (bus, _dir) = bus();
+    bus.ensure_subscription(TOPIC, "sink", SubscriptionOptions::default())
+        .await
+        .unwrap();
+    let pk = unique("p");
+    let fine = event(1);
+    let huge = CloudEvent::new(
+        "tests",
+        "tests.relayed.v1",
+        "huge",
+        json!({"blob": "x".repeat(common::bus::MAX_MESSAGE_BYTES)}),
+    );
+    let after = event(2);
+    for event in [&fine, &huge, &after] {
+        store
+            .batch(THINGS, &pk, vec![outbox_op(TOPIC, event)])
+            .await
+            .unwrap();
+    }
+    store
+        .create(
+            THINGS,
+            &pk,
+            "outbox-unreadable",
+            json!({"kind": "outbox", "topic": 5}),
+        )
+        .await
+        .unwrap();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let task = relay(&store, &bus, "only").spawn(stopped);
+    let done = eventually(Duration::from_secs(20), || async {
+        outbox_left(&store, "outbox").await == 0
+    })
+    .await;
+    assert!(done, "the relay got stuck");
+    let mut seen = BTreeMap::new();
+    drain(&bus, &mut seen).await;
+    assert_eq!(seen.len(), 2);
+    assert!(seen.contains_key(&fine.id) && seen.contains_key(&after.id));
+    assert_eq!(outbox_left(&store, PARKED_KIND).await, 2);
+    let parked = store
+        .read(THINGS, &pk, &format!("outbox-{}", huge.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        parked.body["parkedReason"]
+            .as_str()
+            .unwrap()
+            .contains("bytes")
+    );
+    task.abort();
+}
+
+mod embedded_store {
+    #[tokio::test]
+    async fn two_relays_one_killed_midway_relay_every_entry_once() {
+        let subject = super::embedded();
+        super::two_relays_one_killed_midway_relay_every_entry_once(subject.store.clone()).await;
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_parked_and_the_rest_go_on() {
+        let subject = super::embedded();
+        super::a_permanent_failure_is_parked_and_the_rest_go_on(subject.store.clone()).await;
+    }
+}
+
+mod cosmos_store_on_in_memory_emulator {
+    #[tokio::test]
+    async fn two_relays_one_killed_midway_relay_every_entry_once() {
+        let subject = super::cosmos_emulator().await;
+        super::two_relays_one_killed_midway_relay_every_entry_once(subject.store.clone()).await;
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_parked_and_the_rest_go_on() {
+        let subject = super::cosmos_emulator().await;
+        super::a_permanent_failure_is_parked_and_the_rest_go_on(subject.store.clone()).await;
+    }
+}
+
+// A service that consumes two topics, each through its own subscription and typed handlers.
+
+struct Shipped;
+impl EventType for Shipped {
+    const TYPE: &'static str = "tests.parcel.shipped.v1";
+    const TOPIC: &'static str = "parcels-events";
+    const SOURCE: &'static str = "tests";
+    const SUMMARY: &'static str = "A parcel left.";
+    type Data = Parcel;
+}
+
+struct Paid;
+impl EventType for Paid {
+    const TYPE: &'static str = "tests.invoice.paid.v1";
+    const TOPIC: &'static str = "invoices-events";
+    const SOURCE: &'static str = "tests";
+    const SUMMARY: &'static str = "An invoice was paid.";
+    type Data = Invoice;
+}
+
+struct Voided;
+impl EventType for Voided {
+    const TYPE: &'static str = "tests.invoice.voided.v1";
+    const TOPIC: &'static str = "invoices-events";
+    const SOURCE: &'static str = "tests";
+    const SUMMARY: &'static str = "An invoice was voided (not consumed).";
+    type Data = Invoice;
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+struct Parcel {
+    parcel: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+struct Invoice {
+    invoice: String,
+    amount: i64,
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+#[async_trait]
+impl Handles<Shipped> for Recorder {
+    async fn handle(&self, _event: &CloudEvent, data: Parcel) -> Result<(), HandlerError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("shipped {}", data.parcel));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handles<Paid> for Recorder {
+    async fn handle(&self, _event: &CloudEvent, data: Invoice) -> Result<(), HandlerError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("paid {} {}", data.invoice, data.amount));
+        Ok(())
+    }
+}
+
+static TWO_TOPICS: ServiceDescriptor = ServiceDescriptor {
+    name: "two-topics",
+    default_port: 0,
+    containers: &["state"],
+    subscriptions: &[
+        SubscriptionSpec {
+            topic: "parcels-events",
+            name: "two-topics",
+            event_types: &[Shipped::TYPE],
+        },
+        SubscriptionSpec {
+            topic: "invoices-events",
+            name: "two-topics",
+            event_types: &[Paid::TYPE],
+        },
+    ],
+    outboxes: &["state"],
+    publishes: Vec::new,
+    consumes: || vec![EventContract::of::<Shipped>(), EventContract::of::<Paid>()],
+};
+
+#[tokio::test]
+async fn a_service_consumes_two_topics_through_typed_handlers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::defaults();
+    settings.data_dir = dir.path().to_owned();
+    settings.bus.poll_interval_ms = 20;
+    let runtime = Runtime::open(&TWO_TOPICS, settings.clone(), None)
+        .await
+        .unwrap();
+    let bus = runtime.bus.clone();
+    let recorder = Arc::new(Recorder::default());
+    // A dispatcher that does not cover what its subscription declares is refused.
+    let wrong = Runtime::open(&TWO_TOPICS, settings, None)
+        .await
+        .unwrap()
+        .serve(
+            vec![("two-topics", Dispatcher::new())],
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            json!({}),
+            |_| {},
+        );
+    assert!(wrong.is_err());
+    let handle = runtime
+        .serve(
+            vec![
+                (
+                    "two-topics",
+                    Dispatcher::new().on::<Shipped, _>(recorder.clone()),
+                ),
+                (
+                    "two-topics",
+                    Dispatcher::new().on::<Paid, _>(recorder.clone()),
+                ),
+            ],
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            json!({}),
+            |_| {},
+        )
+        .unwrap();
+    let publish = |event: CloudEvent, topic: &'static str| {
+        let bus = bus.clone();
+        async move {
+            bus.publish(topic, common::bus::Message::new(event))
+                .await
+                .unwrap()
+        }
+    };
+    let invoice = |n: &str| Invoice {
+        invoice: n.into(),
+        amount: 7,
+    };
+    publish(
+        Voided::event("i-0", &invoice("i-0")).unwrap(),
+        Voided::TOPIC,
+    )
+    .await;
+    publish(
+        Shipped::event(
+            "p-1",
+            &Parcel {
+                parcel: "p-1".into(),
+            },
+        )
+        .unwrap(),
+        Shipped::TOPIC,
+    )
+    .await;
+    publish(Paid::event("i-1", &invoice("i-1")).unwrap(), Paid::TOPIC).await;
+    let both = eventually(Duration::from_secs(10), || async {
+        recorder.0.lock().unwrap().len() == 2
+    })
+    .await;
+    assert!(both, "handled: {:?}", recorder.0.lock().unwrap());
+    let mut handled = recorder.0.lock().unwrap().clone();
+    handled.sort();
+    assert_eq!(handled, ["paid i-1 7", "shipped p-1"]);
+    // The voided invoice never reached the subscription: its filter keeps it out.
+    assert!(
+        bus.dead_letters("invoices-events", "two-topics", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let asyncapi: serde_json::Value = reqwest::get(format!("{}/asyncapi.json", handle.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asyncapi["asyncapi"], "3.0.0");
+    assert!(asyncapi["operations"]["receive.invoices-events.two-topics"].is_object());
+    handle.stop(true).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_handler_given_a_malformed_event_dead_letters_it() {
+    let dispatcher = Dispatcher::new().on::<Paid, _>(Arc::new(Recorder::default()));
+    let bad = CloudEvent::new("tests", Paid::TYPE, "i-9", json!({"invoice": 5}));
+    match dispatcher.dispatch(&bad).await {
+        Err(HandlerError::Permanent(reason)) => assert!(reason.contains("malformed"), "{reason}"),
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
