@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use common::bus::embedded::EmbeddedBus;
 use common::bus::outbox::{OutboxRelay, PARKED_KIND, RELAY_READER, outbox_op};
 use common::bus::worker::HandlerError;
-use common::bus::{CloudEvent, EventBus, SharedBus, SubscriptionOptions};
+use common::bus::{CloudEvent, SharedBus, SubscriptionOptions};
 use common::config::{ChangeFeedSettings, Settings};
 use common::events::{EventContract, EventType};
 use common::runtime::{
