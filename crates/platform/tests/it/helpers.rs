@@ -38,8 +38,14 @@ pub struct Platform {
     pub token: String,
     pub settings: Settings,
     handles: Vec<ServiceHandle>,
+    /// A subscription on every topic the services publish to, taking every event, so that
+    /// each one can be checked against its schema when the platform stops.
+    tap: (common::bus::SharedBus, Vec<&'static str>),
     pub dir: tempfile::TempDir,
 }
+
+/// The subscription that sees every published event.
+const TAP: &str = "contract-check";
 
 impl Platform {
     pub async fn start() -> Self {
@@ -82,6 +88,22 @@ impl Platform {
             tweak(service.settings());
         }
         let settings = loaded[0].settings().clone();
+        let tap_bus = match &bus {
+            Some(bus) => bus.clone(),
+            None => common::runtime::adapters::open_bus(&settings).unwrap(),
+        };
+        let mut topics: Vec<&'static str> = platform::registry::descriptors()
+            .iter()
+            .flat_map(|d| (d.publishes)().into_iter().map(|c| c.topic))
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        for topic in &topics {
+            tap_bus
+                .ensure_subscription(topic, TAP, Default::default())
+                .await
+                .unwrap();
+        }
         let handles = platform::registry::start(loaded, bus).await.unwrap();
         let url = |name: &str| {
             handles
@@ -97,14 +119,72 @@ impl Platform {
             token: token(&settings),
             settings,
             handles,
+            tap: (tap_bus, topics),
             dir,
         }
     }
 
-    pub async fn stop(self) {
+    /// Every event published so far, each checked against the JSON Schema of its type;
+    /// returns the types seen.
+    pub async fn published_events_match_their_schemas(&self) -> std::collections::BTreeSet<String> {
+        let (bus, topics) = &self.tap;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut violations = Vec::new();
+        for topic in topics {
+            loop {
+                let deliveries = bus.receive(topic, TAP, 100).await.unwrap();
+                if deliveries.is_empty() {
+                    break;
+                }
+                for delivery in deliveries {
+                    bus.complete(topic, TAP, &delivery.lock).await.unwrap();
+                    // Events a test itself injects (poison, say) are not the services'.
+                    let source = delivery.message.event.source.trim_start_matches('/');
+                    if !platform::registry::descriptors()
+                        .iter()
+                        .any(|d| d.name == source)
+                    {
+                        continue;
+                    }
+                    let event = serde_json::to_value(&delivery.message.event).unwrap();
+                    let event_type = delivery.message.event.event_type.clone();
+                    match common::events::contract(&event_type) {
+                        None => violations.push(format!("{event_type}: no contract")),
+                        Some(contract) => {
+                            let validator = jsonschema::options()
+                                .should_validate_formats(true)
+                                .build(&contract.envelope_schema())
+                                .unwrap();
+                            for error in validator.iter_errors(&event) {
+                                violations.push(format!(
+                                    "{event_type}: {error} at {}",
+                                    error.instance_path()
+                                ));
+                            }
+                        }
+                    }
+                    seen.insert(event_type);
+                }
+            }
+        }
+        assert!(
+            violations.is_empty(),
+            "events break their schemas: {violations:#?}"
+        );
+        seen
+    }
+
+    /// Stops every service (their relays drain their outboxes), then checks every event
+    /// they published against its schema; returns the event types seen.
+    pub async fn stop(self) -> std::collections::BTreeSet<String> {
         for handle in self.handles.into_iter().rev() {
             handle.stop(true).await.unwrap();
         }
+        let platform = Self {
+            handles: Vec::new(),
+            ..self
+        };
+        platform.published_events_match_their_schemas().await
     }
 
     pub async fn product(&self, sku: &str, amount: &str, on_hand: i64) {

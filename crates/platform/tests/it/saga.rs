@@ -123,7 +123,13 @@ async fn cancelling_a_confirmed_order_releases_its_stock() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 409);
-    platform.stop().await;
+    // Every event type of the saga went out, each as its schema says.
+    let published = platform.stop().await;
+    let every_type: std::collections::BTreeSet<String> = common::events::all()
+        .iter()
+        .map(|c| c.event_type.to_owned())
+        .collect();
+    assert_eq!(published, every_type);
 }
 
 #[tokio::test]
