@@ -22,8 +22,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BatchOp, ChangeBatch, Checkpoint, ContinuationToken, Document, DocumentStore, ETag, Json, Page,
-    Query, QueryScope, StoreError,
+    BatchOp, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document, DocumentStore, ETag,
+    Json, Page, Query, QueryScope, StoreError,
 };
 
 #[derive(Clone)]
@@ -289,15 +289,55 @@ impl DocumentStore for CosmosStore {
         // The page size is validated to be small; it is inlined because TOP takes a literal.
         let mut sql = format!("SELECT TOP {} * FROM c WHERE true", query.limit + 1);
         let mut parameters: Vec<(String, Json)> = Vec::new();
-        if let Some(position) = position {
-            sql.push_str(" AND c.id > @after");
-            parameters.push(("@after".into(), Json::String(position.after_id)));
+        let sort = query
+            .order_by
+            .as_ref()
+            .map(|order| (format!("c.doc.{}", order.field), order.descending));
+        match (position, &sort) {
+            (Some(position), Some((key, descending))) => {
+                let beyond = if *descending { "<" } else { ">" };
+                sql.push_str(&format!(
+                    " AND ({key} {beyond} @afterValue OR ({key} = @afterValue AND c.id > @after))"
+                ));
+                parameters.push(("@after".into(), Json::String(position.after_id)));
+                parameters.push((
+                    "@afterValue".into(),
+                    position.after_value.unwrap_or(Json::Null),
+                ));
+            }
+            (Some(position), None) => {
+                sql.push_str(" AND c.id > @after");
+                parameters.push(("@after".into(), Json::String(position.after_id)));
+            }
+            _ => {}
+        }
+        if let Some((key, _)) = &sort {
+            // Both stores leave out documents without the sort field.
+            sql.push_str(&format!(" AND IS_DEFINED({key}) AND NOT IS_NULL({key})"));
         }
         for (index, filter) in query.filters.iter().enumerate() {
-            sql.push_str(&format!(" AND c.doc.{} = @f{index}", filter.field));
+            let field = format!("c.doc.{}", filter.field);
+            match filter.comparison {
+                Comparison::Eq => sql.push_str(&format!(" AND {field} = @f{index}")),
+                comparison => {
+                    let same_type = if filter.value.is_string() {
+                        "IS_STRING"
+                    } else {
+                        "IS_NUMBER"
+                    };
+                    sql.push_str(&format!(
+                        " AND {same_type}({field}) AND {field} {} @f{index}",
+                        comparison.sql()
+                    ));
+                }
+            }
             parameters.push((format!("@f{index}"), filter.value.clone()));
         }
-        sql.push_str(" ORDER BY c.id");
+        match &sort {
+            Some((key, true)) => sql.push_str(&format!(" ORDER BY {key} DESC, c.id ASC")),
+            Some((key, false)) => sql.push_str(&format!(" ORDER BY {key} ASC, c.id ASC")),
+            None => sql.push_str(" ORDER BY c.id"),
+        }
         let mut sql_query = SqlQuery::from(sql);
         for (name, value) in parameters {
             sql_query = sql_query
@@ -333,7 +373,7 @@ impl DocumentStore for CosmosStore {
                 None => break,
             }
         }
-        Ok(ContinuationToken::paginate(items, query.limit))
+        Ok(ContinuationToken::paginate(items, query))
     }
 
     #[tracing::instrument(name = "cosmos.changes", skip_all, fields(container, ru = tracing::field::Empty))]

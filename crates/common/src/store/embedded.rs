@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    BatchOp, ChangeBatch, Checkpoint, ContinuationToken, Document, DocumentStore, ETag, Json, Page,
-    Query, QueryScope, StoreError,
+    BatchOp, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document, DocumentStore, ETag,
+    Json, Page, Query, QueryScope, StoreError,
 };
 
 const SCHEMA: &str = "
@@ -243,6 +243,21 @@ fn to_document(
         partition_key: container_pk,
         body,
         etag: etag_of(seq),
+    })
+}
+
+/// A JSON scalar as the SQL value `json_extract` yields for it.
+fn sql_value(value: &Json) -> Result<rusqlite::types::Value, StoreError> {
+    use rusqlite::types::Value;
+    Ok(match value {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Integer(i64::from(*b)),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => Value::Text(s.clone()),
+        other => Value::Text(serialize(other)?),
     })
 }
 
@@ -559,19 +574,53 @@ impl DocumentStore for EmbeddedStore {
                 sql.push_str(" AND pk = ?");
                 values.push(pk.clone().into());
             }
-            if let Some(position) = position {
-                sql.push_str(" AND id > ?");
-                values.push(position.after_id.into());
+            let sort = query.order_by.as_ref().map(|order| {
+                (format!("json_extract(body, '$.{}')", order.field), order.descending)
+            });
+            match (&position, &sort) {
+                (Some(position), Some((key, descending))) => {
+                    let beyond = if *descending { "<" } else { ">" };
+                    let value = sql_value(position.after_value.as_ref().unwrap_or(&Json::Null))?;
+                    sql.push_str(&format!(
+                        " AND ({key} {beyond} ? OR ({key} = ? AND id > ?))"
+                    ));
+                    values.extend([value.clone(), value, position.after_id.clone().into()]);
+                }
+                (Some(position), None) => {
+                    sql.push_str(" AND id > ?");
+                    values.push(position.after_id.clone().into());
+                }
+                _ => {}
+            }
+            if let Some((key, _)) = &sort {
+                sql.push_str(&format!(" AND {key} IS NOT NULL"));
             }
             for filter in &query.filters {
-                // Comparing JSON texts keeps types apart: "1" does not match 1.
-                sql.push_str(&format!(
-                    " AND json_quote(json_extract(body, '$.{}')) = json(?)",
-                    filter.field
-                ));
-                values.push(serialize(&filter.value)?.into());
+                match filter.comparison {
+                    // Comparing JSON texts keeps types apart: "1" does not match 1.
+                    Comparison::Eq => {
+                        sql.push_str(&format!(
+                            " AND json_quote(json_extract(body, '$.{}')) = json(?)",
+                            filter.field
+                        ));
+                        values.push(serialize(&filter.value)?.into());
+                    }
+                    comparison => {
+                        let same_type = if filter.value.is_string() { "'text'" } else { "'integer', 'real'" };
+                        sql.push_str(&format!(
+                            " AND json_type(body, '$.{field}') IN ({same_type}) AND json_extract(body, '$.{field}') {op} ?",
+                            field = filter.field,
+                            op = comparison.sql(),
+                        ));
+                        values.push(sql_value(&filter.value)?);
+                    }
+                }
             }
-            sql.push_str(" ORDER BY id, pk LIMIT ?");
+            match &sort {
+                Some((key, true)) => sql.push_str(&format!(" ORDER BY {key} DESC, id, pk LIMIT ?")),
+                Some((key, false)) => sql.push_str(&format!(" ORDER BY {key}, id, pk LIMIT ?")),
+                None => sql.push_str(" ORDER BY id, pk LIMIT ?"),
+            }
             values.push(i64::from(query.limit + 1).into());
             let mut statement = connection.prepare_cached(&sql).map_err(backend)?;
             let rows = statement
@@ -589,7 +638,7 @@ impl DocumentStore for EmbeddedStore {
                 let (pk, id, body, seq) = row.map_err(backend)?;
                 items.push(to_document(pk, id, body, seq)?);
             }
-            Ok(ContinuationToken::paginate(items, query.limit))
+            Ok(ContinuationToken::paginate(items, &query))
         })
         .await
     }

@@ -60,18 +60,53 @@ pub enum QueryScope {
     AllPartitions,
 }
 
-/// An equality filter on a top-level field of the document body.
+/// How a filter compares a field with its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    /// Equal, and of the same JSON type.
+    Eq,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Comparison {
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            Comparison::Eq => "=",
+            Comparison::Lt => "<",
+            Comparison::Le => "<=",
+            Comparison::Gt => ">",
+            Comparison::Ge => ">=",
+        }
+    }
+}
+
+/// A filter on a top-level field of the document body. Ranges compare numbers with numbers
+/// and strings with strings; a document whose field is missing or of another type never
+/// matches a range.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FieldEquals {
+pub struct FieldFilter {
     pub field: String,
+    pub comparison: Comparison,
     pub value: Json,
 }
 
-/// A page request: documents ordered by id, filtered by equality on top-level fields.
+/// Results ordered by a top-level field (then by id), instead of by id alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderBy {
+    pub field: String,
+    pub descending: bool,
+}
+
+/// A page request: documents ordered by id (or by a field, then id), filtered on
+/// top-level fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
     pub scope: QueryScope,
-    pub filters: Vec<FieldEquals>,
+    pub filters: Vec<FieldFilter>,
+    pub order_by: Option<OrderBy>,
     pub limit: u32,
     pub continuation: Option<String>,
 }
@@ -81,15 +116,37 @@ impl Query {
         Self {
             scope,
             filters: Vec::new(),
+            order_by: None,
             limit,
             continuation: None,
         }
     }
 
-    pub fn filter(mut self, field: impl Into<String>, value: impl Into<Json>) -> Self {
-        self.filters.push(FieldEquals {
+    /// Only documents whose `field` equals `value` (same JSON type).
+    pub fn filter(self, field: impl Into<String>, value: impl Into<Json>) -> Self {
+        self.compare(field, Comparison::Eq, value)
+    }
+
+    /// Only documents whose `field` compares with `value` as said.
+    pub fn compare(
+        mut self,
+        field: impl Into<String>,
+        comparison: Comparison,
+        value: impl Into<Json>,
+    ) -> Self {
+        self.filters.push(FieldFilter {
             field: field.into(),
+            comparison,
             value: value.into(),
+        });
+        self
+    }
+
+    /// Orders by `field` (documents without it are left out), then by id.
+    pub fn order_by(mut self, field: impl Into<String>, descending: bool) -> Self {
+        self.order_by = Some(OrderBy {
+            field: field.into(),
+            descending,
         });
         self
     }
@@ -108,23 +165,42 @@ impl Query {
                 self.limit
             )));
         }
-        for filter in &self.filters {
-            let valid = !filter.field.is_empty()
-                && filter
-                    .field
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let fields = self
+            .filters
+            .iter()
+            .map(|f| &f.field)
+            .chain(self.order_by.iter().map(|o| &o.field));
+        for field in fields {
+            let valid = !field.is_empty()
+                && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(StoreError::Backend(format!(
-                    "filter field {:?} is not a plain identifier",
+                    "field {field:?} is not a plain identifier"
+                )));
+            }
+        }
+        for filter in &self.filters {
+            if filter.comparison != Comparison::Eq
+                && !(filter.value.is_number() || filter.value.is_string())
+            {
+                return Err(StoreError::Backend(format!(
+                    "a range on {} needs a number or a string",
                     filter.field
                 )));
             }
         }
-        self.continuation
+        let position = self
+            .continuation
             .as_deref()
             .map(ContinuationToken::decode)
-            .transpose()
+            .transpose()?;
+        // A token from an ordered query carries the sort value, and only such a token.
+        if let Some(position) = &position
+            && position.after_value.is_some() != self.order_by.is_some()
+        {
+            return Err(StoreError::InvalidContinuation);
+        }
+        Ok(position)
     }
 }
 
@@ -143,6 +219,9 @@ pub struct Page {
 pub(crate) struct ContinuationToken {
     #[serde(rename = "a")]
     pub after_id: String,
+    /// The sort field's value of the last item, for ordered queries.
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub after_value: Option<Json>,
 }
 
 impl ContinuationToken {
@@ -159,12 +238,17 @@ impl ContinuationToken {
     }
 
     /// Turns a result set fetched with one extra row into a page.
-    pub(crate) fn paginate(mut items: Vec<Document>, limit: u32) -> Page {
+    pub(crate) fn paginate(mut items: Vec<Document>, query: &Query) -> Page {
+        let limit = query.limit;
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
         let continuation = more.then(|| items.last()).flatten().map(|last| {
             ContinuationToken {
                 after_id: last.id.clone(),
+                after_value: query
+                    .order_by
+                    .as_ref()
+                    .map(|order| last.body.get(&order.field).cloned().unwrap_or(Json::Null)),
             }
             .encode()
         });

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::store::embedded::{Durability, EmbeddedStore};
-use common::store::{BatchOp, Checkpoint, Query, QueryScope, SharedStore, StoreError};
+use common::store::{
+    BatchOp, Checkpoint, Comparison, Query, QueryScope, SharedStore, StoreError,
+};
 use serde_json::json;
 
 pub(crate) const THINGS: &str = "things";
@@ -150,6 +152,7 @@ contract!(
     failed_batch_applies_nothing,
     batch_with_stale_etag_applies_nothing,
     expiring_items_vanish_after_their_time_to_live,
+    query_ranges_and_field_order_page_with_continuation,
 );
 
 async fn create_then_read_round_trips(store: &SharedStore) {
@@ -731,4 +734,64 @@ async fn expiring_items_vanish_after_their_time_to_live(store: &SharedStore) {
     let ids: Vec<&str> = page.items.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, ["lasting"]);
     assert!(store.find_by_id(THINGS, "brief").await.unwrap().is_none());
+}
+
+/// Every page of `query`, following continuations; the ids in the order served.
+async fn all_pages(store: &SharedStore, container: &str, query: Query) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut continuation = None;
+    loop {
+        let page = store
+            .query(container, &query.clone().continue_from(continuation))
+            .await
+            .unwrap();
+        ids.extend(page.items.into_iter().map(|d| d.id));
+        match page.continuation {
+            Some(next) => continuation = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+async fn query_ranges_and_field_order_page_with_continuation(store: &SharedStore) {
+    let pk = unique("range");
+    // Prices repeat, so that the id breaks ties across page boundaries.
+    for n in 0..10 {
+        store
+            .create(THINGS, &pk, &format!("i{n}"), json!({"price": (n % 5) * 10, "order": n}))
+            .await
+            .unwrap();
+    }
+    store.create(THINGS, &pk, "no-price", json!({"order": 1})).await.unwrap();
+    store.create(THINGS, &pk, "text-price", json!({"price": "20"})).await.unwrap();
+    let scope = QueryScope::Partition(pk.clone());
+    let ascending = Query::new(scope.clone(), 3)
+        .compare("price", Comparison::Ge, 10)
+        .compare("price", Comparison::Lt, 40)
+        .order_by("price", false);
+    assert_eq!(
+        all_pages(store, THINGS, ascending).await,
+        ["i1", "i6", "i2", "i7", "i3", "i8"]
+    );
+    // Strings sort after numbers on both stores.
+    let descending = Query::new(scope.clone(), 4).order_by("price", true);
+    assert_eq!(
+        all_pages(store, THINGS, descending).await,
+        ["text-price", "i4", "i9", "i3", "i8", "i2", "i7", "i1", "i6", "i0", "i5"]
+    );
+    // A field named like an SQL keyword works too, and equality still keeps types apart.
+    let keyword = Query::new(scope.clone(), 10).compare("order", Comparison::Gt, 7);
+    assert_eq!(all_pages(store, THINGS, keyword).await, ["i8", "i9"]);
+    let text = Query::new(scope.clone(), 10).compare("price", Comparison::Le, "3");
+    assert_eq!(all_pages(store, THINGS, text).await, ["text-price"]);
+    // A token of an ordered query is not one of an unordered query.
+    let page = store
+        .query(THINGS, &Query::new(scope.clone(), 2).order_by("price", false))
+        .await
+        .unwrap();
+    let error = store
+        .query(THINGS, &Query::new(scope, 2).continue_from(page.continuation))
+        .await
+        .unwrap_err();
+    assert_eq!(error, StoreError::InvalidContinuation);
 }
