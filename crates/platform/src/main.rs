@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// Read models kept from the change feed (CQRS views).
+    Views {
+        #[command(subcommand)]
+        action: ViewsAction,
+        /// Data folder holding the service's store (as for `up`).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// Print a signed development token that the running services accept.
     Token {
         /// The token's subject (who is calling).
@@ -51,6 +59,15 @@ enum Command {
         /// Data folder holding the development secret (as for `up`).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ViewsAction {
+    /// Build a service's views again from their sources (the service may keep running).
+    Rebuild {
+        /// The service whose views to rebuild (`catalog`).
+        service: String,
     },
 }
 
@@ -107,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
         } => token(&sub, &scope, ttl, data_dir),
         Command::Dlq { action, data_dir } => dlq(action, data_dir).await,
+        Command::Views { action, data_dir } => views(action, data_dir).await,
     }
 }
 
@@ -156,6 +174,38 @@ async fn up(data_dir: Option<PathBuf>, only: Vec<String>) -> anyhow::Result<()> 
     let mut handles = handles;
     handles.reverse();
     common::startup::run_until_stopped(handles).await
+}
+
+async fn views(action: ViewsAction, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let ViewsAction::Rebuild { service } = action;
+    let hosted = platform::registry::select(std::slice::from_ref(&service))?;
+    let mut loaded = platform::registry::load(&hosted, &sources(data_dir.as_ref()))?;
+    let loaded = loaded.first_mut().context("no service selected")?;
+    let descriptor = loaded.descriptor();
+    let settings = loaded.settings().clone();
+    let store = common::runtime::adapters::open_store(
+        &settings,
+        descriptor.name,
+        &descriptor.all_containers(),
+    )
+    .await?;
+    match descriptor.name {
+        "catalog" => {
+            let started = std::time::Instant::now();
+            let views = catalog::views::ProductViews::new(store, Default::default());
+            let report = views
+                .rebuild(|done| eprintln!("  {done} SKUs refreshed"))
+                .await?;
+            println!(
+                "product-views rebuilt: {} SKUs looked at, {} views, in {:.1} s",
+                report.skus,
+                report.views,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        other => anyhow::bail!("{other} keeps no views"),
+    }
 }
 
 async fn dlq(action: DlqAction, data_dir: Option<PathBuf>) -> anyhow::Result<()> {

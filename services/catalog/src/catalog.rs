@@ -10,8 +10,14 @@
 //!   transactional batch (all lines or none, exactly once). A logical partition holds
 //!   20 GB and 10,000 RU/s on Cosmos DB: plenty for stock counts; shard by warehouse when
 //!   that stops being true.
+//! - `product-views`: the storefront's read model (see `views`), partitioned by category.
+//!
+//! A deleted product stays as a tombstone (`{"kind": "tombstone"}`) in `products`: the
+//! change feed shows only items that exist, so a delete is written as a change that the
+//! view can see. Reads treat a tombstone as absent; creating the SKU again replaces it.
 
-use common::store::{ETag, Query, QueryScope, SharedStore, StoreError};
+use common::runtime::FeedSignal;
+use common::store::{Document, ETag, Query, QueryScope, SharedStore, StoreError};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -19,7 +25,14 @@ use crate::domain::{Product, ProductDraft, Sku, Stock, StockError};
 
 pub const PRODUCTS: &str = "products";
 pub const STOCK: &str = "stock";
-pub const CONTAINERS: &[&str] = &[PRODUCTS, STOCK];
+pub const PRODUCT_VIEWS: &str = "product-views";
+pub const CONTAINERS: &[&str] = &[PRODUCTS, STOCK, PRODUCT_VIEWS];
+/// What a deleted product leaves in `products`.
+const TOMBSTONE: &str = "tombstone";
+
+fn is_tombstone(document: &Document) -> bool {
+    document.body.get("kind").and_then(|k| k.as_str()) == Some(TOMBSTONE)
+}
 /// The one partition of the `stock` container.
 pub const STOCK_PARTITION: &str = "stock";
 
@@ -62,6 +75,8 @@ pub struct ProductPage {
 #[derive(Clone)]
 pub struct Catalog {
     store: SharedStore,
+    /// Wakes the readers that keep the views after each write.
+    views: FeedSignal,
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, CatalogError> {
@@ -70,8 +85,8 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, CatalogError> {
 }
 
 impl Catalog {
-    pub fn new(store: SharedStore) -> Self {
-        Self { store }
+    pub fn new(store: SharedStore, views: FeedSignal) -> Self {
+        Self { store, views }
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -84,15 +99,39 @@ impl Catalog {
     ) -> Result<(Product, ETag), CatalogError> {
         let product = Product::create(draft, OffsetDateTime::now_utc());
         let sku = product.sku.as_str();
-        match self
+        let written = match self
             .store
             .create(PRODUCTS, sku, sku, to_json(&product)?)
             .await
         {
-            Ok(document) => Ok((product, document.etag)),
-            Err(StoreError::Conflict) => Err(CatalogError::AlreadyExists(sku.to_owned())),
-            Err(other) => Err(other.into()),
-        }
+            Ok(document) => document,
+            Err(StoreError::Conflict) => {
+                // Free again if what is there is the tombstone of a deleted product.
+                let existing = self.store.read(PRODUCTS, sku, sku).await?;
+                match existing {
+                    Some(tombstone) if is_tombstone(&tombstone) => self
+                        .store
+                        .replace(
+                            PRODUCTS,
+                            sku,
+                            sku,
+                            to_json(&product)?,
+                            Some(&tombstone.etag),
+                        )
+                        .await
+                        .map_err(|error| match error {
+                            StoreError::PreconditionFailed | StoreError::NotFound => {
+                                CatalogError::AlreadyExists(sku.to_owned())
+                            }
+                            other => other.into(),
+                        })?,
+                    _ => return Err(CatalogError::AlreadyExists(sku.to_owned())),
+                }
+            }
+            Err(other) => return Err(other.into()),
+        };
+        self.views.notify();
+        Ok((product, written.etag))
     }
 
     pub async fn product(&self, sku: &Sku) -> Result<(Product, ETag), CatalogError> {
@@ -100,6 +139,7 @@ impl Catalog {
             .store
             .read(PRODUCTS, sku.as_str(), sku.as_str())
             .await?
+            .filter(|document| !is_tombstone(document))
             .ok_or_else(|| CatalogError::NotFound(sku.as_str().to_owned()))?;
         Ok(document.into_model()?)
     }
@@ -125,6 +165,7 @@ impl Catalog {
                 StoreError::NotFound => CatalogError::NotFound(sku.to_owned()),
                 other => other.into(),
             })?;
+        self.views.notify();
         Ok((revised, document.etag))
     }
 
@@ -137,12 +178,27 @@ impl Catalog {
         if stock.reserved > 0 {
             return Err(CatalogError::Reserved(sku.as_str().to_owned()));
         }
+        let (_, current) = self.product(sku).await?;
+        if expected.is_some_and(|expected| *expected != current) {
+            return Err(CatalogError::StaleETag);
+        }
+        let tombstone = serde_json::json!({
+            "kind": TOMBSTONE,
+            "sku": sku.as_str(),
+            "deletedAt": OffsetDateTime::now_utc().unix_timestamp(),
+        });
         match self
             .store
-            .delete(PRODUCTS, sku.as_str(), sku.as_str(), expected)
+            .replace(
+                PRODUCTS,
+                sku.as_str(),
+                sku.as_str(),
+                tombstone,
+                Some(&current),
+            )
             .await
         {
-            Ok(()) => {}
+            Ok(_) => self.views.notify(),
             Err(StoreError::NotFound) => {
                 return Err(CatalogError::NotFound(sku.as_str().to_owned()));
             }
@@ -169,9 +225,12 @@ impl Catalog {
             query = query.filter("category", category);
         }
         let page = self.store.query(PRODUCTS, &query).await?;
+        // A page may come out shorter than asked for where tombstones were; the
+        // continuation still says whether more may follow.
         let products = page
             .items
             .into_iter()
+            .filter(|document| !is_tombstone(document))
             .map(|document| document.into_model())
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ProductPage {
@@ -232,7 +291,10 @@ impl Catalog {
                 }
             };
             match written {
-                Ok(document) => return Ok((counted, document.etag)),
+                Ok(document) => {
+                    self.views.notify();
+                    return Ok((counted, document.etag));
+                }
                 Err(
                     StoreError::PreconditionFailed | StoreError::Conflict | StoreError::NotFound,
                 ) if expected.is_none() => continue,

@@ -10,12 +10,16 @@ use common::events::{
     StockReserved,
 };
 use common::http::ServiceHandle;
-use common::runtime::{Dispatcher, Launch, Runtime, Service, ServiceDescriptor, SubscriptionSpec};
+use common::runtime::{
+    Dispatcher, FeedHandler, FeedSignal, Launch, Runtime, Service, ServiceDescriptor,
+    SubscriptionSpec,
+};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::catalog::{CONTAINERS, Catalog, STOCK};
+use crate::catalog::{CONTAINERS, Catalog, PRODUCTS, STOCK};
 use crate::handlers::OrderEvents;
+use crate::views::{self, ProductChanges, ProductViews, StockChanges};
 
 pub const SERVICE: &str = "catalog";
 /// The catalog's subscription on the orders topic.
@@ -71,9 +75,22 @@ pub fn load_settings() -> Result<Settings, ConfigError> {
 /// Opens the store and the bus, starts the order-event worker and the outbox relay, and
 /// serves HTTP on the launch's listener.
 pub async fn start(settings: Settings, launch: Launch) -> anyhow::Result<ServiceHandle> {
-    let runtime = Runtime::open(&DESCRIPTOR, settings, launch.bus).await?;
+    let mut runtime = Runtime::open(&DESCRIPTOR, settings, launch.bus).await?;
+    // The storefront's list, kept by the change feeds of products and stock.
+    let view_signal = FeedSignal::default();
+    let views = ProductViews::new(runtime.store.clone(), view_signal.clone());
+    for (container, handler) in [
+        (
+            PRODUCTS,
+            Arc::new(ProductChanges(views.clone())) as Arc<dyn FeedHandler>,
+        ),
+        (STOCK, Arc::new(StockChanges(views.clone()))),
+    ] {
+        let reader = runtime.feed_reader(container, views::READER, view_signal.clone(), handler);
+        runtime.follow(reader);
+    }
     let order_events = Arc::new(OrderEvents {
-        consumer: runtime.consumer(),
+        consumer: runtime.consumer().also_notify(view_signal.clone()),
     });
     let handlers = vec![(
         SUBSCRIPTION,
@@ -81,7 +98,8 @@ pub async fn start(settings: Settings, launch: Launch) -> anyhow::Result<Service
             .on::<OrderPlaced, _>(order_events.clone())
             .on::<OrderCancelled, _>(order_events),
     )];
-    let catalog = web::Data::new(Catalog::new(runtime.store.clone()));
+    let catalog = web::Data::new(Catalog::new(runtime.store.clone(), view_signal));
+    let views = web::Data::from(views);
     runtime.serve(
         handlers,
         launch.listener,
@@ -89,6 +107,7 @@ pub async fn start(settings: Settings, launch: Launch) -> anyhow::Result<Service
         move |config| {
             config
                 .app_data(catalog.clone())
+                .app_data(views.clone())
                 .configure(crate::api::configure);
         },
     )

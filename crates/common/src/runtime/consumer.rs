@@ -61,6 +61,8 @@ pub struct IdempotentConsumer {
     store: SharedStore,
     signal: OutboxSignal,
     retention_seconds: u32,
+    /// Readers of the partition's container besides the relay (views), woken on commit.
+    also_notify: Vec<crate::runtime::FeedSignal>,
 }
 
 impl IdempotentConsumer {
@@ -69,7 +71,14 @@ impl IdempotentConsumer {
             store,
             signal,
             retention_seconds,
+            also_notify: Vec::new(),
         }
+    }
+
+    /// Also wakes `signal`'s readers after each commit.
+    pub fn also_notify(mut self, signal: crate::runtime::FeedSignal) -> Self {
+        self.also_notify.push(signal);
+        self
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -119,6 +128,9 @@ impl IdempotentConsumer {
                 Ok(_) => {
                     if !effect.events.is_empty() {
                         self.signal.notify();
+                    }
+                    for signal in &self.also_notify {
+                        signal.notify();
                     }
                     for (_, outgoing) in &effect.events {
                         tracing::info!(event_type = %outgoing.event_type, subject = ?outgoing.subject, "published with the effect");

@@ -4,6 +4,7 @@
 //! when its owner stops renewing it. What an owner handled but had not checkpointed when it
 //! died is handled again by the next owner: handlers are idempotent.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +32,9 @@ pub trait FeedHandler: Send + Sync + 'static {
     async fn handle(&self, changes: Vec<Document>) -> Result<(), FeedError>;
 }
 
-/// Wakes a reader right after a commit in this process, and tells how fresh what the
-/// reader maintains is.
+/// Wakes readers right after a commit in this process, and tells how fresh what they
+/// maintain is. Several readers may share one signal (a view fed by two containers): the
+/// commits count as handled once every one of them has drained its feed since.
 #[derive(Clone)]
 pub struct FeedSignal {
     inner: Arc<SignalState>,
@@ -43,7 +45,8 @@ impl Default for FeedSignal {
         Self {
             inner: Arc::new(SignalState {
                 commits: watch::channel(0).0,
-                pending_since: Mutex::new(None),
+                pending: Mutex::new(Pending::default()),
+                readers: Mutex::new(BTreeSet::new()),
                 drained_at: Mutex::new(None),
             }),
         }
@@ -51,49 +54,76 @@ impl Default for FeedSignal {
 }
 
 struct SignalState {
-    /// Moves on every signalled commit; each reader watches it (several may share a signal).
+    /// Moves on every signalled commit; each reader watches it.
     commits: watch::Sender<u64>,
-    /// The oldest commit signalled and not yet seen handled.
-    pending_since: Mutex<Option<Instant>>,
-    /// When the reader last found the feed drained.
+    pending: Mutex<Pending>,
+    /// The readers sharing the signal.
+    readers: Mutex<BTreeSet<String>>,
+    /// When every reader last found its feed drained.
     drained_at: Mutex<Option<SystemTime>>,
 }
 
+#[derive(Default)]
+struct Pending {
+    /// The oldest commit signalled and not yet handled by every reader.
+    since: Option<Instant>,
+    drained_by: BTreeSet<String>,
+}
+
 impl FeedSignal {
-    /// Something was committed that the reader should see.
+    /// Something was committed that the readers should see.
     pub fn notify(&self) {
-        if let Ok(mut pending) = self.inner.pending_since.lock() {
-            pending.get_or_insert_with(Instant::now);
+        if let Ok(mut pending) = self.inner.pending.lock()
+            && pending.since.is_none()
+        {
+            pending.since = Some(Instant::now());
+            pending.drained_by.clear();
         }
         self.inner
             .commits
             .send_modify(|count| *count = count.wrapping_add(1));
     }
 
-    /// How long the oldest commit signalled in this process has waited for the reader;
+    /// How long the oldest commit signalled in this process has waited for the readers;
     /// zero when all were handled.
     pub fn lag(&self) -> Duration {
         self.inner
-            .pending_since
+            .pending
             .lock()
             .ok()
-            .and_then(|pending| pending.map(|since| since.elapsed()))
+            .and_then(|pending| pending.since.map(|since| since.elapsed()))
             .unwrap_or_default()
     }
 
-    /// When the reader last found the feed drained (every change before it handled).
+    /// When the readers last found their feeds drained (every change before it handled).
     pub fn drained_at(&self) -> Option<SystemTime> {
         self.inner.drained_at.lock().ok().and_then(|at| *at)
     }
 
-    fn drained(&self, poll_started: Instant) {
-        if let Ok(mut pending) = self.inner.pending_since.lock()
-            && pending.is_some_and(|since| since <= poll_started)
-        {
-            *pending = None;
+    fn register(&self, reader: &str) {
+        if let Ok(mut readers) = self.inner.readers.lock() {
+            readers.insert(reader.to_owned());
         }
-        if let Ok(mut at) = self.inner.drained_at.lock() {
-            *at = Some(SystemTime::now());
+    }
+
+    fn drained(&self, reader: &str, poll_started: Instant) {
+        let readers = match self.inner.readers.lock() {
+            Ok(readers) => readers.clone(),
+            Err(_) => return,
+        };
+        let Ok(mut pending) = self.inner.pending.lock() else {
+            return;
+        };
+        if pending.since.is_some_and(|since| since <= poll_started) {
+            pending.drained_by.insert(reader.to_owned());
+        }
+        let everyone = readers.iter().all(|r| pending.drained_by.contains(r));
+        if everyone {
+            pending.since = None;
+            pending.drained_by.clear();
+            if let Ok(mut at) = self.inner.drained_at.lock() {
+                *at = Some(SystemTime::now());
+            }
         }
     }
 }
@@ -254,7 +284,7 @@ impl FeedReader {
             .await?;
         if batch.documents.is_empty() {
             // Nothing to checkpoint: an idle reader writes only to renew its lease.
-            self.signal.drained(started);
+            self.signal.drained(&self.lease_id(), started);
             return Ok(false);
         }
         let full = batch.documents.len() >= self.settings.batch_size;
@@ -267,7 +297,7 @@ impl FeedReader {
             return Ok(false);
         }
         if !full {
-            self.signal.drained(started);
+            self.signal.drained(&self.lease_id(), started);
         }
         Ok(true)
     }
@@ -279,6 +309,7 @@ impl FeedReader {
             let poll = Duration::from_millis(self.settings.poll_interval_ms);
             let mut failures = 0u32;
             let mut commits = self.signal.inner.commits.subscribe();
+            self.signal.register(&self.lease_id());
             while !*shutdown.borrow() {
                 // Taken before the look: a commit during it wakes the next wait at once.
                 commits.borrow_and_update();

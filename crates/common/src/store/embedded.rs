@@ -597,12 +597,17 @@ impl DocumentStore for EmbeddedStore {
             }
             for filter in &query.filters {
                 match filter.comparison {
-                    // Comparing JSON texts keeps types apart: "1" does not match 1.
-                    Comparison::Eq => {
+                    // Comparing JSON texts keeps types apart: "1" does not match 1. Strings
+                    // use the form the `kind` index is built on; `->` keeps booleans JSON.
+                    Comparison::Eq if filter.value.is_string() => {
                         sql.push_str(&format!(
                             " AND json_quote(json_extract(body, '$.{}')) = json(?)",
                             filter.field
                         ));
+                        values.push(serialize(&filter.value)?.into());
+                    }
+                    Comparison::Eq => {
+                        sql.push_str(&format!(" AND (body -> '$.{}') = json(?)", filter.field));
                         values.push(serialize(&filter.value)?.into());
                     }
                     comparison => {

@@ -171,8 +171,8 @@ impl Query {
             .map(|f| &f.field)
             .chain(self.order_by.iter().map(|o| &o.field));
         for field in fields {
-            let valid = !field.is_empty()
-                && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(StoreError::Backend(format!(
                     "field {field:?} is not a plain identifier"

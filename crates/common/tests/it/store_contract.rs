@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::store::embedded::{Durability, EmbeddedStore};
-use common::store::{
-    BatchOp, Checkpoint, Comparison, Query, QueryScope, SharedStore, StoreError,
-};
+use common::store::{BatchOp, Checkpoint, Comparison, Query, QueryScope, SharedStore, StoreError};
 use serde_json::json;
 
 pub(crate) const THINGS: &str = "things";
@@ -758,12 +756,23 @@ async fn query_ranges_and_field_order_page_with_continuation(store: &SharedStore
     // Prices repeat, so that the id breaks ties across page boundaries.
     for n in 0..10 {
         store
-            .create(THINGS, &pk, &format!("i{n}"), json!({"price": (n % 5) * 10, "order": n}))
+            .create(
+                THINGS,
+                &pk,
+                &format!("i{n}"),
+                json!({"price": (n % 5) * 10, "order": n}),
+            )
             .await
             .unwrap();
     }
-    store.create(THINGS, &pk, "no-price", json!({"order": 1})).await.unwrap();
-    store.create(THINGS, &pk, "text-price", json!({"price": "20"})).await.unwrap();
+    store
+        .create(THINGS, &pk, "no-price", json!({"order": 1}))
+        .await
+        .unwrap();
+    store
+        .create(THINGS, &pk, "text-price", json!({"price": "20"}))
+        .await
+        .unwrap();
     let scope = QueryScope::Partition(pk.clone());
     let ascending = Query::new(scope.clone(), 3)
         .compare("price", Comparison::Ge, 10)
@@ -777,20 +786,55 @@ async fn query_ranges_and_field_order_page_with_continuation(store: &SharedStore
     let descending = Query::new(scope.clone(), 4).order_by("price", true);
     assert_eq!(
         all_pages(store, THINGS, descending).await,
-        ["text-price", "i4", "i9", "i3", "i8", "i2", "i7", "i1", "i6", "i0", "i5"]
+        [
+            "text-price",
+            "i4",
+            "i9",
+            "i3",
+            "i8",
+            "i2",
+            "i7",
+            "i1",
+            "i6",
+            "i0",
+            "i5"
+        ]
     );
     // A field named like an SQL keyword works too, and equality still keeps types apart.
     let keyword = Query::new(scope.clone(), 10).compare("order", Comparison::Gt, 7);
     assert_eq!(all_pages(store, THINGS, keyword).await, ["i8", "i9"]);
     let text = Query::new(scope.clone(), 10).compare("price", Comparison::Le, "3");
     assert_eq!(all_pages(store, THINGS, text).await, ["text-price"]);
+    // Booleans compare as booleans.
+    store
+        .create(THINGS, &pk, "yes", json!({"flag": true}))
+        .await
+        .unwrap();
+    store
+        .create(THINGS, &pk, "no", json!({"flag": false}))
+        .await
+        .unwrap();
+    store
+        .create(THINGS, &pk, "one", json!({"flag": 1}))
+        .await
+        .unwrap();
+    let flagged = Query::new(scope.clone(), 10).filter("flag", true);
+    assert_eq!(all_pages(store, THINGS, flagged).await, ["yes"]);
+    let unflagged = Query::new(scope.clone(), 10).filter("flag", false);
+    assert_eq!(all_pages(store, THINGS, unflagged).await, ["no"]);
     // A token of an ordered query is not one of an unordered query.
     let page = store
-        .query(THINGS, &Query::new(scope.clone(), 2).order_by("price", false))
+        .query(
+            THINGS,
+            &Query::new(scope.clone(), 2).order_by("price", false),
+        )
         .await
         .unwrap();
     let error = store
-        .query(THINGS, &Query::new(scope, 2).continue_from(page.continuation))
+        .query(
+            THINGS,
+            &Query::new(scope, 2).continue_from(page.continuation),
+        )
         .await
         .unwrap_err();
     assert_eq!(error, StoreError::InvalidContinuation);

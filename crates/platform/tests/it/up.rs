@@ -5,6 +5,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use futures::FutureExt;
+
 use crate::helpers::eventually;
 
 fn platform() -> Command {
@@ -111,4 +113,46 @@ async fn only_starts_the_services_named() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("catalog, orders"));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+async fn listed(platform: &crate::helpers::Platform) -> usize {
+    let url = format!("{}/v2/products?category=e2e", platform.catalog_url);
+    platform.get_json(url).await["items"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn views_rebuild_restores_the_product_list() {
+    let running = crate::helpers::Platform::start().await;
+    let platform = &running;
+    for n in 0..5 {
+        platform.product(&format!("VR-{n}"), "1.00", n).await;
+    }
+    assert!(eventually(Duration::from_secs(10), || listed(platform).map(|n| n == 5)).await);
+    let store = common::runtime::adapters::open_store(
+        &platform.settings,
+        "catalog",
+        catalog::catalog::CONTAINERS,
+    )
+    .await
+    .unwrap();
+    store
+        .delete("product-views", "e2e", "VR-2", None)
+        .await
+        .unwrap();
+    assert_eq!(listed(platform).await, 4);
+    let output = self::platform()
+        .args(["views", "rebuild", "catalog", "--data-dir"])
+        .arg(platform.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("5 views"));
+    assert_eq!(listed(platform).await, 5);
+    running.stop().await;
 }

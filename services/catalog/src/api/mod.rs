@@ -2,6 +2,7 @@
 //! `/v2/products` (price as `{amount, currency}`), with stock under each product.
 
 mod errors;
+mod list;
 pub mod openapi;
 mod products;
 mod representation;
@@ -13,6 +14,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::web;
 
+pub use list::{AS_OF_HEADER, LAG_HEADER};
 pub use representation::Version;
 
 pub const READ_SCOPE: &str = "catalog.read";
@@ -50,7 +52,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("")
                         .route(web::post().to(products::create_v2))
-                        .route(web::get().to(products::list_v2)),
+                        .route(web::get().to(list::list_v2)),
                 )
                 .service(
                     web::resource("/{sku}")

@@ -273,15 +273,3 @@ pub async fn list_v1(
 ) -> Result<HttpResponse, ApiError> {
     list(principal, catalog, params, Version::V1).await
 }
-
-/// List products by SKU.
-#[utoipa::path(get, path = "/v2/products", tag = "products", params(ListParams),
-    responses((status = 200, body = ProductPage<ProductV2>), (status = 400, body = Problem)),
-    security(("bearer" = ["catalog.read"])))]
-pub async fn list_v2(
-    principal: Principal,
-    catalog: web::Data<Catalog>,
-    params: web::Query<ListParams>,
-) -> Result<HttpResponse, ApiError> {
-    list(principal, catalog, params, Version::V2).await
-}

@@ -8,12 +8,12 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-struct Process {
-    child: Child,
-    url: String,
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
-async fn start_binary(data_dir: &std::path::Path, port: u16) -> Process {
+pub(crate) async fn start_binary(data_dir: &std::path::Path, port: u16) -> Process {
     let child = Command::new(env!("CARGO_BIN_EXE_catalog"))
         .env("CATALOG__HTTP__PORT", port.to_string())
         .env("CATALOG__DATA_DIR", data_dir)

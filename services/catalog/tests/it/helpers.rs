@@ -89,6 +89,28 @@ impl TestApp {
         self.request(Method::GET, path).send().await.unwrap()
     }
 
+    /// `GET path` once the product list has caught up with every write made so far (its
+    /// `view-lag-ms` is 0), as JSON.
+    pub async fn list(&self, path: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let response = self.get(path).await;
+            assert_eq!(response.status(), 200, "{path}");
+            let lag = response.headers()["view-lag-ms"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            if lag == "0" {
+                return response.json().await.unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the view stayed {lag} ms behind"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn put(&self, path: &str, body: Value, etag: Option<&str>) -> Response {
         let mut request = self.request(Method::PUT, path).json(&body);
         if let Some(etag) = etag {

@@ -7,3 +7,4 @@ mod durability;
 mod helpers;
 mod products;
 mod stock;
+mod views;

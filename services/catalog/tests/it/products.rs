@@ -129,7 +129,7 @@ async fn list_pages_with_continuation_and_filters_by_category() {
     let mut path = "/v2/products?category=tools&limit=3".to_owned();
     let mut pages = 0;
     loop {
-        let page: Value = app.get(&path).await.json().await.unwrap();
+        let page: Value = app.list(&path).await;
         pages += 1;
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 3);
