@@ -428,3 +428,155 @@ async fn a_handler_given_a_malformed_event_dead_letters_it() {
         other => panic!("expected a permanent failure, got {other:?}"),
     }
 }
+
+/// Counts what a store is asked, by kind of operation.
+struct CountingStore {
+    inner: SharedStore,
+    changes: std::sync::atomic::AtomicUsize,
+    writes: std::sync::atomic::AtomicUsize,
+    other: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl common::store::DocumentStore for CountingStore {
+    async fn read(
+        &self,
+        c: &str,
+        pk: &str,
+        id: &str,
+    ) -> Result<Option<common::store::Document>, common::store::StoreError> {
+        self.other.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read(c, pk, id).await
+    }
+    async fn find_by_id(
+        &self,
+        c: &str,
+        id: &str,
+    ) -> Result<Option<common::store::Document>, common::store::StoreError> {
+        self.other.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.find_by_id(c, id).await
+    }
+    async fn create(
+        &self,
+        c: &str,
+        pk: &str,
+        id: &str,
+        body: serde_json::Value,
+    ) -> Result<common::store::Document, common::store::StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.create(c, pk, id, body).await
+    }
+    async fn replace(
+        &self,
+        c: &str,
+        pk: &str,
+        id: &str,
+        body: serde_json::Value,
+        etag: Option<&common::store::ETag>,
+    ) -> Result<common::store::Document, common::store::StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.replace(c, pk, id, body, etag).await
+    }
+    async fn upsert(
+        &self,
+        c: &str,
+        pk: &str,
+        id: &str,
+        body: serde_json::Value,
+    ) -> Result<common::store::Document, common::store::StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.upsert(c, pk, id, body).await
+    }
+    async fn delete(
+        &self,
+        c: &str,
+        pk: &str,
+        id: &str,
+        etag: Option<&common::store::ETag>,
+    ) -> Result<(), common::store::StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.delete(c, pk, id, etag).await
+    }
+    async fn query(
+        &self,
+        c: &str,
+        query: &Query,
+    ) -> Result<common::store::Page, common::store::StoreError> {
+        self.other.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.query(c, query).await
+    }
+    async fn changes(
+        &self,
+        c: &str,
+        since: Option<&common::store::Checkpoint>,
+        max: usize,
+    ) -> Result<common::store::ChangeBatch, common::store::StoreError> {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.changes(c, since, max).await
+    }
+    async fn batch(
+        &self,
+        c: &str,
+        pk: &str,
+        ops: Vec<common::store::BatchOp>,
+    ) -> Result<Vec<Option<common::store::ETag>>, common::store::StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.batch(c, pk, ops).await
+    }
+    async fn ping(&self) -> Result<(), common::store::StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// An idle reader asks the store one change-feed read per poll and renews its lease when
+/// half of it has passed; nothing else. (docs/operations.md turns this into requests per
+/// minute for the default settings.)
+#[tokio::test]
+async fn an_idle_reader_reads_the_feed_once_per_poll_and_renews_its_lease() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let subject = embedded();
+    let counting = Arc::new(CountingStore {
+        inner: subject.store.clone(),
+        changes: Default::default(),
+        writes: Default::default(),
+        other: Default::default(),
+    });
+    let store: SharedStore = counting.clone();
+    let (bus, _dir) = bus();
+    let mut reader = relay(&store, &bus, "idle");
+    reader.settings.poll_interval_ms = 25;
+    reader.settings.lease_seconds = 2;
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let started = std::time::Instant::now();
+    let task = reader.spawn(stopped);
+    // Wait for enough polls to see the pattern, not for a time.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            counting.changes.load(SeqCst) >= 80
+        })
+        .await
+    );
+    task.abort();
+    let elapsed = started.elapsed();
+    let (changes, writes, other) = (
+        counting.changes.load(SeqCst),
+        counting.writes.load(SeqCst),
+        counting.other.load(SeqCst),
+    );
+    // One read of the lease at the start; one create; then renewals only.
+    assert_eq!(other, 1, "reads and queries besides the feed");
+    let renewals_allowed = 2 + (elapsed.as_secs_f64() / 1.0).ceil() as usize;
+    assert!(
+        writes <= renewals_allowed,
+        "{writes} lease writes in {elapsed:?}"
+    );
+    println!(
+        "idle reader: {changes} feed reads, {writes} lease writes, {other} other in {elapsed:?}"
+    );
+}
