@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;

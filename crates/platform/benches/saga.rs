@@ -101,13 +101,7 @@ async fn main() -> anyhow::Result<()> {
         shared.rate_limit.enabled = false;
     }
     let handles = platform::registry::start(loaded, None).await?;
-    let url = |name: &str| {
-        handles
-            .iter()
-            .find(|h| h.name == name)
-            .map(|h| h.url())
-            .unwrap_or_default()
-    };
+    let url = |name: &str| platform::registry::url(&handles, name).unwrap_or_default();
     let (catalog_url, orders_url) = (url("catalog"), url("orders"));
 
     let token = common::auth::mint_dev_token(

@@ -99,3 +99,11 @@ pub async fn start(
     }
     Ok(handles)
 }
+
+/// The URL of the service `name` among `handles`.
+pub fn url(handles: &[ServiceHandle], name: &str) -> Option<String> {
+    handles
+        .iter()
+        .find(|h| h.name == name)
+        .map(ServiceHandle::url)
+}

@@ -7,13 +7,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::watch;
+
+use crate::clock::{millis, now_ms};
 
 use super::{
     BusError, CloudEvent, DeadLetter, Delivery, EventBus, LockToken, Message, SubscriptionOptions,
@@ -107,17 +109,6 @@ struct StoredMessage {
 fn open_buses() -> &'static Mutex<HashMap<PathBuf, Weak<Inner>>> {
     static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> = OnceLock::new();
     OPEN.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn backend(error: rusqlite::Error) -> BusError {

@@ -6,13 +6,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::clock::{millis, now_ms};
 use crate::config::ChangeFeedSettings;
 use crate::store::{Checkpoint, Document, ETag, SharedStore, StoreError};
 
@@ -142,17 +143,6 @@ struct Lease {
     etag: ETag,
     body: LeaseBody,
     renewed: Instant,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// One reader of one container's change feed.

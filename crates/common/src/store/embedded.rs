@@ -12,6 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::clock::now_ms;
+
 use super::{
     BatchOp, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document, DocumentStore, ETag,
     Json, Page, Query, QueryScope, StoreError,
@@ -44,13 +46,6 @@ CREATE INDEX IF NOT EXISTS documents_expiry ON documents (expires_at) WHERE expi
 /// Expired items removed per write transaction: enough to keep up with any write rate that
 /// creates them, small enough not to slow the write.
 const PURGE_PER_WRITE: i64 = 32;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 fn migrate(connection: &Connection) -> Result<(), StoreError> {
     connection.execute_batch(SCHEMA).map_err(backend)?;

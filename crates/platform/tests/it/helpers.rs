@@ -105,13 +105,7 @@ impl Platform {
                 .unwrap();
         }
         let handles = platform::registry::start(loaded, bus).await.unwrap();
-        let url = |name: &str| {
-            handles
-                .iter()
-                .find(|h| h.name == name)
-                .map(|h| h.url())
-                .unwrap_or_default()
-        };
+        let url = |name: &str| platform::registry::url(&handles, name).unwrap_or_default();
         Self {
             catalog_url: url("catalog"),
             orders_url: url("orders"),
