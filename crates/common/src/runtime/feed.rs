@@ -4,7 +4,7 @@
 //! when its owner stops renewing it. What an owner handled but had not checkpointed when it
 //! died is handled again by the next owner: handlers are idempotent.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,8 +34,8 @@ pub trait FeedHandler: Send + Sync + 'static {
 }
 
 /// Wakes readers right after a commit in this process, and tells how fresh what they
-/// maintain is. Several readers may share one signal (a view fed by two containers): the
-/// commits count as handled once every one of them has drained its feed since.
+/// maintain is. Several readers may share one signal (a view fed by two containers): a
+/// commit counts as handled once every one of them has drained its feed after it.
 #[derive(Clone)]
 pub struct FeedSignal {
     inner: Arc<SignalState>,
@@ -46,8 +46,8 @@ impl Default for FeedSignal {
         Self {
             inner: Arc::new(SignalState {
                 commits: watch::channel(0).0,
-                pending: Mutex::new(Pending::default()),
-                readers: Mutex::new(BTreeSet::new()),
+                unhandled: Mutex::new(BTreeMap::new()),
+                readers: Mutex::new(BTreeMap::new()),
                 drained_at: Mutex::new(None),
             }),
         }
@@ -55,76 +55,75 @@ impl Default for FeedSignal {
 }
 
 struct SignalState {
-    /// Moves on every signalled commit; each reader watches it.
+    /// Counts the signalled commits; each reader watches it.
     commits: watch::Sender<u64>,
-    pending: Mutex<Pending>,
-    /// The readers sharing the signal.
-    readers: Mutex<BTreeSet<String>>,
-    /// When every reader last found its feed drained.
+    /// When each commit not yet handled by every reader was signalled, by its number.
+    unhandled: Mutex<BTreeMap<u64, Instant>>,
+    /// Per reader, the number of the last commit it has handled.
+    readers: Mutex<BTreeMap<String, u64>>,
+    /// When every reader last had every signalled commit handled.
     drained_at: Mutex<Option<SystemTime>>,
-}
-
-#[derive(Default)]
-struct Pending {
-    /// The oldest commit signalled and not yet handled by every reader.
-    since: Option<Instant>,
-    drained_by: BTreeSet<String>,
 }
 
 impl FeedSignal {
     /// Something was committed that the readers should see.
     pub fn notify(&self) {
-        if let Ok(mut pending) = self.inner.pending.lock()
-            && pending.since.is_none()
-        {
-            pending.since = Some(Instant::now());
-            pending.drained_by.clear();
-        }
-        self.inner
-            .commits
-            .send_modify(|count| *count = count.wrapping_add(1));
+        let Ok(mut unhandled) = self.inner.unhandled.lock() else {
+            return;
+        };
+        let mut number = 0;
+        self.inner.commits.send_modify(|count| {
+            *count = count.wrapping_add(1);
+            number = *count;
+        });
+        unhandled.insert(number, Instant::now());
     }
 
     /// How long the oldest commit signalled in this process has waited for the readers;
     /// zero when all were handled.
     pub fn lag(&self) -> Duration {
         self.inner
-            .pending
+            .unhandled
             .lock()
             .ok()
-            .and_then(|pending| pending.since.map(|since| since.elapsed()))
+            .and_then(|unhandled| unhandled.values().next().map(Instant::elapsed))
             .unwrap_or_default()
     }
 
-    /// When the readers last found their feeds drained (every change before it handled).
+    /// When the readers last had every commit handled.
     pub fn drained_at(&self) -> Option<SystemTime> {
         self.inner.drained_at.lock().ok().and_then(|at| *at)
     }
 
+    /// The number of the last commit signalled.
+    fn current(&self) -> u64 {
+        *self.inner.commits.borrow()
+    }
+
     fn register(&self, reader: &str) {
         if let Ok(mut readers) = self.inner.readers.lock() {
-            readers.insert(reader.to_owned());
+            readers.entry(reader.to_owned()).or_insert(0);
         }
     }
 
-    fn drained(&self, reader: &str, poll_started: Instant) {
-        let readers = match self.inner.readers.lock() {
-            Ok(readers) => readers.clone(),
-            Err(_) => return,
+    /// `reader` found its feed drained by a look that began after commit `seen`.
+    fn drained(&self, reader: &str, seen: u64) {
+        let handled_by_all = {
+            let Ok(mut readers) = self.inner.readers.lock() else {
+                return;
+            };
+            let entry = readers.entry(reader.to_owned()).or_insert(0);
+            *entry = (*entry).max(seen);
+            readers.values().copied().min().unwrap_or(seen)
         };
-        let Ok(mut pending) = self.inner.pending.lock() else {
+        let Ok(mut unhandled) = self.inner.unhandled.lock() else {
             return;
         };
-        if pending.since.is_some_and(|since| since <= poll_started) {
-            pending.drained_by.insert(reader.to_owned());
-        }
-        let everyone = readers.iter().all(|r| pending.drained_by.contains(r));
-        if everyone {
-            pending.since = None;
-            pending.drained_by.clear();
-            if let Ok(mut at) = self.inner.drained_at.lock() {
-                *at = Some(SystemTime::now());
-            }
+        unhandled.retain(|number, _| *number > handled_by_all);
+        if unhandled.is_empty()
+            && let Ok(mut at) = self.inner.drained_at.lock()
+        {
+            *at = Some(SystemTime::now());
         }
     }
 }
@@ -266,7 +265,8 @@ impl FeedReader {
             *lease = None;
             return Ok(false);
         }
-        let started = Instant::now();
+        // Every commit signalled up to now is in what the feed read below returns.
+        let seen = self.signal.current();
         let since = held.body.checkpoint.clone().map(Checkpoint);
         let batch = self
             .store
@@ -274,7 +274,7 @@ impl FeedReader {
             .await?;
         if batch.documents.is_empty() {
             // Nothing to checkpoint: an idle reader writes only to renew its lease.
-            self.signal.drained(&self.lease_id(), started);
+            self.signal.drained(&self.lease_id(), seen);
             return Ok(false);
         }
         let full = batch.documents.len() >= self.settings.batch_size;
@@ -287,7 +287,7 @@ impl FeedReader {
             return Ok(false);
         }
         if !full {
-            self.signal.drained(&self.lease_id(), started);
+            self.signal.drained(&self.lease_id(), seen);
         }
         Ok(true)
     }

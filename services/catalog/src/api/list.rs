@@ -133,6 +133,8 @@ pub async fn list_v2(
 ) -> Result<HttpResponse, ApiError> {
     principal.require(READ_SCOPE)?;
     let query = read_query(params.into_inner())?;
+    // Taken before the read: the answer is at least this fresh.
+    let freshness = views.freshness();
     let page = views.list(query).await?;
     let mut items = Vec::with_capacity(page.items.len());
     for view in &page.items {
@@ -145,9 +147,10 @@ pub async fn list_v2(
             in_stock: view.in_stock,
         });
     }
-    let freshness = views.freshness();
     let mut response = HttpResponse::Ok();
-    response.insert_header((LAG_HEADER, freshness.lag.as_millis().to_string()));
+    // Rounded up: a write still waiting is never reported as none.
+    let lag_ms = freshness.lag.as_micros().div_ceil(1000);
+    response.insert_header((LAG_HEADER, lag_ms.to_string()));
     if let Some(as_of) = freshness.as_of
         && let Ok(since_epoch) = as_of.duration_since(UNIX_EPOCH)
         && let Ok(at) =
