@@ -11,8 +11,118 @@ use serde_json::value::RawValue;
 
 use crate::error::{ApiError, FieldError};
 
-/// A JSON object with its values still as raw text.
-pub type JsonObject = BTreeMap<String, Box<RawValue>>;
+/// A JSON object with its values still as raw text. A key that appears twice, here or in
+/// any object nested in a value, is refused: a proxy that keeps the first and a service
+/// that kept the last would read two different requests.
+#[derive(Debug, Default, Clone)]
+pub struct JsonObject(BTreeMap<String, Box<RawValue>>);
+
+/// The start of the error a duplicate key gives (see `http::json_config`).
+pub const DUPLICATE_KEY: &str = "duplicate key";
+
+impl std::ops::Deref for JsonObject {
+    type Target = BTreeMap<String, Box<RawValue>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for JsonObject {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JsonObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = JsonObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonObject, A::Error> {
+                let mut object = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: Box<RawValue> = map.next_value()?;
+                    serde_json::from_str::<UniqueKeys>(value.get())
+                        .map_err(|e| serde::de::Error::custom(strip_position(&e)))?;
+                    if object.insert(key.clone(), value).is_some() {
+                        return Err(serde::de::Error::custom(format!("{DUPLICATE_KEY} `{key}`")));
+                    }
+                }
+                Ok(JsonObject(object))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// serde_json's message without its " at line L column C" (it names the nested text).
+fn strip_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+/// Any JSON value in which no object repeats a key.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                while seq.next_element::<UniqueKeys>()?.is_some() {}
+                Ok(UniqueKeys)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut keys = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<UniqueKeys>()?;
+                    if !keys.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("{DUPLICATE_KEY} `{key}`")));
+                    }
+                }
+                Ok(UniqueKeys)
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}
 
 pub struct Fields {
     object: JsonObject,
@@ -68,6 +178,54 @@ impl Fields {
         raw
     }
 
+    /// A string of `chars` characters taken exactly as sent: surrounding white space is an
+    /// error, not trimmed (codes and amounts, where a space means a different value).
+    pub fn exact_string(
+        &mut self,
+        name: &'static str,
+        required: bool,
+        chars: RangeInclusive<usize>,
+    ) -> Option<String> {
+        let text = self.string_as_sent(name, required)?;
+        if text.trim() != text {
+            self.reject(name, "must not start or end with white space");
+            return None;
+        }
+        self.within(name, text, chars)
+    }
+
+    fn string_as_sent(&mut self, name: &'static str, required: bool) -> Option<String> {
+        let raw = self.take(name, required)?;
+        match serde_json::from_str::<String>(raw.get()) {
+            Ok(text) => Some(text),
+            Err(_) => {
+                self.reject(name, "must be a string");
+                None
+            }
+        }
+    }
+
+    fn within(
+        &mut self,
+        name: &'static str,
+        text: String,
+        chars: RangeInclusive<usize>,
+    ) -> Option<String> {
+        if chars.contains(&text.chars().count()) {
+            Some(text)
+        } else {
+            self.reject(
+                name,
+                format!(
+                    "must be {} to {} characters long",
+                    chars.start(),
+                    chars.end()
+                ),
+            );
+            None
+        }
+    }
+
     /// A string of `chars` characters (counted as Unicode scalar values), trimmed of
     /// surrounding white space.
     pub fn string(
@@ -76,30 +234,8 @@ impl Fields {
         required: bool,
         chars: RangeInclusive<usize>,
     ) -> Option<String> {
-        let raw = self.take(name, required)?;
-        match serde_json::from_str::<String>(raw.get()) {
-            Ok(text) => {
-                let text = text.trim().to_owned();
-                let count = text.chars().count();
-                if chars.contains(&count) {
-                    Some(text)
-                } else {
-                    self.reject(
-                        name,
-                        format!(
-                            "must be {} to {} characters long",
-                            chars.start(),
-                            chars.end()
-                        ),
-                    );
-                    None
-                }
-            }
-            Err(_) => {
-                self.reject(name, "must be a string");
-                None
-            }
-        }
+        let text = self.string_as_sent(name, required)?;
+        self.within(name, text.trim().to_owned(), chars)
     }
 
     /// An integer within `range`.
@@ -129,7 +265,7 @@ impl Fields {
     /// The literal text of a JSON number, as sent.
     pub fn number_text(&mut self, name: &'static str, required: bool) -> Option<String> {
         let raw = self.take(name, required)?;
-        let text = raw.get().trim();
+        let text = raw.get();
         if serde_json::from_str::<serde_json::Number>(text).is_ok() {
             Some(text.to_owned())
         } else {

@@ -28,7 +28,7 @@ pub fn load_or_create_dev_secret(data_dir: &Path) -> Result<SecretString, DevSec
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(data_dir).map_err(io)?;
+    crate::private_files::create_private_dir(data_dir).map_err(io)?;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let fresh = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);

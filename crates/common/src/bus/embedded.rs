@@ -131,10 +131,8 @@ impl EmbeddedBus {
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(Self { inner });
         }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| BusError::Unavailable(format!("{}: {e}", parent.display())))?;
-        }
+        crate::private_files::ensure_private_file(path)
+            .map_err(|e| BusError::Unavailable(format!("{}: {e}", path.display())))?;
         let connection = Connection::open(path)
             .map_err(|e| BusError::Unavailable(format!("{}: {e}", path.display())))?;
         connection

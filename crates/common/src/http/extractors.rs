@@ -23,6 +23,16 @@ fn json_error(error: JsonPayloadError) -> ApiError {
             ErrorCode::UnsupportedMediaType,
             "send the body as Content-Type: application/json",
         ),
+        JsonPayloadError::Deserialize(error)
+            if error
+                .to_string()
+                .starts_with(crate::validation::DUPLICATE_KEY) =>
+        {
+            ApiError::new(
+                ErrorCode::MalformedRequest,
+                format!("the body is ambiguous: {error}"),
+            )
+        }
         JsonPayloadError::Deserialize(error) if error.is_data() => {
             ApiError::validation(vec![FieldError::new("", error.to_string())])
         }

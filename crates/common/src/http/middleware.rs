@@ -128,3 +128,57 @@ pub(crate) async fn asyncapi(
 ) -> web::Json<serde_json::Value> {
     web::Json(document.0.clone())
 }
+
+/// Body encodings the server decodes; any other would reach the handlers undecoded.
+const DECODED_ENCODINGS: &[&str] = &["gzip", "x-gzip", "identity"];
+
+/// Why a request's representation is refused before any handler reads it, if it is.
+fn unsupported_representation(req: &ServiceRequest) -> Option<String> {
+    for value in req.headers().get_all(header::CONTENT_ENCODING) {
+        let Ok(text) = value.to_str() else {
+            return Some("Content-Encoding is not readable text".to_owned());
+        };
+        for coding in text.split(',').map(|c| c.trim().to_ascii_lowercase()) {
+            if !coding.is_empty() && !DECODED_ENCODINGS.contains(&coding.as_str()) {
+                return Some(format!(
+                    "Content-Encoding {coding} is not supported; send gzip or no encoding"
+                ));
+            }
+        }
+    }
+    let content_type = req.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let charset = content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|parameter| parameter.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, value)| value.trim().trim_matches('"').to_ascii_lowercase())?;
+    (charset != "utf-8" && charset != "utf8")
+        .then(|| format!("charset {charset} is not supported; send UTF-8"))
+}
+
+/// Refuses bodies the service would misread (an encoding it does not decode, a charset
+/// other than UTF-8) with 415, and marks every answer `nosniff` and every answer to an
+/// authenticated request as not storable by shared caches.
+pub async fn guard_representation(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let authenticated = req.headers().contains_key(header::AUTHORIZATION);
+    let mut response = match unsupported_representation(&req) {
+        Some(reason) => {
+            let problem = ApiError::new(ErrorCode::UnsupportedMediaType, reason).error_response();
+            req.into_response(problem).map_into_right_body()
+        }
+        None => next.call(req).await?.map_into_left_body(),
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if authenticated && !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    Ok(response)
+}

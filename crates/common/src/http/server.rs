@@ -6,7 +6,8 @@ use actix_web::{App, HttpServer, web};
 
 use super::health::{self, ReadinessCheck};
 use super::middleware::{
-    ServiceName, asyncapi, not_found, openapi, problem_fallback, trace_request,
+    ServiceName, asyncapi, guard_representation, not_found, openapi, problem_fallback,
+    trace_request,
 };
 use super::{json_config, path_config, query_config};
 use crate::auth::{Authenticator, authenticate};
@@ -106,6 +107,7 @@ where
             .wrap(from_fn(limit_rate))
             .wrap(from_fn(authenticate))
             .wrap(Compress::default())
+            .wrap(from_fn(guard_representation))
             .wrap(from_fn(problem_fallback))
             .wrap(from_fn(trace_request))
             .route("/health/live", web::get().to(health::live))

@@ -101,11 +101,9 @@ struct Inner {
 impl EmbeddedStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-            })?;
-        }
+        crate::private_files::ensure_private_file(path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
         let writer = open_connection(path, durability, false)?;
         migrate(&writer)?;
         Ok(Self {

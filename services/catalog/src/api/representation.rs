@@ -173,12 +173,12 @@ pub fn read_draft(
     let price = match version {
         Version::V1 => {
             let amount = fields.number_text("price", true);
-            let currency = fields.string("currency", true, 3..=3);
+            let currency = fields.exact_string("currency", true, 3..=3);
             money(&mut fields, amount, currency, "price", "currency")
         }
         Version::V2 => fields.object("price", true, |price| {
-            let amount = price.string("amount", true, 1..=32);
-            let currency = price.string("currency", true, 3..=3);
+            let amount = price.exact_string("amount", true, 1..=32);
+            let currency = price.exact_string("currency", true, 3..=3);
             money(price, amount, currency, "amount", "currency")
         }),
     };

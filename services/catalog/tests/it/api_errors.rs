@@ -122,3 +122,109 @@ async fn unknown_routes_and_methods() {
         .unwrap();
     problem(wrong_method, 405).await;
 }
+
+#[tokio::test]
+async fn a_key_sent_twice_is_refused_at_any_depth() {
+    let app = TestApp::spawn().await;
+    let send = |body: &'static str| {
+        app.request(Method::POST, "/v2/products")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let top = r#"{"sku":"D-1","name":"a","name":"b","category":"c","price":{"amount":"1.00","currency":"EUR"}}"#;
+    let body = problem(send(top).await.unwrap(), 400).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("`name`"),
+        "{body}"
+    );
+    let nested = r#"{"sku":"D-1","name":"a","category":"c","price":{"amount":"1.00","amount":"0.01","currency":"EUR"}}"#;
+    problem(send(nested).await.unwrap(), 400).await;
+    assert_eq!(app.get("/v2/products/D-1").await.status(), 404);
+}
+
+#[tokio::test]
+async fn bodies_the_service_would_misread_are_refused() {
+    let app = TestApp::spawn().await;
+    let body = json!({"sku": "E-1", "name": "n", "category": "c", "price": {"amount": "1.00", "currency": "EUR"}}).to_string();
+    for (content_type, encoding) in [
+        ("application/json", Some("br")),
+        ("application/json", Some("gzip, zstd")),
+        ("application/json; charset=iso-8859-1", None),
+    ] {
+        let mut request = app
+            .request(Method::POST, "/v2/products")
+            .header("content-type", content_type)
+            .body(body.clone());
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        problem(request.send().await.unwrap(), 415).await;
+    }
+    let utf8 = app
+        .request(Method::POST, "/v2/products")
+        .header("content-type", "application/json; charset=UTF-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(utf8.status(), 201);
+}
+
+#[tokio::test]
+async fn money_text_is_taken_as_sent() {
+    let app = TestApp::spawn().await;
+    for (amount, currency, field) in [
+        (" 12.50", "EUR", "price.amount"),
+        ("12.50 ", "EUR", "price.amount"),
+        ("12.50", "EUR ", "price.currency"),
+    ] {
+        let body = json!({"sku": "M-1", "name": "n", "category": "c", "price": {"amount": amount, "currency": currency}});
+        let problem = problem(app.post("/v2/products", body).await, 422).await;
+        assert_eq!(fields(&problem), [field]);
+    }
+}
+
+#[tokio::test]
+async fn answers_are_not_sniffed_nor_stored_by_shared_caches() {
+    let app = TestApp::spawn().await;
+    let authenticated = app.get("/v2/products").await;
+    assert_eq!(authenticated.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(authenticated.headers()["cache-control"], "no-store");
+    let anonymous = app
+        .http
+        .get(format!("{}/health/live", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.headers()["x-content-type-options"], "nosniff");
+    let refused = app
+        .http
+        .get(format!("{}/v2/products", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["x-content-type-options"], "nosniff");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn data_files_are_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn().await;
+    let mode = |name: &str| {
+        std::fs::metadata(app.dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("catalog.db"), 0o600);
+    assert_eq!(mode("bus.db"), 0o600);
+    for name in ["catalog.db-wal", "bus.db-wal"] {
+        if app.dir.path().join(name).exists() {
+            assert_eq!(mode(name), 0o600, "{name}");
+        }
+    }
+}
