@@ -15,6 +15,7 @@ pub mod money;
 pub mod private_files;
 pub mod rate_limit;
 pub mod runtime;
+pub mod sku;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -128,10 +128,26 @@ impl CatalogClient {
         Ok(token)
     }
 
+    /// `<base>/v2/products/<sku>`, the SKU checked and encoded as one path segment, so that
+    /// no input can reach another route of the catalog.
+    fn product_url(&self, sku: &str) -> Result<url::Url, CatalogError> {
+        let sku = common::sku::Sku::parse(sku)
+            .map_err(|rule| CatalogError::Failed(format!("SKU {sku:?} {rule}")))?;
+        let mut url = url::Url::parse(&self.base_url)
+            .map_err(|e| CatalogError::Failed(format!("catalog URL {}: {e}", self.base_url)))?;
+        url.path_segments_mut()
+            .map_err(|()| {
+                CatalogError::Failed(format!("catalog URL {} cannot take a path", self.base_url))
+            })?
+            .pop_if_empty()
+            .extend(["v2", "products", sku.as_str()]);
+        Ok(url)
+    }
+
     /// The current price of `sku`.
     #[tracing::instrument(name = "catalog.price", skip(self), fields(otel.kind = "client", attempts = tracing::field::Empty))]
     pub async fn price(&self, sku: &str) -> Result<Money, CatalogError> {
-        let url = format!("{}/v2/products/{}", self.base_url, sku);
+        let url = self.product_url(sku)?;
         let mut last_error = CatalogError::Unavailable("no attempt made".into());
         for attempt in 1..=self.attempts {
             tracing::Span::current().record("attempts", attempt);
@@ -141,7 +157,7 @@ impl CatalogClient {
                 tokio::time::sleep(Duration::from_millis(base + jitter)).await;
             }
             let token = self.token().await?;
-            let mut request = self.http.get(&url).bearer_auth(token);
+            let mut request = self.http.get(url.clone()).bearer_auth(token);
             for (name, value) in common::telemetry::current_trace_headers() {
                 request = request.header(name, value);
             }
@@ -175,5 +191,37 @@ impl CatalogClient {
             }
         }
         Err(last_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> CatalogClient {
+        let mut settings = Settings::defaults();
+        settings.auth.hs256_secret = Some(SecretString::from("s".repeat(32)));
+        let peer = CatalogPeer {
+            url: base.to_owned(),
+            timeout_ms: 100,
+            attempts: 1,
+        };
+        CatalogClient::from_settings(&settings, &peer, None).unwrap()
+    }
+
+    #[test]
+    fn a_sku_is_one_encoded_path_segment_under_the_base() {
+        let url = client("http://catalog:8081/").product_url("A-1").unwrap();
+        assert_eq!(url.as_str(), "http://catalog:8081/v2/products/A-1");
+        let url = client("https://gw.example/catalog")
+            .product_url("A.b_1")
+            .unwrap();
+        assert_eq!(url.as_str(), "https://gw.example/catalog/v2/products/A.b_1");
+        for hostile in ["A?x", "A#x", "../x", "A/B", "%41"] {
+            assert!(
+                client("http://c").product_url(hostile).is_err(),
+                "{hostile}"
+            );
+        }
     }
 }

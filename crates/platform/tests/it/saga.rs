@@ -250,6 +250,24 @@ async fn bad_orders_get_problems() {
     let body: Value = unknown.json().await.unwrap();
     assert_eq!(body["errors"][0]["field"], "lines.1.sku");
 
+    // A SKU that would steer the price call elsewhere (`V-1?x` priced as `V-1`, or another
+    // route of the catalog under the caller's identity) never reaches the catalog.
+    for sku in [
+        "V-1?x",
+        "V-1#x",
+        "../v1/products/V-1",
+        "V-1/stock",
+        "V%2D1",
+        " V-1",
+    ] {
+        let refused = platform
+            .place("c", json!([{"sku": sku, "quantity": 1}]), None)
+            .await;
+        assert_eq!(refused.status(), 422, "{sku}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["errors"][0]["field"], "lines.0.sku", "{sku}");
+    }
+
     let cases = [
         json!({"customerId": "", "lines": []}),
         json!({"customerId": "c", "lines": [{"sku": "V-1", "quantity": 0}]}),

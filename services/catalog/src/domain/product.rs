@@ -3,33 +3,7 @@ use time::OffsetDateTime;
 
 use super::money::{Money, parse_currency};
 
-/// A stock-keeping unit: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Sku(String);
-
-impl Sku {
-    pub fn parse(text: &str) -> Result<Self, &'static str> {
-        let valid_chars = text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        let starts_well = text
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
-        if text.len() <= 64 && valid_chars && starts_well {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(
-                "must be 1 to 64 of A-Z, a-z, 0-9, '.', '_' or '-', starting with a letter or digit",
-            )
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+pub use common::sku::Sku;
 
 /// What a client may set on a product.
 #[derive(Debug, Clone, PartialEq)]

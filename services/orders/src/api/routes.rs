@@ -137,7 +137,15 @@ fn read_request(body: JsonObject) -> Result<PlaceOrder, ApiError> {
     let mut seen = BTreeSet::new();
     for (index, line) in raw_lines.unwrap_or_default().into_iter().enumerate() {
         let mut line_fields = Fields::nested_at(line, &format!("lines.{index}"));
-        let sku = line_fields.string("sku", true, 1..=64);
+        let sku = line_fields
+            .exact_string("sku", true, 1..=64)
+            .and_then(|text| match common::sku::Sku::parse(&text) {
+                Ok(sku) => Some(sku.as_str().to_owned()),
+                Err(rule) => {
+                    line_fields.reject("sku", rule);
+                    None
+                }
+            });
         let quantity = line_fields.integer("quantity", true, 1..=MAX_QUANTITY);
         if let Some(sku) = &sku
             && !seen.insert(sku.clone())
