@@ -55,18 +55,37 @@ pub struct PlaceOrder {
     pub lines: Vec<OrderLineV1>,
 }
 
-/// What an `Idempotency-Key` was first used for, and the order it made.
+/// What an `Idempotency-Key` was first used for by a client, and the order it makes.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct IdempotencyRecord {
     kind: String,
     client: String,
+    route: String,
     request: PlaceOrder,
     order_id: String,
 }
 
-fn idempotency_id(key: &str) -> String {
-    format!("idempotency-{key}")
+/// The route idempotency keys of placements belong to.
+const PLACE_ROUTE: &str = "POST /v1/orders";
+/// How long a key is remembered: a day covers every client's retries.
+const IDEMPOTENCY_TTL_SECONDS: u32 = 24 * 3600;
+
+/// Where a client's key for the placement route is recorded: the client's own partition
+/// (never the customer's, which the body chooses), under a digest of route and key (a key
+/// may hold characters an id may not).
+fn idempotency_location(client: &str, key: &str) -> (String, String) {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{PLACE_ROUTE}\n{key}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    (format!("client:{client}"), format!("idempotency-{hex}"))
+}
+
+enum Claim {
+    /// The key was used for this very request, which made this order.
+    Answered(Order, ETag),
+    /// Place the order, with this id.
+    Place(String),
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, OrdersError> {
@@ -97,21 +116,23 @@ impl Orders {
 
     /// Places an order: prices from the catalog, stored as pending together with its
     /// `orders.order.placed.v1` event. With an idempotency key, a repeat of the same
-    /// request answers with the same order; `replayed` says so.
+    /// request by the same client answers with the same order; `replayed` says so.
     pub async fn place(
         &self,
         client: &str,
         request: PlaceOrder,
         idempotency_key: Option<&str>,
     ) -> Result<(Order, ETag, bool), OrdersError> {
-        if let Some(key) = idempotency_key
-            && let Some(existing) = self.replay(client, &request, key).await?
-        {
-            return Ok(existing);
-        }
+        let order_id = match idempotency_key {
+            None => uuid::Uuid::now_v7().to_string(),
+            Some(key) => match self.claim(client, &request, key).await? {
+                Claim::Answered(order, etag) => return Ok((order, etag, true)),
+                Claim::Place(order_id) => order_id,
+            },
+        };
         let priced = self.price(&request).await?;
         let order = Order::place(
-            uuid::Uuid::now_v7().to_string(),
+            order_id,
             request.customer_id.clone(),
             priced,
             OffsetDateTime::now_utc(),
@@ -123,23 +144,13 @@ impl Orders {
         };
         let event = OrderPlaced::event(&order.id, &placed)
             .map_err(|e| OrdersError::Store(StoreError::Serialization(e.to_string())))?;
-        let mut operations = vec![BatchOp::Create {
-            id: order.id.clone(),
-            body: to_json(&order)?,
-        }];
-        if let Some(key) = idempotency_key {
-            let record = IdempotencyRecord {
-                kind: "idempotency".to_owned(),
-                client: client.to_owned(),
-                request: request.clone(),
-                order_id: order.id.clone(),
-            };
-            operations.push(BatchOp::Create {
-                id: idempotency_id(key),
-                body: to_json(&record)?,
-            });
-        }
-        operations.push(outbox_op(OrderPlaced::TOPIC, &event));
+        let operations = vec![
+            BatchOp::Create {
+                id: order.id.clone(),
+                body: to_json(&order)?,
+            },
+            outbox_op(OrderPlaced::TOPIC, &event),
+        ];
         match self
             .store
             .batch(ORDERS, &order.customer_id, operations)
@@ -154,41 +165,80 @@ impl Orders {
                     .unwrap_or_else(|| ETag::new(""));
                 Ok((order, etag, false))
             }
-            // The same key won a race with this request: answer as the winner did.
+            // A concurrent request with the same key placed it first: answer as it did.
             Err(StoreError::Conflict) if idempotency_key.is_some() => {
-                let key = idempotency_key.unwrap_or_default();
-                self.replay(client, &request, key)
-                    .await?
-                    .ok_or(OrdersError::IdempotencyMismatch)
+                let (order, etag) = self.order_in(&order.customer_id, &order.id).await?;
+                Ok((order, etag, true))
             }
             Err(other) => Err(other.into()),
         }
     }
 
-    async fn replay(
+    /// Takes `key` for this client and request, or finds what it was taken for. The
+    /// record lives in the client's own partition, whatever customer the body names, and
+    /// carries the order id chosen for the request, so that a retry after a failure places
+    /// the very same order.
+    async fn claim(
         &self,
         client: &str,
         request: &PlaceOrder,
         key: &str,
-    ) -> Result<Option<(Order, ETag, bool)>, OrdersError> {
-        let Some(document) = self
-            .store
-            .read(ORDERS, &request.customer_id, &idempotency_id(key))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let (record, _) = document.into_model::<IdempotencyRecord>()?;
-        if record.client != client || record.request != *request {
-            return Err(OrdersError::IdempotencyMismatch);
+    ) -> Result<Claim, OrdersError> {
+        let (pk, id) = idempotency_location(client, key);
+        for _ in 0..4 {
+            if let Some(document) = self.store.read(ORDERS, &pk, &id).await? {
+                let (record, _) = document.into_model::<IdempotencyRecord>()?;
+                if record.request != *request {
+                    return Err(OrdersError::IdempotencyMismatch);
+                }
+                return match self
+                    .store
+                    .read(ORDERS, &request.customer_id, &record.order_id)
+                    .await?
+                {
+                    Some(order) => {
+                        let (order, etag) = order.into_model::<Order>()?;
+                        Ok(Claim::Answered(order, etag))
+                    }
+                    // Taken, but the order was never stored (a failure, or a crash): place it now.
+                    None => Ok(Claim::Place(record.order_id)),
+                };
+            }
+            let record = IdempotencyRecord {
+                kind: "idempotency".to_owned(),
+                client: client.to_owned(),
+                route: PLACE_ROUTE.to_owned(),
+                request: request.clone(),
+                order_id: uuid::Uuid::now_v7().to_string(),
+            };
+            let operation = BatchOp::CreateExpiring {
+                id: id.clone(),
+                body: to_json(&record)?,
+                ttl_seconds: IDEMPOTENCY_TTL_SECONDS,
+            };
+            match self.store.batch(ORDERS, &pk, vec![operation]).await {
+                Ok(_) => return Ok(Claim::Place(record.order_id)),
+                // Another request took the key first: read what it was taken for.
+                Err(StoreError::Conflict) => continue,
+                Err(other) => return Err(other.into()),
+            }
         }
+        Err(OrdersError::Store(StoreError::Unavailable(
+            "the idempotency key is being taken concurrently; retry".into(),
+        )))
+    }
+
+    async fn order_in(
+        &self,
+        customer_id: &str,
+        order_id: &str,
+    ) -> Result<(Order, ETag), OrdersError> {
         let document = self
             .store
-            .read(ORDERS, &request.customer_id, &record.order_id)
+            .read(ORDERS, customer_id, order_id)
             .await?
-            .ok_or_else(|| OrdersError::NotFound(record.order_id.clone()))?;
-        let (order, etag) = document.into_model::<Order>()?;
-        Ok(Some((order, etag, true)))
+            .ok_or_else(|| OrdersError::NotFound(order_id.to_owned()))?;
+        Ok(document.into_model::<Order>()?)
     }
 
     async fn price(&self, request: &PlaceOrder) -> Result<Vec<PricedLine>, OrdersError> {

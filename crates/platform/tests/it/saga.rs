@@ -188,11 +188,45 @@ async fn an_idempotency_key_gives_one_order() {
         )
         .await;
     assert_eq!(different.status(), 422);
+    // The key belongs to the client, whatever customer the body names.
+    let other_customer = platform
+        .place(
+            "cust-4",
+            json!([{"sku": "I-1", "quantity": 1}]),
+            Some("key-1"),
+        )
+        .await;
+    assert_eq!(other_customer.status(), 422);
+    assert!(
+        platform.list("customerId=cust-4").await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // Another client's key-1 is its own.
+    let other_client = common::auth::mint_dev_token(
+        &secrecy::SecretString::from(SECRET.to_owned()),
+        &platform.settings.auth,
+        "someone-else",
+        ALL,
+        600,
+    )
+    .unwrap();
+    let theirs = platform
+        .http
+        .post(format!("{}/v1/orders", platform.orders_url))
+        .bearer_auth(other_client)
+        .header("idempotency-key", "key-1")
+        .json(&json!({"customerId": "cust-4", "lines": [{"sku": "I-1", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), 202);
 
     let all = platform.list("customerId=cust-3").await;
     assert_eq!(all["items"].as_array().unwrap().len(), 2);
     let reserved = eventually(Duration::from_secs(30), || async {
-        platform.stock("I-1").await["reserved"] == 2
+        platform.stock("I-1").await["reserved"] == 3
     })
     .await;
     assert!(reserved);
