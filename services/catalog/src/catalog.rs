@@ -169,25 +169,42 @@ impl Catalog {
         Ok((revised, document.etag))
     }
 
+    /// Deletes a product and its stock record. The stock record goes first, guarded by the
+    /// ETag it was checked at: a reservation committed since makes the delete a 503 to
+    /// retry (then a 409 while anything is reserved), never a lost reservation. Should the
+    /// product then fail to go (changed meanwhile), the stock record is put back.
     pub async fn delete_product(
         &self,
         sku: &Sku,
         expected: Option<&ETag>,
     ) -> Result<(), CatalogError> {
-        let (stock, _) = self.stock_record(sku).await?;
-        if stock.reserved > 0 {
-            return Err(CatalogError::Reserved(sku.as_str().to_owned()));
-        }
         let (_, current) = self.product(sku).await?;
         if expected.is_some_and(|expected| *expected != current) {
             return Err(CatalogError::StaleETag);
+        }
+        let (stock, stock_etag) = self.stock_record(sku).await?;
+        if stock.reserved > 0 {
+            return Err(CatalogError::Reserved(sku.as_str().to_owned()));
+        }
+        if let Some(etag) = &stock_etag {
+            match self
+                .store
+                .delete(STOCK, STOCK_PARTITION, sku.as_str(), Some(etag))
+                .await
+            {
+                Ok(()) | Err(StoreError::NotFound) => {}
+                Err(StoreError::PreconditionFailed) => {
+                    return Err(CatalogError::Contended(sku.as_str().to_owned()));
+                }
+                Err(other) => return Err(other.into()),
+            }
         }
         let tombstone = serde_json::json!({
             "kind": TOMBSTONE,
             "sku": sku.as_str(),
             "deletedAt": OffsetDateTime::now_utc().unix_timestamp(),
         });
-        match self
+        let outcome = self
             .store
             .replace(
                 PRODUCTS,
@@ -196,21 +213,33 @@ impl Catalog {
                 tombstone,
                 Some(&current),
             )
-            .await
-        {
-            Ok(_) => self.views.notify(),
-            Err(StoreError::NotFound) => {
-                return Err(CatalogError::NotFound(sku.as_str().to_owned()));
+            .await;
+        match outcome {
+            Ok(_) => {
+                self.views.notify();
+                Ok(())
             }
-            Err(other) => return Err(other.into()),
-        }
-        match self
-            .store
-            .delete(STOCK, STOCK_PARTITION, sku.as_str(), None)
-            .await
-        {
-            Ok(()) | Err(StoreError::NotFound) => Ok(()),
-            Err(other) => Err(other.into()),
+            Err(error) => {
+                if stock_etag.is_some() {
+                    // Counted again meanwhile (a conflict) is as good as restored.
+                    match self
+                        .store
+                        .create(STOCK, STOCK_PARTITION, sku.as_str(), to_json(&stock)?)
+                        .await
+                    {
+                        Ok(_) | Err(StoreError::Conflict) => {}
+                        Err(restore) => tracing::error!(
+                            sku = sku.as_str(),
+                            %restore,
+                            "the stock record of a product that could not be deleted was not put back"
+                        ),
+                    }
+                }
+                Err(match error {
+                    StoreError::NotFound => CatalogError::NotFound(sku.as_str().to_owned()),
+                    other => other.into(),
+                })
+            }
         }
     }
 
@@ -307,5 +336,124 @@ impl Catalog {
             }
         }
         Err(CatalogError::Contended(sku.as_str().to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use common::store::embedded::{Durability, EmbeddedStore};
+    use common::store::{BatchOp, ChangeBatch, Checkpoint, Document, DocumentStore, Json, Page};
+
+    use super::*;
+
+    /// A store on which a reservation commits just before the catalog deletes stock.
+    struct ReservationInBetween(EmbeddedStore);
+
+    #[async_trait]
+    impl DocumentStore for ReservationInBetween {
+        async fn read(&self, c: &str, pk: &str, id: &str) -> Result<Option<Document>, StoreError> {
+            self.0.read(c, pk, id).await
+        }
+        async fn find_by_id(&self, c: &str, id: &str) -> Result<Option<Document>, StoreError> {
+            self.0.find_by_id(c, id).await
+        }
+        async fn create(
+            &self,
+            c: &str,
+            pk: &str,
+            id: &str,
+            body: Json,
+        ) -> Result<Document, StoreError> {
+            self.0.create(c, pk, id, body).await
+        }
+        async fn replace(
+            &self,
+            c: &str,
+            pk: &str,
+            id: &str,
+            body: Json,
+            etag: Option<&ETag>,
+        ) -> Result<Document, StoreError> {
+            self.0.replace(c, pk, id, body, etag).await
+        }
+        async fn upsert(
+            &self,
+            c: &str,
+            pk: &str,
+            id: &str,
+            body: Json,
+        ) -> Result<Document, StoreError> {
+            self.0.upsert(c, pk, id, body).await
+        }
+        async fn delete(
+            &self,
+            c: &str,
+            pk: &str,
+            id: &str,
+            etag: Option<&ETag>,
+        ) -> Result<(), StoreError> {
+            if c == STOCK {
+                let reserved = serde_json::json!({"sku": id, "onHand": 5, "reserved": 2});
+                self.0.replace(c, pk, id, reserved, None).await?;
+            }
+            self.0.delete(c, pk, id, etag).await
+        }
+        async fn query(&self, c: &str, query: &Query) -> Result<Page, StoreError> {
+            self.0.query(c, query).await
+        }
+        async fn changes(
+            &self,
+            c: &str,
+            since: Option<&Checkpoint>,
+            max: usize,
+        ) -> Result<ChangeBatch, StoreError> {
+            self.0.changes(c, since, max).await
+        }
+        async fn batch(
+            &self,
+            c: &str,
+            pk: &str,
+            ops: Vec<BatchOp>,
+        ) -> Result<Vec<Option<ETag>>, StoreError> {
+            self.0.batch(c, pk, ops).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.0.ping().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reservation_committed_during_a_delete_is_never_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("c.db"), Durability::Normal).unwrap();
+        let catalog = Catalog::new(
+            Arc::new(ReservationInBetween(store.clone())),
+            FeedSignal::default(),
+        );
+        let sku = Sku::parse("R-1").unwrap();
+        let draft = crate::domain::ProductDraft {
+            sku: sku.clone(),
+            name: "r".into(),
+            description: String::new(),
+            category: "c".into(),
+            price: crate::domain::Money::parse(
+                "1.00",
+                common::money::parse_currency("EUR").unwrap(),
+            )
+            .unwrap(),
+        };
+        catalog.create_product(draft).await.unwrap();
+        catalog.count_stock(&sku, 5, None).await.unwrap();
+        let refused = catalog.delete_product(&sku, None).await;
+        assert!(
+            matches!(refused, Err(CatalogError::Contended(_))),
+            "{refused:?}"
+        );
+        let (stock, _) = catalog.stock(&sku).await.unwrap();
+        assert_eq!(stock.reserved, 2, "the reservation survived");
+        assert!(catalog.product(&sku).await.is_ok(), "the product stays");
     }
 }
