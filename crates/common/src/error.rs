@@ -52,6 +52,7 @@ error_codes! {
     Internal => ("internal", INTERNAL_SERVER_ERROR, "An internal error occurred"),
     DependencyFailed => ("dependency-failed", FAILED_DEPENDENCY, "A service this request depends on failed"),
     Unavailable => ("unavailable", SERVICE_UNAVAILABLE, "The service is temporarily unavailable"),
+    InsufficientStorage => ("insufficient-storage", INSUFFICIENT_STORAGE, "The service's storage is full"),
 }
 
 impl ErrorCode {
@@ -226,6 +227,14 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "document store unavailable");
                 ApiError::bare(ErrorCode::Unavailable).with_retry_after(1)
+            }
+            StoreError::Full(cause) => {
+                tracing::error!(error = %cause, "document store out of space; writes refused until there is room");
+                ApiError::new(
+                    ErrorCode::InsufficientStorage,
+                    "the service cannot store anything more until space is freed; nothing was written",
+                )
+                .with_retry_after(30)
             }
             StoreError::Serialization(cause) => ApiError::internal(cause),
             StoreError::Backend(cause) => ApiError::internal(cause),

@@ -59,6 +59,7 @@ pub enum StoreKind {
 pub struct StoreSettings {
     pub kind: StoreKind,
     pub durability: Durability,
+    pub max_size_mb: u64,
     pub cosmos: CosmosSettings,
 }
 

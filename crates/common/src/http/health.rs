@@ -22,7 +22,10 @@ impl ReadinessCheck for StoreReadiness {
         "store"
     }
     async fn check(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
+        self.0.ping().await.map_err(|e| {
+            tracing::warn!(error = %e, "store readiness check failed");
+            e.reason().to_owned()
+        })
     }
 }
 
@@ -34,7 +37,10 @@ impl ReadinessCheck for BusReadiness {
         "bus"
     }
     async fn check(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
+        self.0.ping().await.map_err(|e| {
+            tracing::warn!(error = %e, "bus readiness check failed");
+            "unavailable".to_owned()
+        })
     }
 }
 
@@ -51,8 +57,9 @@ pub(crate) async fn ready(checks: web::Data<Readiness>) -> Result<HttpResponse, 
             tracing::warn!(check = check.name(), %reason, "readiness check failed");
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
-                format!("{} is not ready", check.name()),
-            ));
+                format!("{} is not ready: {reason}", check.name()),
+            )
+            .with_retry_after(5));
         }
         report.insert(check.name().to_owned(), json!("ok"));
     }

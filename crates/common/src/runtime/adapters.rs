@@ -22,6 +22,10 @@ pub async fn open_store(
         StoreKind::Embedded => {
             let store =
                 EmbeddedStore::open(&settings.store_file(service), settings.store.durability)?;
+            if settings.store.max_size_mb > 0 {
+                let bytes = settings.store.max_size_mb.saturating_mul(1024 * 1024);
+                store.set_size_limit(Some(bytes)).await?;
+            }
             Ok(Arc::new(store))
         }
         StoreKind::Cosmos => Ok(Arc::new(

@@ -96,6 +96,14 @@ struct Inner {
     durability: Durability,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Set when a write failed for lack of room or access, until a write succeeds again:
+    /// readiness then tries a write itself, and reports why it fails.
+    writes_failing: std::sync::atomic::AtomicBool,
+}
+
+/// Whether a write's failure says the storage itself cannot take writes now.
+fn storage_failure(error: &StoreError) -> bool {
+    matches!(error, StoreError::Full(_) | StoreError::Unavailable(_))
 }
 
 impl EmbeddedStore {
@@ -112,6 +120,7 @@ impl EmbeddedStore {
                 durability,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                writes_failing: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -126,7 +135,36 @@ impl EmbeddedStore {
                 .writer
                 .lock()
                 .map_err(|_| StoreError::Backend("writer connection poisoned".into()))?;
-            work(&mut connection)
+            let result = work(&mut connection);
+            let failing = match &result {
+                Err(error) if storage_failure(error) => Some(true),
+                Ok(_) => Some(false),
+                // A conflict or a stale ETag says nothing about the storage.
+                Err(_) => None,
+            };
+            if let Some(failing) = failing {
+                inner
+                    .writes_failing
+                    .store(failing, std::sync::atomic::Ordering::Relaxed);
+            }
+            result
+        })
+        .await
+    }
+
+    /// Caps the file at `bytes` (rounded down to whole pages), or lifts the cap: writes
+    /// past it fail as on a full disk (`StoreError::Full`). For quotas, and for tests of
+    /// what a full disk does.
+    pub async fn set_size_limit(&self, bytes: Option<u64>) -> Result<(), StoreError> {
+        self.with_writer(move |connection| {
+            let page_size: u64 = connection
+                .query_row("PRAGMA page_size", [], |row| row.get(0))
+                .map_err(backend)?;
+            // SQLite's own ceiling when no cap is wanted.
+            let pages = bytes.map_or(4_294_967_294, |bytes| (bytes / page_size.max(1)).max(1));
+            connection
+                .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(backend)
         })
         .await
     }
@@ -193,17 +231,19 @@ fn open_connection(
 }
 
 fn backend(error: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
     match error {
-        rusqlite::Error::SqliteFailure(code, _)
-            if matches!(
-                code.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ) =>
-        {
-            StoreError::Throttled {
+        rusqlite::Error::SqliteFailure(code, _) => match code.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Throttled {
                 retry_after_ms: 100,
-            }
-        }
+            },
+            ErrorCode::DiskFull => StoreError::Full(error.to_string()),
+            ErrorCode::ReadOnly
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::PermissionDenied => StoreError::Unavailable(error.to_string()),
+            _ => StoreError::Backend(error.to_string()),
+        },
         other => StoreError::Backend(other.to_string()),
     }
 }
@@ -689,6 +729,31 @@ impl DocumentStore for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if self
+            .inner
+            .writes_failing
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // Writes were failing: commit a page's worth and take it back. Success means
+            // there is room again (and clears the state); failure says why.
+            self.with_writer(|connection| {
+                connection
+                    .execute_batch(
+                        "CREATE TABLE IF NOT EXISTS space_probe (filler BLOB);
+                         BEGIN IMMEDIATE;
+                         INSERT INTO space_probe VALUES (zeroblob(8192));
+                         COMMIT;",
+                    )
+                    .map_err(|error| {
+                        let _ = connection.execute_batch("ROLLBACK");
+                        backend(error)
+                    })?;
+                connection
+                    .execute_batch("DELETE FROM space_probe")
+                    .map_err(backend)
+            })
+            .await?;
+        }
         self.with_reader(|connection| {
             connection
                 .query_row("SELECT 1", [], |_| Ok(()))
@@ -732,5 +797,39 @@ mod tests {
             .create("c", "pk", "p-0", serde_json::json!({}))
             .await
             .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod full_disk {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_store_refuses_writes_says_why_and_resumes_when_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.db"), Durability::Normal).unwrap();
+        store.set_size_limit(Some(64 * 1024)).await.unwrap();
+        let big = serde_json::json!({"blob": "x".repeat(4000)});
+        let mut written = Vec::new();
+        let error = loop {
+            let id = format!("d-{}", written.len());
+            match store.create("c", "pk", &id, big.clone()).await {
+                Ok(_) => written.push(id),
+                Err(error) => break error,
+            }
+            assert!(written.len() < 1000, "the cap never bit");
+        };
+        assert!(matches!(error, StoreError::Full(_)), "{error:?}");
+        let not_ready = store.ping().await.unwrap_err();
+        assert!(matches!(not_ready, StoreError::Full(_)), "{not_ready:?}");
+        assert!(not_ready.reason().contains("out of space"));
+        // Reads go on, and everything acknowledged is there.
+        for id in &written {
+            assert!(store.read("c", "pk", id).await.unwrap().is_some(), "{id}");
+        }
+        // Room again: ready, and writes go through by themselves.
+        store.set_size_limit(None).await.unwrap();
+        store.ping().await.unwrap();
+        store.create("c", "pk", "after", big).await.unwrap();
     }
 }

@@ -331,10 +331,25 @@ pub enum StoreError {
     Throttled { retry_after_ms: u64 },
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// No room to write (disk or quota full); reads go on, writes resume once there is.
+    #[error("the store is out of space: {0}")]
+    Full(String),
     #[error("a document could not be (de)serialized: {0}")]
     Serialization(String),
     #[error("store failure: {0}")]
     Backend(String),
+}
+
+impl StoreError {
+    /// What a health probe may say of the failure: a category, nothing internal.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreError::Full(_) => "out of space: writes are refused until space is freed",
+            StoreError::Unavailable(_) => "unavailable (unreachable, read-only or failing storage)",
+            StoreError::Throttled { .. } => "throttling",
+            _ => "failing",
+        }
+    }
 }
 
 #[async_trait]

@@ -228,3 +228,38 @@ async fn data_files_are_the_owners_alone() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_full_store_answers_507_and_readiness_says_why() {
+    let app = TestApp::spawn_with(|settings| settings.store.max_size_mb = 1).await;
+    let mut stored = 0;
+    let full = loop {
+        let body = json!({
+            "sku": format!("F-{stored}"), "name": "n", "category": "c",
+            "description": "d".repeat(4000),
+            "price": {"amount": "1.00", "currency": "EUR"}
+        });
+        let response = app.post("/v2/products", body).await;
+        if response.status() != 201 {
+            break response;
+        }
+        stored += 1;
+        assert!(stored < 2000, "the store never filled up");
+    };
+    assert!(full.headers().get("retry-after").is_some());
+    let body = problem(full, 507).await;
+    assert_eq!(body["type"], "urn:problem:insufficient-storage");
+    let ready = app
+        .http
+        .get(format!("{}/health/ready", app.url))
+        .send()
+        .await
+        .unwrap();
+    let ready = problem(ready, 503).await;
+    assert!(
+        ready["detail"].as_str().unwrap().contains("out of space"),
+        "{ready}"
+    );
+    // What was acknowledged is still served.
+    assert_eq!(app.get("/v2/products/F-0").await.status(), 200);
+}
