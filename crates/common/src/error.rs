@@ -228,6 +228,7 @@ impl From<crate::store::StoreError> for ApiError {
                 tracing::error!(error = %cause, "document store unavailable");
                 ApiError::bare(ErrorCode::Unavailable).with_retry_after(1)
             }
+            StoreError::TooLarge(detail) => ApiError::new(ErrorCode::PayloadTooLarge, detail),
             StoreError::Full(cause) => {
                 tracing::error!(error = %cause, "document store out of space; writes refused until there is room");
                 ApiError::new(

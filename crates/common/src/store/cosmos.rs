@@ -106,6 +106,8 @@ fn map_error(error: CosmosError) -> StoreError {
         StoreError::Conflict
     } else if status.is_precondition_failed() {
         StoreError::PreconditionFailed
+    } else if u16::from(status.status_code()) == 413 {
+        StoreError::TooLarge("the item or batch is over Cosmos DB's size limit".into())
     } else if status.is_throttled() {
         StoreError::Throttled {
             retry_after_ms: 1000,
@@ -220,6 +222,7 @@ impl DocumentStore for CosmosStore {
         id: &str,
         body: Json,
     ) -> Result<Document, StoreError> {
+        super::check_item_size(id, &body)?;
         let response = self
             .container(container)?
             .create_item(pk.to_owned(), id, envelope(pk, id, body.clone()), None)
@@ -237,6 +240,7 @@ impl DocumentStore for CosmosStore {
         body: Json,
         expected: Option<&ETag>,
     ) -> Result<Document, StoreError> {
+        super::check_item_size(id, &body)?;
         let response = self
             .container(container)?
             .replace_item(
@@ -258,6 +262,7 @@ impl DocumentStore for CosmosStore {
         id: &str,
         body: Json,
     ) -> Result<Document, StoreError> {
+        super::check_item_size(id, &body)?;
         let response = self
             .container(container)?
             .upsert_item(pk.to_owned(), id, envelope(pk, id, body.clone()), None)
@@ -297,17 +302,25 @@ impl DocumentStore for CosmosStore {
             (Some(position), Some((key, descending))) => {
                 let beyond = if *descending { "<" } else { ">" };
                 sql.push_str(&format!(
-                    " AND ({key} {beyond} @afterValue OR ({key} = @afterValue AND c.id > @after))"
+                    " AND ({key} {beyond} @afterValue OR ({key} = @afterValue AND (c.id > @after OR (c.id = @after AND c.pk > @afterPk))))"
                 ));
                 parameters.push(("@after".into(), Json::String(position.after_id)));
+                parameters.push((
+                    "@afterPk".into(),
+                    Json::String(position.after_pk.unwrap_or_default()),
+                ));
                 parameters.push((
                     "@afterValue".into(),
                     position.after_value.unwrap_or(Json::Null),
                 ));
             }
             (Some(position), None) => {
-                sql.push_str(" AND c.id > @after");
+                sql.push_str(" AND (c.id > @after OR (c.id = @after AND c.pk > @afterPk))");
                 parameters.push(("@after".into(), Json::String(position.after_id)));
+                parameters.push((
+                    "@afterPk".into(),
+                    Json::String(position.after_pk.unwrap_or_default()),
+                ));
             }
             _ => {}
         }
@@ -334,9 +347,13 @@ impl DocumentStore for CosmosStore {
             parameters.push((format!("@f{index}"), filter.value.clone()));
         }
         match &sort {
-            Some((key, true)) => sql.push_str(&format!(" ORDER BY {key} DESC, c.id ASC")),
-            Some((key, false)) => sql.push_str(&format!(" ORDER BY {key} ASC, c.id ASC")),
-            None => sql.push_str(" ORDER BY c.id"),
+            Some((key, true)) => {
+                sql.push_str(&format!(" ORDER BY {key} DESC, c.id ASC, c.pk ASC"));
+            }
+            Some((key, false)) => {
+                sql.push_str(&format!(" ORDER BY {key} ASC, c.id ASC, c.pk ASC"));
+            }
+            None => sql.push_str(" ORDER BY c.id ASC, c.pk ASC"),
         }
         let mut sql_query = SqlQuery::from(sql);
         for (name, value) in parameters {
@@ -458,6 +475,7 @@ impl DocumentStore for CosmosStore {
         use azure_data_cosmos::options::{BatchDeleteOptions, BatchReplaceOptions};
 
         super::embedded::check_batch_size(&operations)?;
+        super::check_batch_bytes(&operations)?;
         let serialization = |e: CosmosError| StoreError::Serialization(e.to_string());
         let mut batch = TransactionalBatch::new(pk.to_owned());
         for operation in &operations {

@@ -392,6 +392,13 @@ fn write_in(
     mode: WriteMode<'_>,
 ) -> Result<ETag, StoreError> {
     let text = serialize(body)?;
+    if text.len() > super::MAX_ITEM_BYTES {
+        return Err(StoreError::TooLarge(format!(
+            "item {id} is {} bytes; at most {} are stored",
+            text.len(),
+            super::MAX_ITEM_BYTES
+        )));
+    }
     let existing = current_seq(tx, container, pk, id)?;
     match (&mode, existing) {
         (WriteMode::Create | WriteMode::CreateExpiring(_), Some(_)) => {
@@ -545,6 +552,7 @@ impl DocumentStore for EmbeddedStore {
         operations: Vec<BatchOp>,
     ) -> Result<Vec<Option<ETag>>, StoreError> {
         check_batch_size(&operations)?;
+        super::check_batch_bytes(&operations)?;
         let (container, pk) = (container.to_owned(), pk.to_owned());
         self.with_writer(move |connection| {
             // Dropping the transaction on an early return rolls every operation back.
@@ -614,14 +622,26 @@ impl DocumentStore for EmbeddedStore {
                 (Some(position), Some((key, descending))) => {
                     let beyond = if *descending { "<" } else { ">" };
                     let value = sql_value(position.after_value.as_ref().unwrap_or(&Json::Null))?;
+                    let pk = position.after_pk.clone().unwrap_or_default();
                     sql.push_str(&format!(
-                        " AND ({key} {beyond} ? OR ({key} = ? AND id > ?))"
+                        " AND ({key} {beyond} ? OR ({key} = ? AND (id > ? OR (id = ? AND pk > ?))))"
                     ));
-                    values.extend([value.clone(), value, position.after_id.clone().into()]);
+                    values.extend([
+                        value.clone(),
+                        value,
+                        position.after_id.clone().into(),
+                        position.after_id.clone().into(),
+                        pk.into(),
+                    ]);
                 }
                 (Some(position), None) => {
-                    sql.push_str(" AND id > ?");
-                    values.push(position.after_id.clone().into());
+                    let pk = position.after_pk.clone().unwrap_or_default();
+                    sql.push_str(" AND (id > ? OR (id = ? AND pk > ?))");
+                    values.extend([
+                        position.after_id.clone().into(),
+                        position.after_id.clone().into(),
+                        pk.into(),
+                    ]);
                 }
                 _ => {}
             }

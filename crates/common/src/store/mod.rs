@@ -219,6 +219,10 @@ pub struct Page {
 pub(crate) struct ContinuationToken {
     #[serde(rename = "a")]
     pub after_id: String,
+    /// The last item's partition key: ids repeat across partitions, so a page ends on
+    /// (id, partition key), never on the id alone.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub after_pk: Option<String>,
     /// The sort field's value of the last item, for ordered queries.
     #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
     pub after_value: Option<Json>,
@@ -245,6 +249,7 @@ impl ContinuationToken {
         let continuation = more.then(|| items.last()).flatten().map(|last| {
             ContinuationToken {
                 after_id: last.id.clone(),
+                after_pk: Some(last.partition_key.clone()),
                 after_value: query
                     .order_by
                     .as_ref()
@@ -317,6 +322,48 @@ impl BatchOp {
 /// Most operations one batch may hold (Cosmos DB's transactional batch limit).
 pub const MAX_BATCH_OPERATIONS: usize = 100;
 
+/// The largest item body, serialized (Cosmos DB: 2 MB per item, envelope included; the
+/// margin leaves room for the envelope and system properties).
+pub const MAX_ITEM_BYTES: usize = 2 * 1024 * 1024 - 4 * 1024;
+
+/// The largest batch, serialized bodies added up (Cosmos DB: 2 MB per transactional batch).
+pub const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024 - 16 * 1024;
+
+/// Refuses an item body over [`MAX_ITEM_BYTES`]; returns its serialized size.
+pub(crate) fn check_item_size(id: &str, body: &Json) -> Result<usize, StoreError> {
+    let bytes = serde_json::to_vec(body)
+        .map_err(|e| StoreError::Serialization(e.to_string()))?
+        .len();
+    if bytes > MAX_ITEM_BYTES {
+        return Err(StoreError::TooLarge(format!(
+            "item {id} is {bytes} bytes; at most {MAX_ITEM_BYTES} are stored"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Refuses a batch whose bodies add up to more than [`MAX_BATCH_BYTES`], or with an item
+/// over [`MAX_ITEM_BYTES`].
+pub(crate) fn check_batch_bytes(operations: &[BatchOp]) -> Result<(), StoreError> {
+    let mut total = 0;
+    for operation in operations {
+        let body = match operation {
+            BatchOp::Create { body, .. }
+            | BatchOp::CreateExpiring { body, .. }
+            | BatchOp::Replace { body, .. }
+            | BatchOp::Upsert { body, .. } => body,
+            BatchOp::Delete { .. } => continue,
+        };
+        total += check_item_size(operation.id(), body)?;
+    }
+    if total > MAX_BATCH_BYTES {
+        return Err(StoreError::TooLarge(format!(
+            "the batch is {total} bytes; at most {MAX_BATCH_BYTES} are stored at once"
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     #[error("document not found")]
@@ -331,6 +378,9 @@ pub enum StoreError {
     Throttled { retry_after_ms: u64 },
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// An item or a batch over Cosmos DB's limits (2 MB each), on every store alike.
+    #[error("{0}")]
+    TooLarge(String),
     /// No room to write (disk or quota full); reads go on, writes resume once there is.
     #[error("the store is out of space: {0}")]
     Full(String),
@@ -345,6 +395,7 @@ impl StoreError {
     pub fn reason(&self) -> &'static str {
         match self {
             StoreError::Full(_) => "out of space: writes are refused until space is freed",
+            StoreError::TooLarge(_) => "asked to store too much at once",
             StoreError::Unavailable(_) => "unavailable (unreachable, read-only or failing storage)",
             StoreError::Throttled { .. } => "throttling",
             _ => "failing",

@@ -151,6 +151,8 @@ contract!(
     batch_with_stale_etag_applies_nothing,
     expiring_items_vanish_after_their_time_to_live,
     query_ranges_and_field_order_page_with_continuation,
+    items_and_batches_over_two_megabytes_are_refused_alike,
+    cross_partition_pages_never_skip_an_id_shared_by_two_partitions,
 );
 
 async fn create_then_read_round_trips(store: &SharedStore) {
@@ -838,4 +840,79 @@ async fn query_ranges_and_field_order_page_with_continuation(store: &SharedStore
         .await
         .unwrap_err();
     assert_eq!(error, StoreError::InvalidContinuation);
+}
+
+async fn items_and_batches_over_two_megabytes_are_refused_alike(store: &SharedStore) {
+    let pk = unique("big");
+    let huge = json!({"blob": "x".repeat(common::store::MAX_ITEM_BYTES)});
+    for result in [
+        store
+            .create(THINGS, &pk, "huge", huge.clone())
+            .await
+            .map(|_| ()),
+        store
+            .upsert(THINGS, &pk, "huge", huge.clone())
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(matches!(result, Err(StoreError::TooLarge(_))), "{result:?}");
+    }
+    // Each item fits, together they do not.
+    let half = json!({"blob": "x".repeat(common::store::MAX_ITEM_BYTES / 2 + 1024)});
+    let batch = vec![
+        BatchOp::Create {
+            id: "a".into(),
+            body: half.clone(),
+        },
+        BatchOp::Create {
+            id: "b".into(),
+            body: half.clone(),
+        },
+        BatchOp::Create {
+            id: "c".into(),
+            body: half,
+        },
+    ];
+    let result = store.batch(THINGS, &pk, batch).await;
+    assert!(matches!(result, Err(StoreError::TooLarge(_))), "{result:?}");
+    assert!(store.read(THINGS, &pk, "a").await.unwrap().is_none());
+    assert!(store.read(THINGS, &pk, "huge").await.unwrap().is_none());
+}
+
+async fn cross_partition_pages_never_skip_an_id_shared_by_two_partitions(store: &SharedStore) {
+    let kind = unique("shared");
+    // Two partitions hold the same ids; a page boundary falls between the two copies.
+    for id in ["a", "b", "c"] {
+        for pk in ["p1", "p2"] {
+            store
+                .create(THINGS, &format!("{kind}-{pk}"), id, json!({"kind": kind}))
+                .await
+                .unwrap();
+        }
+    }
+    let mut seen = Vec::new();
+    let mut continuation = None;
+    loop {
+        let page = store
+            .query(
+                THINGS,
+                &Query::new(QueryScope::AllPartitions, 3)
+                    .filter("kind", kind.as_str())
+                    .continue_from(continuation),
+            )
+            .await
+            .unwrap();
+        seen.extend(page.items.into_iter().map(|d| {
+            format!(
+                "{}@{}",
+                d.id,
+                d.partition_key.rsplit('-').next().unwrap_or("")
+            )
+        }));
+        match page.continuation {
+            Some(next) => continuation = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a@p1", "a@p2", "b@p1", "b@p2", "c@p1", "c@p2"]);
 }
