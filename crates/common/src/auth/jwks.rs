@@ -22,7 +22,16 @@ struct Inner {
     jwks_url: Option<String>,
     min_refresh_interval: Duration,
     keys: RwLock<JwkSet>,
-    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+    refresh: tokio::sync::Mutex<RefreshState>,
+}
+
+/// When the keys may be fetched again: a successful fetch waits the configured interval
+/// (unknown key ids must not hammer the issuer), a failed one backs off from a second,
+/// doubling up to that interval, so that an outage ends as soon as the issuer is back.
+#[derive(Default)]
+struct RefreshState {
+    not_before: Option<Instant>,
+    failures: u32,
 }
 
 #[derive(Deserialize)]
@@ -52,7 +61,7 @@ impl JwksClient {
                 jwks_url,
                 min_refresh_interval,
                 keys: RwLock::new(JwkSet { keys: Vec::new() }),
-                last_refresh: tokio::sync::Mutex::new(None),
+                refresh: tokio::sync::Mutex::new(RefreshState::default()),
             }),
         }
     }
@@ -85,20 +94,36 @@ impl JwksClient {
         DecodingKey::from_jwk(&jwk).map_err(|_| AuthError::UnknownKey)
     }
 
+    /// Fetches the keys unless it is too early; too early after a failure is still a
+    /// failure (the issuer is down: 503), too early after a success means the keys we have
+    /// are the issuer's (an unknown key id: 401).
     async fn refresh(&self) -> Result<(), AuthError> {
-        let mut last = self.inner.last_refresh.lock().await;
-        if last.is_some_and(|at| at.elapsed() < self.inner.min_refresh_interval) {
-            return Ok(());
+        let mut state = self.inner.refresh.lock().await;
+        if state.not_before.is_some_and(|at| Instant::now() < at) {
+            return if state.failures > 0 {
+                Err(AuthError::KeysUnavailable)
+            } else {
+                Ok(())
+            };
         }
-        *last = Some(Instant::now());
-        let set = self.fetch().await.map_err(|error| {
-            tracing::warn!(%error, issuer = %self.inner.issuer, "fetching JWKS failed");
-            AuthError::KeysUnavailable
-        })?;
-        if let Ok(mut keys) = self.inner.keys.write() {
-            *keys = set;
+        match self.fetch().await {
+            Ok(set) => {
+                if let Ok(mut keys) = self.inner.keys.write() {
+                    *keys = set;
+                }
+                state.failures = 0;
+                state.not_before = Some(Instant::now() + self.inner.min_refresh_interval);
+                Ok(())
+            }
+            Err(error) => {
+                state.failures = state.failures.saturating_add(1);
+                let backoff = Duration::from_secs(1 << state.failures.saturating_sub(1).min(10))
+                    .min(self.inner.min_refresh_interval.max(Duration::from_secs(1)));
+                state.not_before = Some(Instant::now() + backoff);
+                tracing::warn!(%error, issuer = %self.inner.issuer, failures = state.failures, retry_in = ?backoff, "fetching JWKS failed");
+                Err(AuthError::KeysUnavailable)
+            }
         }
-        Ok(())
     }
 
     async fn fetch(&self) -> Result<JwkSet, reqwest::Error> {

@@ -32,17 +32,24 @@ pub async fn authenticate(
                     tracing::Span::current().record("client", principal.subject.as_str());
                     req.extensions_mut().insert(principal);
                 }
+                Err(error @ super::AuthError::KeysUnavailable) => {
+                    req.extensions_mut()
+                        .insert(AuthFailure::Unverifiable(format!(
+                            "the token cannot be checked now: {error}; retry"
+                        )));
+                }
                 Err(error) => {
-                    req.extensions_mut().insert(AuthFailure(error.to_string()));
+                    req.extensions_mut()
+                        .insert(AuthFailure::Refused(error.to_string()));
                 }
             },
             (Err(()), _) => {
-                req.extensions_mut().insert(AuthFailure(
+                req.extensions_mut().insert(AuthFailure::Refused(
                     "the Authorization header must be `Bearer <token>`".into(),
                 ));
             }
             (Ok(_), None) => {
-                req.extensions_mut().insert(AuthFailure(
+                req.extensions_mut().insert(AuthFailure::Unverifiable(
                     "this service has no authenticator configured".into(),
                 ));
             }

@@ -48,7 +48,12 @@ impl Principal {
 
 /// Why a request carries no [`Principal`]; kept in the request by the middleware.
 #[derive(Debug, Clone)]
-pub(crate) struct AuthFailure(pub String);
+pub(crate) enum AuthFailure {
+    /// The token was refused (401).
+    Refused(String),
+    /// The token could not be checked: the identity provider is unreachable (503).
+    Unverifiable(String),
+}
 
 impl FromRequest for Principal {
     type Error = ApiError;
@@ -58,8 +63,15 @@ impl FromRequest for Principal {
         let extensions = req.extensions();
         let outcome = if let Some(principal) = extensions.get::<Principal>() {
             Ok(principal.clone())
-        } else if let Some(AuthFailure(reason)) = extensions.get::<AuthFailure>() {
-            Err(ApiError::new(ErrorCode::Unauthenticated, reason.clone()))
+        } else if let Some(failure) = extensions.get::<AuthFailure>() {
+            Err(match failure {
+                AuthFailure::Refused(reason) => {
+                    ApiError::new(ErrorCode::Unauthenticated, reason.clone())
+                }
+                AuthFailure::Unverifiable(reason) => {
+                    ApiError::new(ErrorCode::Unavailable, reason.clone()).with_retry_after(5)
+                }
+            })
         } else {
             Err(ApiError::new(
                 ErrorCode::Unauthenticated,

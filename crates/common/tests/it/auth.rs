@@ -202,6 +202,8 @@ struct Issuer {
     url: String,
     keys: Arc<Mutex<String>>,
     fetches: Arc<AtomicUsize>,
+    /// While set, the issuer answers 503 (an outage).
+    down: Arc<std::sync::atomic::AtomicBool>,
     _server: actix_web::dev::ServerHandle,
 }
 
@@ -210,10 +212,13 @@ async fn issuer(initial_keys: &str) -> Issuer {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let keys = Arc::new(Mutex::new(initial_keys.to_owned()));
     let fetches = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (served_keys, served_fetches, base) = (keys.clone(), fetches.clone(), url.clone());
+    let served_down = down.clone();
     let server = HttpServer::new(move || {
         let keys = served_keys.clone();
         let fetches = served_fetches.clone();
+        let down = served_down.clone();
         let base = base.clone();
         App::new()
             .route(
@@ -231,7 +236,11 @@ async fn issuer(initial_keys: &str) -> Issuer {
                 web::get().to(move || {
                     let keys = keys.lock().unwrap().clone();
                     fetches.fetch_add(1, Ordering::SeqCst);
+                    let down = down.load(Ordering::SeqCst);
                     async move {
+                        if down {
+                            return HttpResponse::ServiceUnavailable().finish();
+                        }
                         HttpResponse::Ok()
                             .content_type("application/json")
                             .body(keys)
@@ -249,6 +258,7 @@ async fn issuer(initial_keys: &str) -> Issuer {
         url,
         keys,
         fetches,
+        down,
         _server: handle,
     }
 }
@@ -357,5 +367,38 @@ async fn unreachable_issuer_is_a_clean_failure() {
     assert_eq!(
         authenticator.validate(&token).await,
         Err(AuthError::KeysUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn an_identity_provider_outage_is_unavailable_and_ends_when_it_comes_back() {
+    let issuer = issuer(RSA_JWKS).await;
+    issuer.down.store(true, Ordering::SeqCst);
+    // A long interval between refreshes for unknown keys must not delay recovery.
+    let settings = AuthSettings {
+        jwks_refresh_min_seconds: 3600,
+        ..oidc_settings(&issuer)
+    };
+    let authenticator = Authenticator::oidc(JwksClient::for_settings(&settings), &settings);
+    let token = signed(&claims(&settings), Algorithm::RS256, "rsa-1");
+    assert_eq!(
+        authenticator.validate(&token).await,
+        Err(AuthError::KeysUnavailable)
+    );
+    // Within the back-off it stays unavailable, without asking the issuer again.
+    let fetched = issuer.fetches.load(Ordering::SeqCst);
+    assert_eq!(
+        authenticator.validate(&token).await,
+        Err(AuthError::KeysUnavailable)
+    );
+    assert_eq!(issuer.fetches.load(Ordering::SeqCst), fetched);
+    issuer.down.store(false, Ordering::SeqCst);
+    let recovered = common::testing::eventually(Duration::from_secs(10), || async {
+        authenticator.validate(&token).await.is_ok()
+    })
+    .await;
+    assert!(
+        recovered,
+        "the issuer came back but tokens are still refused"
     );
 }

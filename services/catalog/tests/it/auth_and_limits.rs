@@ -141,3 +141,30 @@ async fn clients_are_rate_limited_each_on_their_own() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_identity_provider_is_a_503_not_a_401() {
+    let app = TestApp::spawn_with(|settings| {
+        settings.auth.mode = common::config::AuthMode::Oidc;
+        settings.auth.issuer = "http://127.0.0.1:9".into();
+    })
+    .await;
+    use base64::Engine as _;
+    let b64 = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    let token = format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"RS256","kid":"k-1","typ":"JWT"}"#),
+        b64(r#"{"sub":"x"}"#),
+        b64("signature")
+    );
+    let response = app
+        .http
+        .get(format!("{}/v2/products", app.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get("retry-after").is_some());
+    let body = problem(response, 503).await;
+    assert!(body["detail"].as_str().unwrap().contains("cannot be checked"), "{body}");
+}
