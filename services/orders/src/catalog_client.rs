@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::config::{AuthMode, Settings};
+use common::config::{OutboundCredential, Settings};
 use common::money::{Money, parse_currency};
 use rand::Rng;
 use secrecy::SecretString;
@@ -70,8 +70,12 @@ impl CatalogClient {
         peer: &CatalogPeer,
         url: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let tokens = match settings.auth.mode {
-            AuthMode::Hs256 => {
+        let scope = format!(
+            "{}/.default",
+            settings.outbound_audience().trim_end_matches('/')
+        );
+        let tokens = match settings.outbound_credential() {
+            OutboundCredential::DevToken | OutboundCredential::Auto => {
                 let secret = match &settings.auth.hs256_secret {
                     Some(secret) => secret.clone(),
                     None => common::auth::load_or_create_dev_secret(&settings.data_dir)?,
@@ -81,9 +85,13 @@ impl CatalogClient {
                     settings: settings.auth.clone(),
                 }
             }
-            AuthMode::Oidc => TokenSource::Azure {
+            OutboundCredential::ManagedIdentity => TokenSource::Azure {
                 credential: azure_identity::ManagedIdentityCredential::new(None)?,
-                scope: format!("{}/.default", settings.auth.audience.trim_end_matches('/')),
+                scope,
+            },
+            OutboundCredential::DeveloperTools => TokenSource::Azure {
+                credential: azure_identity::DeveloperToolsCredential::new(None)?,
+                scope,
             },
         };
         let http = reqwest::Client::builder()
@@ -207,6 +215,28 @@ mod tests {
             attempts: 1,
         };
         CatalogClient::from_settings(&settings, &peer, None).unwrap()
+    }
+
+    #[test]
+    fn outbound_credentials_are_their_own_setting() {
+        let mut settings = Settings::defaults();
+        settings.auth.mode = common::config::AuthMode::Oidc;
+        settings.auth.hs256_secret = Some(SecretString::from("s".repeat(32)));
+        assert_eq!(
+            settings.outbound_credential(),
+            OutboundCredential::ManagedIdentity
+        );
+        settings.outbound.credential = OutboundCredential::DevToken;
+        let peer = CatalogPeer {
+            url: "http://c".into(),
+            timeout_ms: 100,
+            attempts: 1,
+        };
+        let client = CatalogClient::from_settings(&settings, &peer, None).unwrap();
+        assert!(matches!(
+            client.tokens.as_ref(),
+            TokenSource::Development { .. }
+        ));
     }
 
     #[test]

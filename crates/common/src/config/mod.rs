@@ -35,6 +35,7 @@ pub struct Settings {
     pub bus: BusSettings,
     pub change_feed: ChangeFeedSettings,
     pub auth: AuthSettings,
+    pub outbound: OutboundSettings,
     pub rate_limit: RateLimitSettings,
     pub telemetry: TelemetrySettings,
 }
@@ -124,6 +125,42 @@ pub struct ChangeFeedSettings {
     pub lease_seconds: u64,
     pub batch_size: usize,
     pub instance_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutboundCredential {
+    Auto,
+    DevToken,
+    ManagedIdentity,
+    DeveloperTools,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboundSettings {
+    pub credential: OutboundCredential,
+    pub audience: String,
+}
+
+impl Settings {
+    /// The credential outbound calls use, `auto` resolved from `auth.mode`.
+    pub fn outbound_credential(&self) -> OutboundCredential {
+        match (self.outbound.credential, self.auth.mode) {
+            (OutboundCredential::Auto, AuthMode::Hs256) => OutboundCredential::DevToken,
+            (OutboundCredential::Auto, AuthMode::Oidc) => OutboundCredential::ManagedIdentity,
+            (chosen, _) => chosen,
+        }
+    }
+
+    /// The audience outbound tokens are for.
+    pub fn outbound_audience(&self) -> &str {
+        let audience = self.outbound.audience.trim();
+        if audience.is_empty() {
+            &self.auth.audience
+        } else {
+            audience
+        }
+    }
 }
 
 /// Settings of a service's own that has none (yet).

@@ -166,5 +166,11 @@ async fn an_unreachable_identity_provider_is_a_503_not_a_401() {
         .unwrap();
     assert!(response.headers().get("retry-after").is_some());
     let body = problem(response, 503).await;
-    assert!(body["detail"].as_str().unwrap().contains("cannot be checked"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be checked"),
+        "{body}"
+    );
 }
