@@ -47,6 +47,7 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout_seconds: u64,
+    pub request_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -351,6 +352,12 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.http.request_timeout_seconds == 0 {
+            return Err(ConfigError::key(
+                "http.request_timeout_seconds",
+                "must be greater than 0",
+            ));
+        }
         if self.http.max_body_bytes == 0 {
             return Err(ConfigError::key(
                 "http.max_body_bytes",

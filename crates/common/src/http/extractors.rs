@@ -40,6 +40,14 @@ fn json_error(error: JsonPayloadError) -> ApiError {
             ErrorCode::MalformedRequest,
             format!("the body is not valid JSON: {error}"),
         ),
+        JsonPayloadError::Payload(actix_web::error::PayloadError::Io(error))
+            if error.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                "the request body did not arrive in time; send it whole",
+            )
+        }
         JsonPayloadError::Payload(error) => ApiError::new(
             ErrorCode::MalformedRequest,
             format!("the body could not be read: {error}"),

@@ -1,10 +1,11 @@
+use std::future::Future;
 use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{ResponseError, web};
+use actix_web::{HttpMessage, ResponseError, web};
 use tracing::Instrument;
 
 use crate::error::{ApiError, ErrorCode, PROBLEM_CONTENT_TYPE};
@@ -181,4 +182,58 @@ pub async fn guard_representation(
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     Ok(response)
+}
+
+/// What a body that did not arrive in time reads as.
+pub(crate) const BODY_TIMED_OUT: &str = "the request body did not arrive in time";
+
+/// Gives the request's body a deadline: `http.request_timeout_seconds` from when the
+/// request started (actix bounds the headers by the same time). A body still incomplete
+/// then ends in an error that the extractors answer with 408.
+pub async fn bound_request_time(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let limit = req
+        .app_data::<RequestTimeout>()
+        .map_or(std::time::Duration::from_secs(30), |t| t.0);
+    let payload = req.take_payload();
+    let deadline = Box::pin(tokio::time::sleep(limit));
+    let timed = TimedPayload {
+        inner: payload,
+        deadline,
+    };
+    req.set_payload(actix_web::dev::Payload::Stream {
+        payload: Box::pin(timed),
+    });
+    next.call(req).await
+}
+
+/// The request time limit, as app data.
+#[derive(Clone, Copy)]
+pub(crate) struct RequestTimeout(pub std::time::Duration);
+
+struct TimedPayload {
+    inner: actix_web::dev::Payload,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl futures_util::Stream for TimedPayload {
+    type Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, BODY_TIMED_OUT),
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => ready,
+        }
+    }
 }

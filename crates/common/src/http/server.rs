@@ -6,8 +6,8 @@ use actix_web::{App, HttpServer, web};
 
 use super::health::{self, ReadinessCheck};
 use super::middleware::{
-    ServiceName, asyncapi, guard_representation, not_found, openapi, problem_fallback,
-    trace_request,
+    RequestTimeout, ServiceName, asyncapi, bound_request_time, guard_representation, not_found,
+    openapi, problem_fallback, trace_request,
 };
 use super::{json_config, path_config, query_config};
 use crate::auth::{Authenticator, authenticate};
@@ -92,9 +92,11 @@ where
     ));
     let name = context.name;
     let max_body = settings.http.max_body_bytes;
+    let request_timeout = std::time::Duration::from_secs(settings.http.request_timeout_seconds);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(ServiceName(name))
+            .app_data(RequestTimeout(request_timeout))
             .app_data(authenticator.clone())
             .app_data(limiter.clone())
             .app_data(readiness.clone())
@@ -108,6 +110,7 @@ where
             .wrap(from_fn(authenticate))
             .wrap(Compress::default())
             .wrap(from_fn(guard_representation))
+            .wrap(from_fn(bound_request_time))
             .wrap(from_fn(problem_fallback))
             .wrap(from_fn(trace_request))
             .route("/health/live", web::get().to(health::live))
@@ -119,6 +122,7 @@ where
     })
     .listen(listener)?
     .disable_signals()
+    .client_request_timeout(request_timeout)
     .shutdown_timeout(settings.http.shutdown_timeout_seconds);
     if settings.http.workers > 0 {
         server = server.workers(settings.http.workers);

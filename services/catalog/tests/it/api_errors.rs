@@ -263,3 +263,36 @@ async fn a_full_store_answers_507_and_readiness_says_why() {
     // What was acknowledged is still served.
     assert_eq!(app.get("/v2/products/F-0").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_body_that_stalls_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(|settings| settings.http.request_timeout_seconds = 1).await;
+    let address = app.url.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let token = app.token(ALL);
+    let head = format!(
+        "POST /v2/products HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"sku\":"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    // The rest never comes; the answer must, within the limit (and well before this).
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buffer).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..n]);
+            if String::from_utf8_lossy(&answer).contains("\"status\":408") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer to a stalled body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+}
