@@ -103,13 +103,26 @@ pub const EVENT_TYPES_RULE: &str = "event-types";
 
 const MANAGEMENT_NS: &str = "xmlns:i=\"http://www.w3.org/2001/XMLSchema-instance\" xmlns=\"http://schemas.microsoft.com/netservices/2010/10/servicebus/connect\"";
 
-/// `sys.Label IN ('a', 'b')`: the publisher sets `Label` to the CloudEvents type.
-pub fn label_filter(event_types: &[String]) -> String {
-    let quoted: Vec<String> = event_types
-        .iter()
-        .map(|t| format!("'{}'", t.replace('\'', "''")))
-        .collect();
-    format!("sys.Label IN ({})", quoted.join(", "))
+/// The application property that sends a replayed message to one subscription only.
+pub const REPLAY_TO: &str = "ReplayTo";
+
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A subscription's one rule: messages of its event types (the publisher sets `Label` to
+/// the CloudEvents type; every type when none is given) that are not replays, and the
+/// replays addressed to it.
+pub fn subscription_filter(subscription: &str, event_types: &[String]) -> String {
+    let own = format!("user.{REPLAY_TO} = {}", quoted(subscription));
+    if event_types.is_empty() {
+        return format!("user.{REPLAY_TO} IS NULL OR {own}");
+    }
+    let types: Vec<String> = event_types.iter().map(|t| quoted(t)).collect();
+    format!(
+        "(sys.Label IN ({}) AND user.{REPLAY_TO} IS NULL) OR {own}",
+        types.join(", ")
+    )
 }
 
 fn xml_text(text: &str) -> String {
@@ -436,9 +449,10 @@ impl ServiceBusBus {
         }
     }
 
-    /// Makes the subscription take only `event_types` (the message `Label`), or everything
-    /// when empty. The new rule goes in before the old one goes out, so no message of a
-    /// wanted type is ever refused while the rules change.
+    /// Gives the subscription its one rule ([`subscription_filter`]): its event types (or
+    /// all) and the replays addressed to it. The new rule goes in before `$Default` (which
+    /// takes everything, replays to others included) goes out, so no wanted message is
+    /// ever refused while the rules change.
     async fn ensure_rules(
         &self,
         topic: &str,
@@ -446,28 +460,27 @@ impl ServiceBusBus {
         event_types: &[String],
     ) -> Result<(), BusError> {
         let rules = format!("{topic}/subscriptions/{subscription}/rules");
-        if event_types.is_empty() {
-            self.put_entity(&format!("{rules}/$Default"), &rule_description("1=1"))
-                .await?;
-            return self
-                .delete_entity(&format!("{rules}/{EVENT_TYPES_RULE}"))
-                .await;
-        }
         self.put_entity_with(
             &format!("{rules}/{EVENT_TYPES_RULE}"),
-            &rule_description(&label_filter(event_types)),
+            &rule_description(&subscription_filter(subscription, event_types)),
             true,
         )
         .await?;
         self.delete_entity(&format!("{rules}/$Default")).await
     }
 
-    async fn send(&self, topic: &str, message: &Message, message_id: &str) -> Result<(), BusError> {
+    async fn send(
+        &self,
+        topic: &str,
+        message: &Message,
+        message_id: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<(), BusError> {
         self.topic(topic)?
             .topic_sender()
             .send_message(
                 &Self::body(message)?,
-                Some(Self::options(message, message_id, &[])),
+                Some(Self::options(message, message_id, extra)),
             )
             .await
             .map_err(send_error)
@@ -538,16 +551,22 @@ impl EventBus for ServiceBusBus {
         .await?;
         self.ensure_rules(topic, subscription, &options.event_types)
             .await?;
-        self.put_entity(
+        // Listing letters locks and unlocks them (REST cannot peek), which counts as a
+        // delivery: the queue of parked letters must never dead-letter them for that.
+        self.put_entity_with(
             &dead_letter_queue(topic, subscription),
-            &format!("<QueueDescription {NS}></QueueDescription>"),
+            &format!(
+                "<QueueDescription {NS}><LockDuration>PT30S</LockDuration><MaxDeliveryCount>{}</MaxDeliveryCount></QueueDescription>",
+                i32::MAX
+            ),
+            true,
         )
         .await
     }
 
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
         let id = message.event.id.clone();
-        self.send(topic, &message, &id).await
+        self.send(topic, &message, &id, &[]).await
     }
 
     async fn receive(
@@ -707,14 +726,15 @@ impl EventBus for ServiceBusBus {
             return Ok(false);
         };
         let (message, _) = Self::read(&response)?;
-        // A fresh message id gets past duplicate detection; the event id stays, so
-        // subscribers that handled it already skip it.
+        // A fresh message id gets past duplicate detection; the event id stays. Addressed
+        // to this subscription alone: the others' rules do not take it.
         let replay_id = format!(
             "{}.replay.{}",
             message.event.id,
             uuid::Uuid::new_v4().simple()
         );
-        self.send(topic, &message, &replay_id).await?;
+        self.send(topic, &message, &replay_id, &[(REPLAY_TO, subscription)])
+            .await?;
         response.delete_message().await.map_err(unavailable)?;
         Ok(true)
     }

@@ -32,37 +32,61 @@ struct Stored {
     lock: Option<(String, Instant)>,
 }
 
-/// A subscription rule's filter: everything, or a set of `Label`s.
+/// A subscription rule's filter: everything, or the forms the adapter writes (its event
+/// types, or all, when not a replay; replays addressed to the subscription).
 #[derive(Debug, Clone)]
 enum Filter {
     True,
-    LabelIn(Vec<String>),
+    Subscription {
+        labels: Option<Vec<String>>,
+        replay_to: String,
+    },
+}
+
+fn unquote(text: &str) -> Option<String> {
+    let text = text.trim();
+    text.strip_prefix('\'')
+        .and_then(|rest| rest.strip_suffix('\''))
+        .map(|inner| inner.replace("''", "'"))
 }
 
 impl Filter {
-    /// The two SQL filter forms the adapter writes; anything else is a bad request.
+    /// The SQL filters the adapter writes; anything else is a bad request.
     fn parse(sql: &str) -> Option<Self> {
         let sql = sql.trim();
         if sql == "1=1" {
             return Some(Filter::True);
         }
-        let list = sql.strip_prefix("sys.Label IN (")?.strip_suffix(')')?;
-        let labels = list
-            .split(',')
-            .map(|item| {
-                let item = item.trim();
-                item.strip_prefix('\'')
-                    .and_then(|rest| rest.strip_suffix('\''))
-                    .map(|label| label.replace("''", "'"))
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Filter::LabelIn(labels))
+        let (left, own) = sql.rsplit_once(" OR user.ReplayTo = ")?;
+        let replay_to = unquote(own)?;
+        if left == "user.ReplayTo IS NULL" {
+            return Some(Filter::Subscription {
+                labels: None,
+                replay_to,
+            });
+        }
+        let list = left
+            .strip_prefix("(sys.Label IN (")?
+            .strip_suffix(") AND user.ReplayTo IS NULL)")?;
+        let labels = list.split(", ").map(unquote).collect::<Option<Vec<_>>>()?;
+        Some(Filter::Subscription {
+            labels: Some(labels),
+            replay_to,
+        })
     }
 
-    fn matches(&self, label: Option<&str>) -> bool {
+    fn matches(&self, label: Option<&str>, replay_to: Option<&str>) -> bool {
         match self {
             Filter::True => true,
-            Filter::LabelIn(labels) => label.is_some_and(|l| labels.iter().any(|x| x == l)),
+            Filter::Subscription {
+                labels,
+                replay_to: own,
+            } => match replay_to {
+                Some(target) => target == own,
+                None => labels
+                    .as_ref()
+                    .is_none_or(|labels| label.is_some_and(|l| labels.iter().any(|x| x == l))),
+            },
         }
     }
 }
@@ -88,8 +112,15 @@ impl Entity {
         }
     }
 
-    fn accepts(&self, label: Option<&str>) -> bool {
-        self.rules.values().any(|rule| rule.matches(label))
+    fn accepts(&self, message: &Stored) -> bool {
+        let replay_to = message
+            .custom
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("ReplayTo"))
+            .and_then(|(_, value)| serde_json::from_str::<String>(value).ok());
+        self.rules
+            .values()
+            .any(|rule| rule.matches(message.label.as_deref(), replay_to.as_deref()))
     }
 }
 
@@ -469,7 +500,7 @@ impl FakeServiceBus {
             return status(StatusCode::NotFound);
         };
         for subscription in subscriptions.values_mut() {
-            if subscription.accepts(stored.label.as_deref()) {
+            if subscription.accepts(&stored) {
                 subscription.messages.push(stored.clone());
             }
         }
@@ -533,13 +564,31 @@ impl FakeServiceBus {
                 status(StatusCode::Created)
             }
             [name] if xml.contains("<QueueDescription") => {
-                if state.queues.contains_key(*name) {
-                    return status(StatusCode::Conflict);
+                let update = request
+                    .headers()
+                    .iter()
+                    .any(|(n, _)| n.as_str() == "if-match");
+                // Service Bus's defaults for what the description leaves out.
+                let lock = tag(&xml, "LockDuration")
+                    .and_then(iso_seconds)
+                    .unwrap_or(Duration::from_secs(60));
+                let max = tag(&xml, "MaxDeliveryCount")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(10);
+                match state.queues.get_mut(*name) {
+                    Some(queue) if update => {
+                        queue.lock_duration = lock;
+                        queue.max_delivery_count = max;
+                        status(StatusCode::Ok)
+                    }
+                    Some(_) => status(StatusCode::Conflict),
+                    None => {
+                        state
+                            .queues
+                            .insert((*name).to_owned(), Entity::new(lock, max));
+                        status(StatusCode::Created)
+                    }
                 }
-                state
-                    .queues
-                    .insert((*name).to_owned(), Entity::new(Duration::from_secs(60), 10));
-                status(StatusCode::Created)
             }
             [name] => {
                 if state.topics.contains_key(*name) {

@@ -133,7 +133,52 @@ contract!(
     competing_receivers_never_share_a_message,
     a_subscription_takes_only_its_event_types,
     a_message_over_the_size_limit_is_rejected,
+    replay_reaches_only_the_subscription_it_came_from,
+    listing_dead_letters_does_not_consume_them,
 );
+
+async fn dead_letter_one(bus: &SharedBus, subscription: &str) -> String {
+    let delivery = bus.receive(TOPIC, subscription, 1).await.unwrap().remove(0);
+    bus.dead_letter(TOPIC, subscription, &delivery.lock, "Poison", "test")
+        .await
+        .unwrap();
+    delivery.message.event.id.clone()
+}
+
+async fn replay_reaches_only_the_subscription_it_came_from(bus: &SharedBus) {
+    for subscription in ["a", "b"] {
+        bus.ensure_subscription(TOPIC, subscription, options(10, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    }
+    bus.publish(TOPIC, event(1)).await.unwrap();
+    // b handles it; a dead-letters it.
+    let taken = bus.receive(TOPIC, "b", 1).await.unwrap().remove(0);
+    bus.complete(TOPIC, "b", &taken.lock).await.unwrap();
+    let id = dead_letter_one(bus, "a").await;
+    assert!(bus.replay(TOPIC, "a", &id).await.unwrap());
+    let again = bus.receive(TOPIC, "a", 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message.event.id, id);
+    assert!(
+        bus.receive(TOPIC, "b", 10).await.unwrap().is_empty(),
+        "the replay reached a subscription that had handled the message"
+    );
+}
+
+async fn listing_dead_letters_does_not_consume_them(bus: &SharedBus) {
+    bus.ensure_subscription(TOPIC, "a", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, event(1)).await.unwrap();
+    let id = dead_letter_one(bus, "a").await;
+    for _ in 0..15 {
+        let letters = bus.dead_letters(TOPIC, "a", 10).await.unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].message.event.id, id);
+    }
+    assert!(bus.replay(TOPIC, "a", &id).await.unwrap());
+}
 
 async fn a_subscription_takes_only_its_event_types(bus: &SharedBus) {
     let wanted = ["tests.thing.made.v1", "tests.thing.sold.v1"];
