@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use azure_core_legacy::{HttpClient, Method, Request, StatusCode};
 use azure_messaging_servicebus::service_bus::{
-    PeekLockResponse, QueueClient, SendMessageOptions, SettableBrokerProperties, TopicClient,
+    QueueClient, SendMessageOptions, SettableBrokerProperties, TopicClient,
 };
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -49,7 +49,84 @@ pub struct ServiceBusBus {
     namespace: String,
     policy: String,
     key: SecretString,
-    locks: Mutex<HashMap<String, Arc<PeekLockResponse>>>,
+    locks: Mutex<HashMap<String, Arc<Locked>>>,
+}
+
+/// Signs and sends requests the adapter makes itself (management, peek-lock, settlement).
+#[derive(Clone)]
+struct Signer {
+    http: Arc<dyn HttpClient>,
+    policy: String,
+    key: SecretString,
+}
+
+impl Signer {
+    /// A request to `url`, signed for `resource` (the entity's URL, without a query).
+    fn request(&self, url: &str, resource: &str, method: Method) -> Result<Request, BusError> {
+        let mut request = Request::new(url::Url::parse(url).map_err(backend)?, method);
+        request.insert_header(
+            "authorization",
+            sas_token(
+                resource,
+                &self.policy,
+                self.key.expose_secret(),
+                Duration::from_secs(300),
+            ),
+        );
+        request.insert_header("content-length", "0");
+        Ok(request)
+    }
+
+    /// A settlement at a locked message's `location`: DELETE completes, PUT unlocks.
+    async fn settle(&self, location: &str, method: Method) -> Result<(), BusError> {
+        let resource = location.split("/messages/").next().unwrap_or(location);
+        let request = self.request(location, resource, method)?;
+        let response = self
+            .http
+            .execute_request(&request)
+            .await
+            .map_err(unavailable)?;
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            StatusCode::NotFound | StatusCode::Gone | StatusCode::Conflict => {
+                Err(BusError::LockLost)
+            }
+            status => Err(BusError::Unavailable(format!(
+                "settling a message answered {status}"
+            ))),
+        }
+    }
+}
+
+/// A message held in peek-lock, as Service Bus answered: read by the adapter itself (the
+/// crate reads sequence numbers as 32-bit and fails on partitioned entities).
+pub struct Locked {
+    body: String,
+    headers: azure_core_legacy::headers::Headers,
+    location: String,
+    signer: Signer,
+}
+
+impl Locked {
+    fn body(&self) -> String {
+        self.body.clone()
+    }
+
+    fn custom_properties<T: TryFrom<azure_core_legacy::headers::Headers>>(
+        &self,
+    ) -> Result<T, T::Error> {
+        self.headers.clone().try_into()
+    }
+
+    /// Completes the message.
+    async fn delete_message(&self) -> Result<(), BusError> {
+        self.signer.settle(&self.location, Method::Delete).await
+    }
+
+    /// Gives the message back to the entity.
+    async fn unlock_message(&self) -> Result<(), BusError> {
+        self.signer.settle(&self.location, Method::Put).await
+    }
 }
 
 impl fmt::Debug for ServiceBusBus {
@@ -98,10 +175,41 @@ pub fn sas_token(resource_url: &str, policy: &str, key: &str, valid_for: Duratio
     format!("SharedAccessSignature sr={resource}&sig={signature}&se={expiry}&skn={policy}")
 }
 
+/// How long a receive waits on an empty subscription (Service Bus's REST long poll).
+const LONG_POLL: Duration = Duration::from_secs(20);
+
 /// The rule that filters a subscription on event types.
 pub const EVENT_TYPES_RULE: &str = "event-types";
 
 const MANAGEMENT_NS: &str = "xmlns:i=\"http://www.w3.org/2001/XMLSchema-instance\" xmlns=\"http://schemas.microsoft.com/netservices/2010/10/servicebus/connect\"";
+
+/// What the adapter reads of a received message's `BrokerProperties`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReceivedBrokerProperties {
+    #[serde(default)]
+    delivery_count: u32,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    lock_token: String,
+    #[serde(default, with = "time::serde::rfc2822::option")]
+    locked_until_utc: Option<OffsetDateTime>,
+}
+
+/// The `BrokerProperties` of a received message, read here rather than by the crate, whose
+/// sequence numbers are 32-bit and fail on partitioned entities (64-bit numbers).
+fn received_broker_properties(response: &Locked) -> Result<ReceivedBrokerProperties, BusError> {
+    let headers: azure_core_legacy::headers::Headers = response
+        .custom_properties::<azure_core_legacy::headers::Headers>()
+        .unwrap_or_default();
+    let raw = headers
+        .iter()
+        .find(|(name, _)| name.as_str().eq_ignore_ascii_case("brokerproperties"))
+        .map(|(_, value)| value.as_str().to_owned())
+        .ok_or_else(|| backend("no BrokerProperties"))?;
+    serde_json::from_str(&raw).map_err(|e| backend(format!("BrokerProperties: {e}")))
+}
 
 /// The application property that sends a replayed message to one subscription only.
 pub const REPLAY_TO: &str = "ReplayTo";
@@ -256,45 +364,74 @@ impl ServiceBusBus {
         serde_json::to_string(&message.event).map_err(backend)
     }
 
-    /// One peek-lock on an entity path; `None` when it is empty.
+    fn signer(&self) -> Signer {
+        Signer {
+            http: self.http.clone(),
+            policy: self.policy.clone(),
+            key: self.key.clone(),
+        }
+    }
+
+    /// One peek-lock on a subscription; `None` when it is empty after `wait` (the REST
+    /// long poll: an idle subscription costs a request per `wait`, not a tight loop).
     async fn peek_lock(
         &self,
         topic: &str,
         subscription: &str,
-    ) -> Result<Option<PeekLockResponse>, BusError> {
-        let response = self
-            .topic(topic)?
-            .subscription_receiver(subscription)
-            .peek_lock_message2(Some(Duration::ZERO))
+        wait: Duration,
+    ) -> Result<Option<Locked>, BusError> {
+        self.peek_lock_entity(&format!("{topic}/subscriptions/{subscription}"), wait)
             .await
-            .map_err(unavailable)?;
-        self.locked(response, topic, subscription)
+            .map_err(|error| match error {
+                BusError::UnknownSubscription { .. } => BusError::UnknownSubscription {
+                    topic: topic.to_owned(),
+                    subscription: subscription.to_owned(),
+                },
+                other => other,
+            })
     }
 
-    async fn peek_lock_queue(&self, queue: &str) -> Result<Option<PeekLockResponse>, BusError> {
-        let response = self
-            .queue(queue)?
-            .peek_lock_message2(Some(Duration::ZERO))
-            .await
-            .map_err(unavailable)?;
-        match self.locked(response, queue, "") {
+    async fn peek_lock_queue(&self, queue: &str) -> Result<Option<Locked>, BusError> {
+        match self.peek_lock_entity(queue, Duration::ZERO).await {
             Err(BusError::UnknownSubscription { .. }) => Ok(None),
             other => other,
         }
     }
 
-    fn locked(
+    async fn peek_lock_entity(
         &self,
-        response: PeekLockResponse,
-        topic: &str,
-        subscription: &str,
-    ) -> Result<Option<PeekLockResponse>, BusError> {
-        match *response.status() {
-            StatusCode::Created | StatusCode::Ok => Ok(Some(response)),
+        entity: &str,
+        wait: Duration,
+    ) -> Result<Option<Locked>, BusError> {
+        let resource = format!("{}/{entity}", self.base());
+        let url = format!("{resource}/messages/head?timeout={}", wait.as_secs());
+        let signer = self.signer();
+        let request = signer.request(&url, &resource, Method::Post)?;
+        let response = self
+            .http
+            .execute_request(&request)
+            .await
+            .map_err(unavailable)?;
+        match response.status() {
+            StatusCode::Created | StatusCode::Ok => {
+                let (_, headers, body) = response.deconstruct();
+                let location = headers
+                    .iter()
+                    .find(|(name, _)| name.as_str().eq_ignore_ascii_case("location"))
+                    .map(|(_, value)| value.as_str().to_owned())
+                    .ok_or_else(|| backend("a locked message without a Location"))?;
+                let body = body.collect_string().await.map_err(unavailable)?;
+                Ok(Some(Locked {
+                    body,
+                    headers,
+                    location,
+                    signer,
+                }))
+            }
             StatusCode::NoContent => Ok(None),
             StatusCode::NotFound | StatusCode::Gone => Err(BusError::UnknownSubscription {
-                topic: topic.to_owned(),
-                subscription: subscription.to_owned(),
+                topic: entity.to_owned(),
+                subscription: String::new(),
             }),
             StatusCode::Unauthorized | StatusCode::Forbidden => Err(BusError::Unavailable(
                 "Service Bus refused the SAS token".into(),
@@ -303,30 +440,20 @@ impl ServiceBusBus {
         }
     }
 
-    fn read(response: &PeekLockResponse) -> Result<(Message, u32), BusError> {
+    fn read(response: &Locked) -> Result<(Message, u32), BusError> {
         let event: CloudEvent = serde_json::from_str(&response.body())
             .map_err(|e| backend(format!("message body: {e}")))?;
-        let broker = response
-            .broker_properties()
-            .ok_or_else(|| backend("no BrokerProperties"))?;
         let headers: azure_core_legacy::headers::Headers = response
             .custom_properties::<azure_core_legacy::headers::Headers>()
             .unwrap_or_default();
         // Application properties come back as headers whose values are JSON strings (sent
         // quoted); plain HTTP headers are not quoted.
         let mut properties = BTreeMap::new();
-        let mut correlation_id = None;
+        let broker = received_broker_properties(response)?;
         for (name, value) in headers.iter() {
             let (name, value) = (name.as_str(), value.as_str());
             if name.eq_ignore_ascii_case("brokerproperties") {
-                correlation_id = serde_json::from_str::<serde_json::Value>(value)
-                    .ok()
-                    .and_then(|broker| {
-                        broker
-                            .get("CorrelationId")
-                            .and_then(|id| id.as_str())
-                            .map(str::to_owned)
-                    });
+                continue;
             } else if value.starts_with('"')
                 && value.ends_with('"')
                 && !RESERVED_HEADERS
@@ -336,11 +463,11 @@ impl ServiceBusBus {
                 properties.insert(name.to_owned(), decode_property(value));
             }
         }
-        let delivery_count = u32::try_from(broker.delivery_count).unwrap_or(0);
+        let delivery_count = broker.delivery_count;
         Ok((
             Message {
                 event,
-                correlation_id,
+                correlation_id: broker.correlation_id,
                 properties,
                 scheduled_for: None,
             },
@@ -348,7 +475,7 @@ impl ServiceBusBus {
         ))
     }
 
-    fn dead_letter_of(response: &PeekLockResponse) -> Result<DeadLetter, BusError> {
+    fn dead_letter_of(response: &Locked) -> Result<DeadLetter, BusError> {
         let (message, delivery_count) = Self::read(response)?;
         let headers: azure_core_legacy::headers::Headers = response
             .custom_properties::<azure_core_legacy::headers::Headers>()
@@ -373,7 +500,7 @@ impl ServiceBusBus {
         })
     }
 
-    fn take_lock(&self, lock: &LockToken) -> Result<Arc<PeekLockResponse>, BusError> {
+    fn take_lock(&self, lock: &LockToken) -> Result<Arc<Locked>, BusError> {
         self.locks
             .lock()
             .map_err(|_| backend("lock table poisoned"))?
@@ -492,15 +619,19 @@ impl ServiceBusBus {
         topic: &str,
         subscription: &str,
         place: LetterPlace,
-    ) -> Result<Option<PeekLockResponse>, BusError> {
+    ) -> Result<Option<Locked>, BusError> {
         match place {
             LetterPlace::Parked => {
                 self.peek_lock_queue(&dead_letter_queue(topic, subscription))
                     .await
             }
             LetterPlace::Broker => {
-                self.peek_lock(topic, &format!("{subscription}/$deadletterqueue"))
-                    .await
+                self.peek_lock(
+                    topic,
+                    &format!("{subscription}/$deadletterqueue"),
+                    Duration::ZERO,
+                )
+                .await
             }
         }
     }
@@ -512,7 +643,7 @@ impl ServiceBusBus {
         subscription: &str,
         place: LetterPlace,
         message_id: &str,
-    ) -> Result<Option<PeekLockResponse>, BusError> {
+    ) -> Result<Option<Locked>, BusError> {
         let mut passed = Vec::new();
         let mut found = None;
         while let Some(response) = self.next_letter(topic, subscription, place).await? {
@@ -577,11 +708,16 @@ impl EventBus for ServiceBusBus {
     ) -> Result<Vec<Delivery>, BusError> {
         let mut deliveries = Vec::new();
         while deliveries.len() < max.max(1) {
-            let Some(response) = self.peek_lock(topic, subscription).await? else {
+            // Wait for the first message; take what else is there at once.
+            let wait = if deliveries.is_empty() {
+                LONG_POLL
+            } else {
+                Duration::ZERO
+            };
+            let Some(response) = self.peek_lock(topic, subscription, wait).await? else {
                 break;
             };
-            let lock = response
-                .broker_properties()
+            let lock = received_broker_properties(&response)
                 .map(|b| b.lock_token)
                 .unwrap_or_default();
             let (message, delivery_count) = match Self::read(&response) {
@@ -635,7 +771,9 @@ impl EventBus for ServiceBusBus {
                 .map_err(|_| BusError::LockLost);
         }
         // The lock is held through the delay (or until it expires, which also returns it).
-        let until = response.broker_properties().map(|b| b.locked_until_utc);
+        let until = received_broker_properties(&response)
+            .ok()
+            .and_then(|b| b.locked_until_utc);
         let holdable = until
             .map(|until| {
                 (until - OffsetDateTime::now_utc())

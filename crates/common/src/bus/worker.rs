@@ -83,10 +83,13 @@ pub fn spawn_worker(
             if let Some(wake_ups) = wake_ups.as_mut() {
                 wake_ups.borrow_and_update();
             }
-            match bus
-                .receive(&settings.topic, &settings.subscription, settings.batch_size)
-                .await
-            {
+            // A receive may long-poll (Service Bus waits for a message): a stop does not
+            // wait for it; a message it locked meanwhile comes back when its lock expires.
+            let received = tokio::select! {
+                received = bus.receive(&settings.topic, &settings.subscription, settings.batch_size) => received,
+                _ = shutdown.changed() => break,
+            };
+            match received {
                 Ok(deliveries) if !deliveries.is_empty() => {
                     failures = 0;
                     for delivery in deliveries {

@@ -141,6 +141,10 @@ pub struct FakeServiceBus {
     pub refused: AtomicUsize,
     /// Messages accepted by send.
     pub sent: AtomicUsize,
+    /// Peek-locks that asked to wait for a message (the REST long poll), and those that
+    /// did not.
+    pub long_polls: AtomicUsize,
+    pub short_polls: AtomicUsize,
 }
 
 fn respond(
@@ -178,6 +182,14 @@ impl Default for FakeServiceBus {
 }
 
 impl FakeServiceBus {
+    /// Numbers messages from `first` on (partitioned entities use 64-bit numbers).
+    pub fn with_sequence_from(self, first: i64) -> Self {
+        if let Ok(mut state) = self.state.lock() {
+            state.next_sequence = first - 1;
+        }
+        self
+    }
+
     pub fn new() -> Self {
         Self {
             namespace: "fake-namespace".into(),
@@ -186,6 +198,8 @@ impl FakeServiceBus {
             state: Mutex::new(State::default()),
             refused: AtomicUsize::new(0),
             sent: AtomicUsize::new(0),
+            long_polls: AtomicUsize::new(0),
+            short_polls: AtomicUsize::new(0),
         }
     }
 
@@ -651,7 +665,18 @@ impl HttpClient for FakeServiceBus {
                     StatusCode::NotFound
                 })
             }
-            (Method::Post, [.., "messages", "head"]) => self.peek_lock(&mut state, &path),
+            (Method::Post, [.., "messages", "head"]) => {
+                let waits = request
+                    .url()
+                    .query_pairs()
+                    .any(|(name, value)| name == "timeout" && value != "0");
+                if waits {
+                    self.long_polls.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    self.short_polls.fetch_add(1, Ordering::SeqCst);
+                }
+                self.peek_lock(&mut state, &path)
+            }
             (Method::Post, [entity, "messages"]) => self.send(&mut state, entity, request),
             (method, [.., "messages", _, _]) => self.settle(&mut state, &path, method),
             _ => status(StatusCode::BadRequest),

@@ -617,3 +617,56 @@ async fn entra_transport_sends_a_bearer_token_instead_of_the_signature() {
         ["Bearer entra-token"]
     );
 }
+
+/// Partitioned entities number messages past 2^32: receiving and settling must not care.
+#[tokio::test]
+async fn servicebus_adapter_reads_64_bit_sequence_numbers() {
+    use common::bus::servicebus::ServiceBusBus;
+    let broker = Arc::new(
+        common::testing::fake_servicebus::FakeServiceBus::new().with_sequence_from((1 << 48) + 1),
+    );
+    let bus: SharedBus = Arc::new(ServiceBusBus::new(
+        broker.clone(),
+        &broker.namespace,
+        &broker.policy,
+        broker.key.clone().into(),
+    ));
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, event(1)).await.unwrap();
+    bus.publish(TOPIC, event(2)).await.unwrap();
+    let deliveries = bus.receive(TOPIC, "s", 10).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    assert_ne!(deliveries[0].lock, deliveries[1].lock);
+    for delivery in deliveries {
+        bus.complete(TOPIC, "s", &delivery.lock).await.unwrap();
+    }
+    assert!(bus.receive(TOPIC, "s", 10).await.unwrap().is_empty());
+}
+
+/// An idle subscription is asked with the REST long poll, not in a tight loop.
+#[tokio::test]
+async fn servicebus_adapter_long_polls_an_empty_subscription() {
+    use common::bus::servicebus::ServiceBusBus;
+    use std::sync::atomic::Ordering;
+    let broker = Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
+    let bus: SharedBus = Arc::new(ServiceBusBus::new(
+        broker.clone(),
+        &broker.namespace,
+        &broker.policy,
+        broker.key.clone().into(),
+    ));
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(bus.receive(TOPIC, "s", 16).await.unwrap().is_empty());
+    assert_eq!(broker.long_polls.load(Ordering::SeqCst), 1);
+    assert_eq!(broker.short_polls.load(Ordering::SeqCst), 0);
+    // With messages there, the first wait returns one and the rest are taken at once.
+    for n in 0..3 {
+        bus.publish(TOPIC, event(n)).await.unwrap();
+    }
+    assert_eq!(bus.receive(TOPIC, "s", 16).await.unwrap().len(), 3);
+    assert_eq!(broker.long_polls.load(Ordering::SeqCst), 2);
+}
