@@ -293,7 +293,7 @@ impl ServiceBusBus {
         key: SecretString,
     ) -> Self {
         Self {
-            http,
+            http: Arc::new(RetryingTransport::new(http)),
             namespace: namespace.to_owned(),
             policy: policy.to_owned(),
             key,
@@ -674,7 +674,9 @@ impl EventBus for ServiceBusBus {
         self.put_entity(
             &format!("{topic}/subscriptions/{subscription}"),
             &format!(
-                "<SubscriptionDescription {NS}><LockDuration>{}</LockDuration><MaxDeliveryCount>{}</MaxDeliveryCount><DeadLetteringOnMessageExpiration>true</DeadLetteringOnMessageExpiration></SubscriptionDescription>",
+                // In the order of Microsoft's SDK: Service Bus reads a description as a
+                // data contract and skips elements that come out of order.
+                "<SubscriptionDescription {NS}><LockDuration>{}</LockDuration><DeadLetteringOnMessageExpiration>true</DeadLetteringOnMessageExpiration><MaxDeliveryCount>{}</MaxDeliveryCount></SubscriptionDescription>",
                 iso_duration(options.lock_duration),
                 options.max_delivery_count
             ),
@@ -985,5 +987,87 @@ impl HttpClient for EntraTransport {
         let mut request = request.clone();
         request.insert_header("authorization", format!("Bearer {}", token.token.secret()));
         self.inner.execute_request(&request).await
+    }
+}
+
+/// Retries what Service Bus answers with "not now": 429 (throttled), 503 (server busy),
+/// 500s that say so, and transport failures (timeouts, resets), waiting what the server asks
+/// (`Retry-After`, clamped) or backing off with jitter; every call the adapter makes goes
+/// through it. Retried sends are absorbed by duplicate detection (same message id).
+pub struct RetryingTransport {
+    inner: Arc<dyn HttpClient>,
+    attempts: u32,
+    /// The longest wait between two attempts, whatever the server asks.
+    max_delay: Duration,
+}
+
+impl fmt::Debug for RetryingTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryingTransport")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryingTransport {
+    pub fn new(inner: Arc<dyn HttpClient>) -> Self {
+        Self {
+            inner,
+            attempts: 4,
+            max_delay: Duration::from_secs(10),
+        }
+    }
+
+    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let backoff = Duration::from_millis(200 << attempt.min(6));
+        let jitter = backoff.mul_f64(rand::random::<f64>() * 0.2);
+        retry_after.unwrap_or(backoff + jitter).min(self.max_delay)
+    }
+}
+
+fn retry_after(response: &azure_core_legacy::Response) -> Option<Duration> {
+    response
+        .headers()
+        .iter()
+        .find(|(name, _)| name.as_str().eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, value)| value.as_str().trim().parse::<f64>().ok())
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+#[async_trait]
+impl HttpClient for RetryingTransport {
+    async fn execute_request(
+        &self,
+        request: &Request,
+    ) -> azure_core_legacy::Result<azure_core_legacy::Response> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= self.attempts;
+            match self.inner.execute_request(request).await {
+                Ok(response)
+                    if !last
+                        && matches!(
+                            response.status(),
+                            StatusCode::TooManyRequests
+                                | StatusCode::ServiceUnavailable
+                                | StatusCode::InternalServerError
+                        ) =>
+                {
+                    let wait = self.delay(attempt, retry_after(&response));
+                    tracing::debug!(status = %response.status(), ?wait, attempt, "Service Bus asked to retry");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error)
+                    if !last && matches!(error.kind(), azure_core_legacy::error::ErrorKind::Io) =>
+                {
+                    let wait = self.delay(attempt, None);
+                    tracing::debug!(%error, ?wait, attempt, "Service Bus call failed in transport; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
     }
 }

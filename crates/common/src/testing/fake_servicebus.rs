@@ -145,6 +145,10 @@ pub struct FakeServiceBus {
     /// did not.
     pub long_polls: AtomicUsize,
     pub short_polls: AtomicUsize,
+    /// Faults to answer with before serving requests normally: (status, Retry-After).
+    faults: Mutex<std::collections::VecDeque<(StatusCode, Option<u64>)>>,
+    /// Requests answered with a fault.
+    pub faulted: AtomicUsize,
 }
 
 fn respond(
@@ -162,6 +166,36 @@ fn respond(
 
 fn status(status: StatusCode) -> azure_core_legacy::Result<Response> {
     respond(status, Headers::new(), String::new())
+}
+
+/// The order of a description's elements in Microsoft's SDK; Service Bus skips an element
+/// that comes after one it should precede (a data contract), so the fake refuses it.
+const SUBSCRIPTION_ELEMENTS: &[&str] = &[
+    "LockDuration",
+    "RequiresSession",
+    "DefaultMessageTimeToLive",
+    "DeadLetteringOnMessageExpiration",
+    "DeadLetteringOnFilterEvaluationExceptions",
+    "MaxDeliveryCount",
+    "EnableBatchedOperations",
+];
+const QUEUE_ELEMENTS: &[&str] = &[
+    "LockDuration",
+    "MaxSizeInMegabytes",
+    "RequiresDuplicateDetection",
+    "RequiresSession",
+    "DefaultMessageTimeToLive",
+    "DeadLetteringOnMessageExpiration",
+    "DuplicateDetectionHistoryTimeWindow",
+    "MaxDeliveryCount",
+];
+
+fn in_contract_order(xml: &str, order: &[&str]) -> bool {
+    let positions: Vec<usize> = order
+        .iter()
+        .filter_map(|name| xml.find(&format!("<{name}>")))
+        .collect();
+    positions.windows(2).all(|pair| pair[0] < pair[1])
 }
 
 fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
@@ -182,6 +216,15 @@ impl Default for FakeServiceBus {
 }
 
 impl FakeServiceBus {
+    /// Answers the next `count` requests with `status` (and `Retry-After` seconds): a
+    /// throttled or busy namespace.
+    pub fn inject_faults(&self, count: usize, status: StatusCode, retry_after: Option<u64>) {
+        let mut faults = self.faults.lock().unwrap();
+        for _ in 0..count {
+            faults.push_back((status, retry_after));
+        }
+    }
+
     /// Numbers messages from `first` on (partitioned entities use 64-bit numbers).
     pub fn with_sequence_from(self, first: i64) -> Self {
         if let Ok(mut state) = self.state.lock() {
@@ -200,6 +243,8 @@ impl FakeServiceBus {
             sent: AtomicUsize::new(0),
             long_polls: AtomicUsize::new(0),
             short_polls: AtomicUsize::new(0),
+            faults: Mutex::new(std::collections::VecDeque::new()),
+            faulted: AtomicUsize::new(0),
         }
     }
 
@@ -561,6 +606,9 @@ impl FakeServiceBus {
                 entity.rules.insert((*rule).to_owned(), filter);
                 status(StatusCode::Created)
             }
+            [_, "subscriptions", _] if !in_contract_order(&xml, SUBSCRIPTION_ELEMENTS) => {
+                status(StatusCode::BadRequest)
+            }
             [topic, "subscriptions", subscription] => {
                 let Some(subscriptions) = state.topics.get_mut(*topic) else {
                     return status(StatusCode::NotFound);
@@ -576,6 +624,11 @@ impl FakeServiceBus {
                     .unwrap_or(10);
                 subscriptions.insert((*subscription).to_owned(), Entity::new(lock, max));
                 status(StatusCode::Created)
+            }
+            [_] if xml.contains("<QueueDescription")
+                && !in_contract_order(&xml, QUEUE_ELEMENTS) =>
+            {
+                status(StatusCode::BadRequest)
             }
             [name] if xml.contains("<QueueDescription") => {
                 let update = request
@@ -622,6 +675,14 @@ impl HttpClient for FakeServiceBus {
         let expected_host = format!("{}.servicebus.windows.net", self.namespace);
         if request.url().host_str() != Some(expected_host.as_str()) {
             return status(StatusCode::NotFound);
+        }
+        if let Some((status, retry_after)) = self.faults.lock().unwrap().pop_front() {
+            self.faulted.fetch_add(1, Ordering::SeqCst);
+            let mut headers = Headers::new();
+            if let Some(seconds) = retry_after {
+                headers.insert("retry-after", seconds.to_string());
+            }
+            return respond(status, headers, String::new());
         }
         if !self.authorized(request) {
             self.refused.fetch_add(1, Ordering::SeqCst);

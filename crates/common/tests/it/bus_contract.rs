@@ -670,3 +670,39 @@ async fn servicebus_adapter_long_polls_an_empty_subscription() {
     assert_eq!(bus.receive(TOPIC, "s", 16).await.unwrap().len(), 3);
     assert_eq!(broker.long_polls.load(Ordering::SeqCst), 2);
 }
+
+/// A throttled or busy namespace is retried, waiting what it asks.
+#[tokio::test]
+async fn servicebus_adapter_retries_throttling_and_busy_answers() {
+    use azure_core_legacy::StatusCode;
+    use common::bus::servicebus::ServiceBusBus;
+    use std::sync::atomic::Ordering;
+    let broker = Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
+    let bus: SharedBus = Arc::new(ServiceBusBus::new(
+        broker.clone(),
+        &broker.namespace,
+        &broker.policy,
+        broker.key.clone().into(),
+    ));
+    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    broker.inject_faults(1, StatusCode::TooManyRequests, Some(1));
+    broker.inject_faults(1, StatusCode::ServiceUnavailable, None);
+    let started = Instant::now();
+    bus.publish(TOPIC, event(1)).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was not honoured"
+    );
+    assert_eq!(broker.faulted.load(Ordering::SeqCst), 2);
+    broker.inject_faults(1, StatusCode::ServiceUnavailable, None);
+    let deliveries = bus.receive(TOPIC, "s", 10).await.unwrap();
+    assert_eq!(deliveries.len(), 1);
+    broker.inject_faults(1, StatusCode::TooManyRequests, Some(0));
+    bus.complete(TOPIC, "s", &deliveries[0].lock).await.unwrap();
+    // A namespace that stays busy is a clear failure, not a hang.
+    broker.inject_faults(10, StatusCode::ServiceUnavailable, Some(0));
+    let error = bus.publish(TOPIC, event(2)).await.unwrap_err();
+    assert!(matches!(error, BusError::Unavailable(_)), "{error:?}");
+}
