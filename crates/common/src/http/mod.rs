@@ -13,5 +13,5 @@ pub use conditional::{IfMatch, etag_header_value, if_match, if_none_match_hits};
 pub use extractors::{json_config, path_config, query_config};
 pub use health::{BusReadiness, ReadinessCheck, StoreReadiness};
 pub use middleware::{problem_fallback, trace_request};
-pub use openapi::BearerAuth;
+pub use openapi::{BearerAuth, complete as complete_openapi};
 pub use server::{Background, HttpContext, ServiceHandle, bind, serve};

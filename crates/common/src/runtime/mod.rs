@@ -293,7 +293,7 @@ impl Runtime {
                 Arc::new(crate::http::StoreReadiness(self.store.clone())),
                 Arc::new(crate::http::BusReadiness(self.bus.clone())),
             ],
-            openapi,
+            openapi: crate::http::complete_openapi(openapi),
             asyncapi: asyncapi::document(self.descriptor),
         }
     }

@@ -37,6 +37,7 @@ pub struct ListParamsV2 {
     /// `sku` (default), `name` or `price`; a leading `-` sorts descending.
     sort: Option<String>,
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// The `continuation` of the previous page (same filters and sort).
     continuation: Option<String>,

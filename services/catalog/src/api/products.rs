@@ -24,6 +24,7 @@ pub struct ListParams {
     /// Only products of this category.
     category: Option<String>,
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// The `continuation` of the previous page.
     continuation: Option<String>,

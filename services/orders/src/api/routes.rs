@@ -79,6 +79,7 @@ pub struct ListParams {
     /// pending, confirmed, rejected or cancelled.
     status: Option<String>,
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     continuation: Option<String>,
 }
