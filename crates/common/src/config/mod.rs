@@ -79,6 +79,8 @@ pub struct CosmosSettings {
     pub database: String,
     pub region: String,
     pub credential: CosmosCredentialKind,
+    pub throttle_retries: u32,
+    pub throttle_budget_ms: u64,
     /// From the environment only.
     #[serde(default)]
     pub key: Option<SecretString>,

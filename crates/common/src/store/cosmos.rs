@@ -109,9 +109,12 @@ fn map_error(error: CosmosError) -> StoreError {
     } else if u16::from(status.status_code()) == 413 {
         StoreError::TooLarge("the item or batch is over Cosmos DB's size limit".into())
     } else if status.is_throttled() {
-        StoreError::Throttled {
-            retry_after_ms: 1000,
-        }
+        // What the server asks, once the SDK's own bounded retries are spent.
+        let retry_after_ms = error
+            .response()
+            .and_then(|response| response.headers().retry_after_ms)
+            .unwrap_or(1000);
+        StoreError::Throttled { retry_after_ms }
     } else if status.is_transient() || status.is_service_unavailable() || status.is_timeout() {
         StoreError::Unavailable(error.to_string())
     } else {
@@ -533,7 +536,9 @@ impl DocumentStore for CosmosStore {
                 409 => StoreError::Conflict,
                 412 => StoreError::PreconditionFailed,
                 429 => StoreError::Throttled {
-                    retry_after_ms: 1000,
+                    retry_after_ms: failed.retry_after().map_or(1000, |delay| {
+                        u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
+                    }),
                 },
                 other => StoreError::Backend(format!("batch operation failed with status {other}")),
             });
@@ -566,6 +571,25 @@ impl DocumentStore for CosmosStore {
             Err(error) => Err(map_error(error)),
         }
     }
+}
+
+/// How long the SDK may retry a throttled request (429) by itself before the store
+/// answers `Throttled` with the server's delay: bounded, so that a request never waits on
+/// throttling longer than the service's own callers would.
+pub fn throttle_budget(
+    settings: &crate::config::CosmosSettings,
+) -> azure_data_cosmos::options::OperationOptions {
+    use azure_data_cosmos::options::{OperationOptionsBuilder, ThrottlingRetryOptionsBuilder};
+    OperationOptionsBuilder::new()
+        .with_throttling_retry_options(
+            ThrottlingRetryOptionsBuilder::new()
+                .with_max_retry_count(settings.throttle_retries)
+                .with_max_retry_wait_time(std::time::Duration::from_millis(
+                    settings.throttle_budget_ms,
+                ))
+                .build(),
+        )
+        .build()
 }
 
 /// Connects to the account in `settings` and opens the service's containers.
@@ -608,6 +632,7 @@ pub async fn connect(
         }
     };
     let client = CosmosClient::builder()
+        .with_default_operation_options(throttle_budget(settings))
         .build(
             account,
             RoutingStrategy::ProximityTo(Region::new(settings.region.clone())),

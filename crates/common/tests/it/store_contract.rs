@@ -29,6 +29,13 @@ pub(crate) fn embedded() -> Subject {
 }
 
 pub(crate) async fn cosmos_emulator() -> Subject {
+    cosmos_emulator_with(None).await
+}
+
+/// The Cosmos adapter on the in-memory emulator; with `throttled`, containers have that
+/// many RU/s and the emulator answers 429 past them, and the adapter's retry budget is the
+/// settings'.
+async fn cosmos_emulator_with(throttled: Option<(u64, common::config::CosmosSettings)>) -> Subject {
     use azure_data_cosmos::options::Region;
     use azure_data_cosmos::{
         AccountEndpoint, AccountReference, CosmosClientBuilder, CosmosRuntimeBuilder,
@@ -45,23 +52,36 @@ pub(crate) async fn cosmos_emulator() -> Subject {
         azure_core::http::Url::parse(GATEWAY).unwrap(),
     )])
     .unwrap()
-    .with_consistency(ConsistencyLevel::Session);
+    .with_consistency(ConsistencyLevel::Session)
+    .with_throttling_enabled(throttled.is_some());
     let emulator = Arc::new(InMemoryEmulatorHttpClient::new(config));
     let emulated = emulator.store();
     emulated.create_database(DATABASE);
     for container in [THINGS, OTHER, common::runtime::LEASES] {
-        emulated.create_container(
-            DATABASE,
-            container,
+        let definition =
             serde_json::from_value(json!({"paths": ["/pk"], "kind": "Hash", "version": 2}))
-                .unwrap(),
-        );
+                .unwrap();
+        match &throttled {
+            Some((ru, _)) => emulated.create_container_with_config(
+                DATABASE,
+                container,
+                definition,
+                azure_data_cosmos_driver::in_memory_emulator::ContainerConfig::new()
+                    .with_throughput(*ru),
+            ),
+            None => emulated.create_container(DATABASE, container, definition),
+        }
     }
     let account = AccountReference::with_authentication_key(
         GATEWAY.parse::<AccountEndpoint>().unwrap(),
         azure_core::credentials::Secret::new("dGVzdGtleQ=="),
     );
-    let client = CosmosClientBuilder::new()
+    let mut builder = CosmosClientBuilder::new();
+    if let Some((_, settings)) = &throttled {
+        builder = builder
+            .with_default_operation_options(common::store::cosmos::throttle_budget(settings));
+    }
+    let client = builder
         .with_runtime(
             CosmosRuntimeBuilder::from(emulator.runtime_builder())
                 .build()
@@ -915,4 +935,39 @@ async fn cross_partition_pages_never_skip_an_id_shared_by_two_partitions(store: 
         }
     }
     assert_eq!(seen, ["a@p1", "a@p2", "b@p1", "b@p2", "c@p1", "c@p2"]);
+}
+
+/// A throttled Cosmos DB answers `Throttled` with the server's delay once the SDK's
+/// retries, bounded by the settings, are spent (never a 500, never an endless wait).
+#[tokio::test]
+async fn cosmos_throttling_surfaces_the_servers_delay_within_the_budget() {
+    let mut settings = common::config::Settings::defaults().store.cosmos;
+    settings.throttle_retries = 1;
+    settings.throttle_budget_ms = 200;
+    let subject = cosmos_emulator_with(Some((400, settings))).await;
+    let body = json!({"blob": "x".repeat(100_000)});
+    let pk = unique("hot");
+    let mut throttled = None;
+    for n in 0..200 {
+        let started = Instant::now();
+        match subject
+            .store
+            .upsert(THINGS, &pk, &format!("i{n}"), body.clone())
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Throttled { retry_after_ms }) => {
+                throttled = Some((retry_after_ms, started.elapsed()));
+                break;
+            }
+            Err(other) => panic!("a throttled write failed otherwise: {other:?}"),
+        }
+    }
+    let (retry_after_ms, waited) = throttled.expect("400 RU/s never throttled");
+    assert!(retry_after_ms > 0);
+    assert!(
+        waited < Duration::from_secs(5),
+        "the SDK retried past its budget: {waited:?}"
+    );
+    println!("throttled: server asked {retry_after_ms} ms; gave up after {waited:?}");
 }
