@@ -160,6 +160,12 @@ impl ApiError {
         Self::bare(ErrorCode::Internal)
     }
 
+    /// An internal error, logged once with its whole chain of causes.
+    #[track_caller]
+    pub fn internal_error(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::internal(chain(error))
+    }
+
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after_seconds = Some(seconds);
         self
@@ -209,6 +215,22 @@ impl ResponseError for ApiError {
     }
 }
 
+/// An error and its causes, outermost first: `a: b: c` (a cause already quoted in its
+/// parent's message is not repeated).
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
@@ -225,21 +247,45 @@ impl From<crate::store::StoreError> for ApiError {
             ),
             StoreError::Throttled { retry_after_ms } => ApiError::bare(ErrorCode::Unavailable)
                 .with_retry_after(retry_after_ms.div_ceil(1000).max(1)),
-            StoreError::Unavailable(cause) => {
-                tracing::error!(error = %cause, "document store unavailable");
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %chain(&error), "document store unavailable");
                 ApiError::bare(ErrorCode::Unavailable).with_retry_after(1)
             }
             StoreError::TooLarge(detail) => ApiError::new(ErrorCode::PayloadTooLarge, detail),
-            StoreError::Full(cause) => {
-                tracing::error!(error = %cause, "document store out of space; writes refused until there is room");
+            StoreError::Full(_) => {
+                tracing::error!(error = %chain(&error), "document store out of space; writes refused until there is room");
                 ApiError::new(
                     ErrorCode::InsufficientStorage,
                     "the service cannot store anything more until space is freed; nothing was written",
                 )
                 .with_retry_after(30)
             }
-            StoreError::Serialization(cause) => ApiError::internal(cause),
-            StoreError::Backend(cause) => ApiError::internal(cause),
+            StoreError::Serialization(_) | StoreError::Backend(_) => {
+                ApiError::internal_error(&error)
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod cause_chain {
+    use super::*;
+    use crate::store::{Cause, StoreError};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk I/O error")]
+    struct Driver(#[source] std::io::Error);
+
+    #[test]
+    fn a_store_error_keeps_and_reports_its_whole_cause_chain() {
+        let root = std::io::Error::other("sector 7 unreadable");
+        let error = StoreError::Backend(Cause::new(Driver(root)));
+        let text = chain(&error);
+        assert_eq!(
+            text, "store failure: disk I/O error: sector 7 unreadable",
+            "{text}"
+        );
+        let source = std::error::Error::source(&error).expect("a source");
+        assert_eq!(source.to_string(), "disk I/O error");
     }
 }

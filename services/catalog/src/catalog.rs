@@ -81,7 +81,7 @@ pub struct Catalog {
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, CatalogError> {
     serde_json::to_value(value)
-        .map_err(|e| CatalogError::Store(StoreError::Serialization(e.to_string())))
+        .map_err(|e| CatalogError::Store(StoreError::Serialization(e.into())))
 }
 
 impl Catalog {

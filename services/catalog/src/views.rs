@@ -35,7 +35,7 @@ fn locator_partition(sku: &str) -> String {
 }
 
 fn serialization(error: serde_json::Error) -> StoreError {
-    StoreError::Serialization(error.to_string())
+    StoreError::Serialization(error.into())
 }
 
 /// What a list asks for.
@@ -130,9 +130,9 @@ impl ProductViews {
                 Err(other) => return Err(other),
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "the view of {sku} kept changing under the refresh"
-        )))
+        Err(StoreError::Unavailable(
+            (format!("the view of {sku} kept changing under the refresh")).into(),
+        ))
     }
 
     async fn try_refresh(&self, sku: &str) -> Result<(), StoreError> {

@@ -89,8 +89,7 @@ enum Claim {
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, OrdersError> {
-    serde_json::to_value(value)
-        .map_err(|e| OrdersError::Store(StoreError::Serialization(e.to_string())))
+    serde_json::to_value(value).map_err(|e| OrdersError::Store(StoreError::Serialization(e.into())))
 }
 
 pub struct OrderPage {
@@ -143,7 +142,7 @@ impl Orders {
             lines: request.lines.clone(),
         };
         let event = OrderPlaced::event(&order.id, &placed)
-            .map_err(|e| OrdersError::Store(StoreError::Serialization(e.to_string())))?;
+            .map_err(|e| OrdersError::Store(StoreError::Serialization(e.into())))?;
         let operations = vec![
             BatchOp::Create {
                 id: order.id.clone(),
@@ -326,7 +325,7 @@ impl Orders {
             customer_id: order.customer_id.clone(),
         };
         let event = OrderCancelled::event(&order.id, &reference)
-            .map_err(|e| OrdersError::Store(StoreError::Serialization(e.to_string())))?;
+            .map_err(|e| OrdersError::Store(StoreError::Serialization(e.into())))?;
         let operations = vec![
             BatchOp::Replace {
                 id: order.id.clone(),

@@ -353,5 +353,5 @@ enum StepError {
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, StoreError> {
-    serde_json::to_value(value).map_err(|e| StoreError::Serialization(e.to_string()))
+    serde_json::to_value(value).map_err(|e| StoreError::Serialization(e.into()))
 }

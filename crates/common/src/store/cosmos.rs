@@ -22,8 +22,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BatchOp, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document, DocumentStore, ETag,
-    Json, Page, Query, QueryScope, StoreError,
+    BatchOp, Cause, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document,
+    DocumentStore, ETag, Json, Page, Query, QueryScope, StoreError,
 };
 
 #[derive(Clone)]
@@ -59,13 +59,17 @@ impl Envelope {
         }
     }
 
-    fn into_document(self) -> Document {
-        Document {
+    /// The document, which must carry its ETag: without one, no write could be guarded.
+    fn into_document(self) -> Result<Document, StoreError> {
+        let etag = self.etag.ok_or_else(|| {
+            StoreError::Serialization(format!("item {} came back without an _etag", self.id).into())
+        })?;
+        Ok(Document {
             id: self.id,
             partition_key: self.pk,
             body: self.doc,
-            etag: ETag::new(self.etag.unwrap_or_default()),
-        }
+            etag: ETag::new(etag),
+        })
     }
 }
 
@@ -83,7 +87,7 @@ impl CosmosStore {
             let container = database
                 .container_client(*name, None)
                 .await
-                .map_err(|e| StoreError::Unavailable(format!("container {name}: {e}")))?;
+                .map_err(|e| StoreError::Unavailable((format!("container {name}: {e}")).into()))?;
             clients.insert((*name).to_owned(), container);
         }
         Ok(Self {
@@ -94,7 +98,7 @@ impl CosmosStore {
     fn container(&self, name: &str) -> Result<&ContainerClient, StoreError> {
         self.containers
             .get(name)
-            .ok_or_else(|| StoreError::Backend(format!("container {name} was not opened")))
+            .ok_or_else(|| StoreError::Backend((format!("container {name} was not opened")).into()))
     }
 }
 
@@ -116,9 +120,9 @@ fn map_error(error: CosmosError) -> StoreError {
             .unwrap_or(1000);
         StoreError::Throttled { retry_after_ms }
     } else if status.is_transient() || status.is_service_unavailable() || status.is_timeout() {
-        StoreError::Unavailable(error.to_string())
+        StoreError::Unavailable(Cause::new(error))
     } else {
-        StoreError::Backend(error.to_string())
+        StoreError::Backend(Cause::new(error))
     }
 }
 
@@ -128,8 +132,11 @@ fn record_charge(headers: &ResponseHeaders) {
     }
 }
 
-fn etag_from(headers: &ResponseHeaders) -> ETag {
-    ETag::new(headers.etag().map(|e| e.to_string()).unwrap_or_default())
+fn etag_from(headers: &ResponseHeaders) -> Result<ETag, StoreError> {
+    headers
+        .etag()
+        .map(|e| ETag::new(e.to_string()))
+        .ok_or_else(|| StoreError::Serialization("a write answered without an ETag".into()))
 }
 
 /// The document a successful write stored, with its new ETag; records the charge.
@@ -138,14 +145,14 @@ fn written(
     id: &str,
     body: Json,
     response: &azure_data_cosmos::models::ItemResponse,
-) -> Document {
+) -> Result<Document, StoreError> {
     record_charge(response.headers());
-    Document {
+    Ok(Document {
         id: id.to_owned(),
         partition_key: pk.to_owned(),
         body,
-        etag: etag_from(response.headers()),
-    }
+        etag: etag_from(response.headers())?,
+    })
 }
 
 fn if_match(etag: Option<&ETag>) -> Option<ItemWriteOptions> {
@@ -181,14 +188,14 @@ impl DocumentStore for CosmosStore {
         {
             Ok(response) => {
                 record_charge(response.headers());
-                let etag = etag_from(response.headers());
+                let etag = etag_from(response.headers())?;
                 let item: Envelope = response
                     .into_model()
-                    .map_err(|e| StoreError::Serialization(e.to_string()))?;
+                    .map_err(|e| StoreError::Serialization(Cause::new(e)))?;
                 if item.expired() {
                     return Ok(None);
                 }
-                let mut document = item.into_document();
+                let mut document = item.into_document()?;
                 document.etag = etag;
                 Ok(Some(document))
             }
@@ -201,7 +208,7 @@ impl DocumentStore for CosmosStore {
     async fn find_by_id(&self, container: &str, id: &str) -> Result<Option<Document>, StoreError> {
         let query = SqlQuery::from("SELECT TOP 1 * FROM c WHERE c.id = @id ORDER BY c.pk")
             .with_parameter("@id", id)
-            .map_err(|e| StoreError::Serialization(e.to_string()))?;
+            .map_err(|e| StoreError::Serialization(Cause::new(e)))?;
         let mut pages = self
             .container(container)?
             .query_items::<Envelope>(query, FeedScope::full_container(), None)
@@ -211,7 +218,7 @@ impl DocumentStore for CosmosStore {
         while let Some(page) = pages.try_next().await.map_err(map_error)? {
             record_charge(page.headers());
             if let Some(found) = page.into_items().into_iter().find(|e| !e.expired()) {
-                return Ok(Some(found.into_document()));
+                return Ok(Some(found.into_document()?));
             }
         }
         Ok(None)
@@ -231,7 +238,7 @@ impl DocumentStore for CosmosStore {
             .create_item(pk.to_owned(), id, envelope(pk, id, body.clone()), None)
             .await
             .map_err(map_error)?;
-        Ok(written(pk, id, body, &response))
+        written(pk, id, body, &response)
     }
 
     #[tracing::instrument(name = "cosmos.replace", skip_all, fields(container, ru = tracing::field::Empty))]
@@ -254,7 +261,7 @@ impl DocumentStore for CosmosStore {
             )
             .await
             .map_err(map_error)?;
-        Ok(written(pk, id, body, &response))
+        written(pk, id, body, &response)
     }
 
     #[tracing::instrument(name = "cosmos.upsert", skip_all, fields(container, ru = tracing::field::Empty))]
@@ -271,7 +278,7 @@ impl DocumentStore for CosmosStore {
             .upsert_item(pk.to_owned(), id, envelope(pk, id, body.clone()), None)
             .await
             .map_err(map_error)?;
-        Ok(written(pk, id, body, &response))
+        written(pk, id, body, &response)
     }
 
     #[tracing::instrument(name = "cosmos.delete", skip_all, fields(container, ru = tracing::field::Empty))]
@@ -362,7 +369,7 @@ impl DocumentStore for CosmosStore {
         for (name, value) in parameters {
             sql_query = sql_query
                 .with_parameter(name, value)
-                .map_err(|e| StoreError::Serialization(e.to_string()))?;
+                .map_err(|e| StoreError::Serialization(Cause::new(e)))?;
         }
         let scope = match &query.scope {
             QueryScope::Partition(pk) => FeedScope::partition(pk.clone()),
@@ -383,12 +390,9 @@ impl DocumentStore for CosmosStore {
             match pages.try_next().await.map_err(map_error)? {
                 Some(page) => {
                     record_charge(page.headers());
-                    items.extend(
-                        page.into_items()
-                            .into_iter()
-                            .filter(|e| !e.expired())
-                            .map(Envelope::into_document),
-                    );
+                    for item in page.into_items().into_iter().filter(|e| !e.expired()) {
+                        items.push(item.into_document()?);
+                    }
                 }
                 None => break,
             }
@@ -441,21 +445,19 @@ impl DocumentStore for CosmosStore {
             let page = page.map_err(map_error)?;
             record_charge(page.headers());
             let before = documents.len();
-            documents.extend(
-                page.into_items()
-                    .into_iter()
-                    .filter_map(|change| {
-                        change.current().filter(|e| !e.expired()).map(|e| Envelope {
-                            id: e.id.clone(),
-                            pk: e.pk.clone(),
-                            doc: e.doc.clone(),
-                            ttl: e.ttl,
-                            etag: e.etag.clone(),
-                            written_at: e.written_at,
-                        })
-                    })
-                    .map(Envelope::into_document),
-            );
+            for change in page.into_items() {
+                if let Some(e) = change.current().filter(|e| !e.expired()) {
+                    let envelope = Envelope {
+                        id: e.id.clone(),
+                        pk: e.pk.clone(),
+                        doc: e.doc.clone(),
+                        ttl: e.ttl,
+                        etag: e.etag.clone(),
+                        written_at: e.written_at,
+                    };
+                    documents.push(envelope.into_document()?);
+                }
+            }
             if documents.len() == before {
                 empty_pages += 1;
             }
@@ -479,7 +481,7 @@ impl DocumentStore for CosmosStore {
 
         super::embedded::check_batch_size(&operations)?;
         super::check_batch_bytes(&operations)?;
-        let serialization = |e: CosmosError| StoreError::Serialization(e.to_string());
+        let serialization = |e: CosmosError| StoreError::Serialization(Cause::new(e));
         let mut batch = TransactionalBatch::new(pk.to_owned());
         for operation in &operations {
             batch = match operation {
@@ -540,7 +542,9 @@ impl DocumentStore for CosmosStore {
                         u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
                     }),
                 },
-                other => StoreError::Backend(format!("batch operation failed with status {other}")),
+                other => StoreError::Backend(
+                    (format!("batch operation failed with status {other}")).into(),
+                ),
             });
         }
         if results.len() != operations.len() || results.iter().any(|r| !r.is_success()) {
@@ -548,14 +552,22 @@ impl DocumentStore for CosmosStore {
                 "the batch failed without a failing operation".into(),
             ));
         }
-        Ok(operations
+        operations
             .iter()
             .zip(results)
             .map(|(operation, result)| match operation {
-                BatchOp::Delete { .. } => None,
-                _ => Some(ETag::new(result.etag().unwrap_or_default())),
+                BatchOp::Delete { .. } => Ok(None),
+                _ => result
+                    .etag()
+                    .map(|etag| Some(ETag::new(etag)))
+                    .ok_or_else(|| {
+                        StoreError::Serialization(
+                            format!("batch write of {} answered without an ETag", operation.id())
+                                .into(),
+                        )
+                    }),
             })
-            .collect())
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -564,7 +576,7 @@ impl DocumentStore for CosmosStore {
             .containers
             .values()
             .next()
-            .ok_or_else(|| StoreError::Backend("no container opened".into()))?;
+            .ok_or_else(|| StoreError::Backend(("no container opened").into()))?;
         match container.read_item("__ping__", "__ping__", None).await {
             Ok(_) => Ok(()),
             Err(error) if error.status().is_not_found() => Ok(()),
@@ -603,8 +615,9 @@ pub async fn connect(
 
     use crate::config::CosmosCredentialKind;
 
-    let unavailable =
-        |what: &str, e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{what}: {e}"));
+    let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Unavailable((format!("{what}: {e}")).into())
+    };
     let endpoint: AccountEndpoint = settings
         .endpoint
         .parse()
@@ -614,7 +627,7 @@ pub async fn connect(
             let key = settings
                 .key
                 .as_ref()
-                .ok_or_else(|| StoreError::Unavailable("store.cosmos.key is not set".into()))?;
+                .ok_or_else(|| StoreError::Unavailable(("store.cosmos.key is not set").into()))?;
             AccountReference::with_authentication_key(
                 endpoint,
                 azure_core::credentials::Secret::new(key.expose_secret().to_owned()),

@@ -15,8 +15,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use crate::clock::now_ms;
 
 use super::{
-    BatchOp, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document, DocumentStore, ETag,
-    Json, Page, Query, QueryScope, StoreError,
+    BatchOp, Cause, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document,
+    DocumentStore, ETag, Json, Page, Query, QueryScope, StoreError,
 };
 
 const SCHEMA: &str = "
@@ -110,7 +110,7 @@ impl EmbeddedStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         crate::private_files::ensure_private_file(path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+            StoreError::Unavailable((format!("cannot create {}: {e}", path.display())).into())
         })?;
         let writer = open_connection(path, durability, false)?;
         migrate(&writer)?;
@@ -134,18 +134,14 @@ impl EmbeddedStore {
             let mut connection = inner
                 .writer
                 .lock()
-                .map_err(|_| StoreError::Backend("writer connection poisoned".into()))?;
+                .map_err(|_| StoreError::Backend(("writer connection poisoned").into()))?;
             let result = work(&mut connection);
-            let failing = match &result {
-                Err(error) if storage_failure(error) => Some(true),
-                Ok(_) => Some(false),
-                // A conflict or a stale ETag says nothing about the storage.
-                Err(_) => None,
-            };
-            if let Some(failing) = failing {
+            // Only readiness clears this, once a write of its own (a page's worth) goes
+            // through: a small write that still fits says little about the room left.
+            if result.as_ref().is_err_and(storage_failure) {
                 inner
                     .writes_failing
-                    .store(failing, std::sync::atomic::Ordering::Relaxed);
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             result
         })
@@ -195,7 +191,7 @@ async fn run_blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::Backend((format!("store task failed: {e}")).into()))?
 }
 
 fn open_connection(
@@ -210,8 +206,9 @@ fn open_connection(
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let connection = Connection::open_with_flags(path, flags)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    let connection = Connection::open_with_flags(path, flags).map_err(|e| {
+        StoreError::Unavailable((format!("cannot open {}: {e}", path.display())).into())
+    })?;
     connection
         .busy_timeout(Duration::from_secs(10))
         .map_err(backend)?;
@@ -232,29 +229,32 @@ fn open_connection(
 
 fn backend(error: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
-    match error {
-        rusqlite::Error::SqliteFailure(code, _) => match code.code {
-            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Throttled {
-                retry_after_ms: 100,
-            },
-            ErrorCode::DiskFull => StoreError::Full(error.to_string()),
+    let code = error.sqlite_error_code();
+    match code {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Throttled {
+            retry_after_ms: 100,
+        },
+        Some(ErrorCode::DiskFull) => StoreError::Full(Cause::new(error)),
+        Some(
             ErrorCode::ReadOnly
             | ErrorCode::SystemIoFailure
             | ErrorCode::CannotOpen
-            | ErrorCode::PermissionDenied => StoreError::Unavailable(error.to_string()),
-            _ => StoreError::Backend(error.to_string()),
-        },
-        other => StoreError::Backend(other.to_string()),
+            | ErrorCode::PermissionDenied,
+        ) => StoreError::Unavailable(Cause::new(error)),
+        _ => StoreError::Backend(Cause::new(error)),
     }
 }
 
 pub(crate) fn check_batch_size(operations: &[BatchOp]) -> Result<(), StoreError> {
     if operations.is_empty() || operations.len() > super::MAX_BATCH_OPERATIONS {
-        return Err(StoreError::Backend(format!(
-            "a batch holds 1 to {} operations, got {}",
-            super::MAX_BATCH_OPERATIONS,
-            operations.len()
-        )));
+        return Err(StoreError::Backend(
+            (format!(
+                "a batch holds 1 to {} operations, got {}",
+                super::MAX_BATCH_OPERATIONS,
+                operations.len()
+            ))
+            .into(),
+        ));
     }
     Ok(())
 }
@@ -270,7 +270,7 @@ fn to_document(
     seq: i64,
 ) -> Result<Document, StoreError> {
     let body: Json =
-        serde_json::from_str(&body).map_err(|e| StoreError::Serialization(e.to_string()))?;
+        serde_json::from_str(&body).map_err(|e| StoreError::Serialization(e.into()))?;
     Ok(Document {
         id,
         partition_key: container_pk,
@@ -295,7 +295,7 @@ fn sql_value(value: &Json) -> Result<rusqlite::types::Value, StoreError> {
 }
 
 fn serialize(body: &Json) -> Result<String, StoreError> {
-    serde_json::to_string(body).map_err(|e| StoreError::Serialization(e.to_string()))
+    serde_json::to_string(body).map_err(|e| StoreError::Serialization(e.into()))
 }
 
 fn next_seq(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
@@ -773,6 +773,9 @@ impl DocumentStore for EmbeddedStore {
                     .map_err(backend)
             })
             .await?;
+            self.inner
+                .writes_failing
+                .store(false, std::sync::atomic::Ordering::Relaxed);
         }
         self.with_reader(|connection| {
             connection

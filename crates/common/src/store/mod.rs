@@ -48,7 +48,7 @@ pub struct Document {
 impl Document {
     pub fn into_model<T: serde::de::DeserializeOwned>(self) -> Result<(T, ETag), StoreError> {
         let model = serde_json::from_value(self.body)
-            .map_err(|error| StoreError::Serialization(error.to_string()))?;
+            .map_err(|error| StoreError::Serialization(error.into()))?;
         Ok((model, self.etag))
     }
 }
@@ -160,10 +160,9 @@ impl Query {
     /// identifiers (they end up inside SQL and JSON paths).
     pub(crate) fn validated(&self) -> Result<Option<ContinuationToken>, StoreError> {
         if self.limit == 0 || self.limit > MAX_PAGE_SIZE {
-            return Err(StoreError::Backend(format!(
-                "page size must be 1..={MAX_PAGE_SIZE}, got {}",
-                self.limit
-            )));
+            return Err(StoreError::Backend(
+                (format!("page size must be 1..={MAX_PAGE_SIZE}, got {}", self.limit)).into(),
+            ));
         }
         let fields = self
             .filters
@@ -174,19 +173,18 @@ impl Query {
             let valid =
                 !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(StoreError::Backend(format!(
-                    "field {field:?} is not a plain identifier"
-                )));
+                return Err(StoreError::Backend(
+                    (format!("field {field:?} is not a plain identifier")).into(),
+                ));
             }
         }
         for filter in &self.filters {
             if filter.comparison != Comparison::Eq
                 && !(filter.value.is_number() || filter.value.is_string())
             {
-                return Err(StoreError::Backend(format!(
-                    "a range on {} needs a number or a string",
-                    filter.field
-                )));
+                return Err(StoreError::Backend(
+                    (format!("a range on {} needs a number or a string", filter.field)).into(),
+                ));
             }
         }
         let position = self
@@ -332,7 +330,7 @@ pub const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024 - 16 * 1024;
 /// Refuses an item body over [`MAX_ITEM_BYTES`]; returns its serialized size.
 pub(crate) fn check_item_size(id: &str, body: &Json) -> Result<usize, StoreError> {
     let bytes = serde_json::to_vec(body)
-        .map_err(|e| StoreError::Serialization(e.to_string()))?
+        .map_err(|e| StoreError::Serialization(e.into()))?
         .len();
     if bytes > MAX_ITEM_BYTES {
         return Err(StoreError::TooLarge(format!(
@@ -364,6 +362,67 @@ pub(crate) fn check_batch_bytes(operations: &[BatchOp]) -> Result<(), StoreError
     Ok(())
 }
 
+/// What caused a failure: the underlying error when there is one (kept as the source, so
+/// that the whole chain reaches the logs), or a message. Compared by message.
+#[derive(Debug, Clone)]
+pub struct Cause(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+#[derive(Debug)]
+struct Message(String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+impl Cause {
+    /// Keeps `error` (and its own sources) as the cause.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(error))
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Self(std::sync::Arc::new(Message(message)))
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+impl From<serde_json::Error> for Cause {
+    fn from(error: serde_json::Error) -> Self {
+        Self::new(error)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     #[error("document not found")]
@@ -377,17 +436,17 @@ pub enum StoreError {
     #[error("the store is throttling requests; retry after {retry_after_ms} ms")]
     Throttled { retry_after_ms: u64 },
     #[error("the store is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// An item or a batch over Cosmos DB's limits (2 MB each), on every store alike.
     #[error("{0}")]
     TooLarge(String),
     /// No room to write (disk or quota full); reads go on, writes resume once there is.
     #[error("the store is out of space: {0}")]
-    Full(String),
+    Full(#[source] Cause),
     #[error("a document could not be (de)serialized: {0}")]
-    Serialization(String),
+    Serialization(#[source] Cause),
     #[error("store failure: {0}")]
-    Backend(String),
+    Backend(#[source] Cause),
 }
 
 impl StoreError {
