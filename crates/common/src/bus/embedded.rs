@@ -112,7 +112,7 @@ fn open_buses() -> &'static Mutex<HashMap<PathBuf, Weak<Inner>>> {
 }
 
 fn backend(error: rusqlite::Error) -> BusError {
-    BusError::Backend(error.to_string())
+    BusError::Backend(crate::store::Cause::new(error))
 }
 
 impl EmbeddedBus {
@@ -127,14 +127,14 @@ impl EmbeddedBus {
             .unwrap_or_else(|_| path.to_owned());
         let mut open = open_buses()
             .lock()
-            .map_err(|_| BusError::Backend("bus registry poisoned".into()))?;
+            .map_err(|_| BusError::Backend(("bus registry poisoned").into()))?;
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(Self { inner });
         }
         crate::private_files::ensure_private_file(path)
-            .map_err(|e| BusError::Unavailable(format!("{}: {e}", path.display())))?;
+            .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))?;
         let connection = Connection::open(path)
-            .map_err(|e| BusError::Unavailable(format!("{}: {e}", path.display())))?;
+            .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))?;
         connection
             .busy_timeout(Duration::from_secs(10))
             .map_err(backend)?;
@@ -163,11 +163,11 @@ impl EmbeddedBus {
             let mut connection = inner
                 .connection
                 .lock()
-                .map_err(|_| BusError::Backend("bus connection poisoned".into()))?;
+                .map_err(|_| BusError::Backend(("bus connection poisoned").into()))?;
             work(&mut connection, &inner)
         })
         .await
-        .map_err(|e| BusError::Backend(format!("bus task failed: {e}")))?
+        .map_err(|e| BusError::Backend((format!("bus task failed: {e}")).into()))?
     }
 }
 
@@ -192,7 +192,7 @@ fn subscription_exists(
 
 fn decode(text: &str) -> Result<Message, BusError> {
     let stored: StoredMessage = serde_json::from_str(text)
-        .map_err(|e| BusError::Backend(format!("stored message: {e}")))?;
+        .map_err(|e| BusError::Backend((format!("stored message: {e}")).into()))?;
     Ok(Message {
         event: stored.event,
         correlation_id: stored.correlation_id,
@@ -240,7 +240,7 @@ impl EventBus for EmbeddedBus {
         } else {
             Some(
                 serde_json::to_string(&options.event_types)
-                    .map_err(|e| BusError::Backend(e.to_string()))?,
+                    .map_err(|e| BusError::Backend((e.to_string()).into()))?,
             )
         };
         self.run(move |connection, _| {
@@ -264,13 +264,16 @@ impl EventBus for EmbeddedBus {
             correlation_id: message.correlation_id.clone(),
             properties: message.properties.clone(),
         })
-        .map_err(|e| BusError::Backend(e.to_string()))?;
+        .map_err(|e| BusError::Backend((e.to_string()).into()))?;
         if text.len() > super::MAX_MESSAGE_BYTES {
-            return Err(BusError::Rejected(format!(
-                "the message is {} bytes; at most {} are accepted",
-                text.len(),
-                super::MAX_MESSAGE_BYTES
-            )));
+            return Err(BusError::Rejected(
+                (format!(
+                    "the message is {} bytes; at most {} are accepted",
+                    text.len(),
+                    super::MAX_MESSAGE_BYTES
+                ))
+                .into(),
+            ));
         }
         let available_at = message
             .scheduled_for

@@ -24,6 +24,8 @@ use time::OffsetDateTime;
 
 pub use event::CloudEvent;
 
+use crate::store::Cause;
+
 /// A message on its way to a topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -94,12 +96,12 @@ pub enum BusError {
     #[error("no subscription {subscription} on topic {topic}")]
     UnknownSubscription { topic: String, subscription: String },
     #[error("the bus is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// This message can never be accepted (too large, malformed); retrying will not help.
     #[error("the bus refused the message: {0}")]
-    Rejected(String),
+    Rejected(#[source] Cause),
     #[error("bus failure: {0}")]
-    Backend(String),
+    Backend(#[source] Cause),
 }
 
 /// Settings a subscription is created with.

@@ -109,7 +109,9 @@ impl OutboxRelay {
         let message = Message::new(entry.event).with_correlation_id(document.partition_key.clone());
         match self.bus.publish(&entry.topic, message).await {
             Ok(()) => {}
-            Err(BusError::Rejected(reason)) => return self.park(document, &reason).await,
+            Err(BusError::Rejected(reason)) => {
+                return self.park(document, &reason.to_string()).await;
+            }
             Err(other) => return Err(FeedError::Transient(other.to_string())),
         }
         match self

@@ -91,9 +91,9 @@ impl Signer {
             StatusCode::NotFound | StatusCode::Gone | StatusCode::Conflict => {
                 Err(BusError::LockLost)
             }
-            status => Err(BusError::Unavailable(format!(
-                "settling a message answered {status}"
-            ))),
+            status => Err(BusError::Unavailable(
+                (format!("settling a message answered {status}")).into(),
+            )),
         }
     }
 }
@@ -138,11 +138,12 @@ impl fmt::Debug for ServiceBusBus {
 }
 
 fn backend(error: impl fmt::Display) -> BusError {
-    BusError::Backend(error.to_string())
+    BusError::Backend((error.to_string()).into())
 }
 
-fn unavailable(error: impl fmt::Display) -> BusError {
-    BusError::Unavailable(error.to_string())
+/// The bus cannot be reached or answers with a failure: the error is kept as the cause.
+fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> BusError {
+    BusError::Unavailable(crate::store::Cause::new(error))
 }
 
 /// Where a subscription's dead letters are: parked by us (explicit dead-lettering, which
@@ -258,9 +259,9 @@ fn management_outcome(path: &str, status: StatusCode) -> Result<(), BusError> {
             );
             Ok(())
         }
-        status => Err(BusError::Unavailable(format!(
-            "managing {path} answered {status}"
-        ))),
+        status => Err(BusError::Unavailable(
+            (format!("managing {path} answered {status}")).into(),
+        )),
     }
 }
 
@@ -272,7 +273,7 @@ fn send_error(error: azure_core_legacy::Error) -> BusError {
         ErrorKind::HttpResponse {
             status: StatusCode::PayloadTooLarge | StatusCode::BadRequest,
             ..
-        } => BusError::Rejected(error.to_string()),
+        } => BusError::Rejected((error.to_string()).into()),
         _ => unavailable(error),
     }
 }
@@ -436,7 +437,9 @@ impl ServiceBusBus {
             StatusCode::Unauthorized | StatusCode::Forbidden => Err(BusError::Unavailable(
                 "Service Bus refused the SAS token".into(),
             )),
-            other => Err(BusError::Unavailable(format!("peek-lock answered {other}"))),
+            other => Err(BusError::Unavailable(
+                (format!("peek-lock answered {other}")).into(),
+            )),
         }
     }
 
@@ -889,10 +892,9 @@ impl EventBus for ServiceBusBus {
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(BusError::Unavailable(format!(
-                "namespace answered {}",
-                response.status()
-            )))
+            Err(BusError::Unavailable(
+                (format!("namespace answered {}", response.status())).into(),
+            ))
         }
     }
 }

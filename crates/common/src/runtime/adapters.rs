@@ -51,13 +51,15 @@ pub fn open_bus(settings: &Settings) -> Result<SharedBus, BusError> {
             let (transport, key) = match servicebus.credential {
                 ServiceBusCredentialKind::Sas => {
                     let key = servicebus.key.clone().ok_or_else(|| {
-                        BusError::Unavailable("bus.servicebus.key is not set".into())
+                        BusError::Unavailable(("bus.servicebus.key is not set").into())
                     })?;
                     (transport, key)
                 }
                 ServiceBusCredentialKind::ManagedIdentity => {
-                    let credential = azure_identity::ManagedIdentityCredential::new(None)
-                        .map_err(|e| BusError::Unavailable(format!("managed identity: {e}")))?;
+                    let credential =
+                        azure_identity::ManagedIdentityCredential::new(None).map_err(|e| {
+                            BusError::Unavailable((format!("managed identity: {e}")).into())
+                        })?;
                     // The crate still signs with SAS; the transport replaces it with a token.
                     let unused_key = secrecy::SecretString::from("entra".to_owned());
                     (
