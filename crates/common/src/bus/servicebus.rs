@@ -50,6 +50,8 @@ pub struct ServiceBusBus {
     policy: String,
     key: SecretString,
     locks: Mutex<HashMap<String, Arc<Locked>>>,
+    /// The queues of parked letters this adapter made sure of.
+    parked_queues: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Signs and sends requests the adapter makes itself (management, peek-lock, settlement).
@@ -299,6 +301,7 @@ impl ServiceBusBus {
             policy: policy.to_owned(),
             key,
             locks: Mutex::new(HashMap::new()),
+            parked_queues: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -566,6 +569,24 @@ impl ServiceBusBus {
         self.put_entity_with(path, description, false).await
     }
 
+    /// Removes a topic with its subscriptions, and the queues of letters parked for them
+    /// (live test suites clean up after themselves with it).
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), BusError> {
+        let prefix = format!("{topic}.");
+        let parked: Vec<String> = self
+            .parked_queues
+            .lock()
+            .map_err(|_| backend("parked queue list poisoned"))?
+            .iter()
+            .filter(|queue| queue.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for queue in parked {
+            self.delete_entity(&queue).await?;
+        }
+        self.delete_entity(topic).await
+    }
+
     async fn delete_entity(&self, path: &str) -> Result<(), BusError> {
         let request = self.signed_request(path, Method::Delete)?;
         let response = self
@@ -687,6 +708,9 @@ impl EventBus for ServiceBusBus {
         .await?;
         self.ensure_rules(topic, subscription, &options.event_types)
             .await?;
+        if let Ok(mut parked) = self.parked_queues.lock() {
+            parked.insert(dead_letter_queue(topic, subscription));
+        }
         // Listing letters locks and unlocks them (REST cannot peek), which counts as a
         // delivery: the queue of parked letters must never dead-letter them for that.
         self.put_entity_with(

@@ -225,6 +225,12 @@ impl FakeServiceBus {
         }
     }
 
+    /// Whether no topic or queue of this name exists.
+    pub fn has_no_entity(&self, name: &str) -> bool {
+        let state = self.state.lock().unwrap();
+        !state.topics.contains_key(name) && !state.queues.contains_key(name)
+    }
+
     /// Numbers messages from `first` on (partitioned entities use 64-bit numbers).
     pub fn with_sequence_from(self, first: i64) -> Self {
         if let Ok(mut state) = self.state.lock() {
@@ -713,6 +719,15 @@ impl HttpClient for FakeServiceBus {
                         && entity[3] == "rules") =>
             {
                 self.create(&mut state, entity, request)
+            }
+            (Method::Delete, [name]) => {
+                let removed =
+                    state.topics.remove(*name).is_some() || state.queues.remove(*name).is_some();
+                status(if removed {
+                    StatusCode::Ok
+                } else {
+                    StatusCode::NotFound
+                })
             }
             (Method::Delete, [topic, "subscriptions", subscription, "rules", rule]) => {
                 let removed = state

@@ -45,7 +45,13 @@ fn servicebus() -> Subject {
 /// A real namespace from `SERVICEBUS_CONNECTION_STRING`
 /// (`Endpoint=sb://<ns>.servicebus.windows.net/;SharedAccessKeyName=..;SharedAccessKey=..`);
 /// the policy needs Manage rights (entities are created per test run).
-fn servicebus_live() -> Option<Subject> {
+/// A live namespace: the bus, and the adapter itself to remove what a test created.
+struct LiveSubject {
+    bus: SharedBus,
+    admin: Arc<common::bus::servicebus::ServiceBusBus>,
+}
+
+fn servicebus_live() -> Option<LiveSubject> {
     use common::bus::servicebus::{ReqwestTransport, ServiceBusBus};
     let connection = std::env::var("SERVICEBUS_CONNECTION_STRING").ok()?;
     let part = |name: &str| {
@@ -61,15 +67,15 @@ fn servicebus_live() -> Option<Subject> {
         .next()?
         .to_owned();
     let transport = ReqwestTransport::new(Duration::from_secs(30)).ok()?;
-    let bus = ServiceBusBus::new(
+    let bus = Arc::new(ServiceBusBus::new(
         Arc::new(transport),
         &namespace,
         &part("SharedAccessKeyName")?,
         part("SharedAccessKey")?.into(),
-    );
-    Some(Subject {
-        bus: Arc::new(bus),
-        _dir: tempfile::tempdir().ok()?,
+    ));
+    Some(LiveSubject {
+        bus: bus.clone(),
+        admin: bus,
     })
 }
 
@@ -102,10 +108,10 @@ fn typed(event_type: &str, n: i64) -> Message {
 macro_rules! contract {
     ($($name:ident),+ $(,)?) => {
         mod embedded_adapter {
-            $(#[tokio::test] async fn $name() { super::$name(&super::embedded().bus).await; })+
+            $(#[tokio::test] async fn $name() { super::$name(&super::embedded().bus, super::TOPIC).await; })+
         }
         mod servicebus_adapter_on_in_process_broker {
-            $(#[tokio::test] async fn $name() { super::$name(&super::servicebus().bus).await; })+
+            $(#[tokio::test] async fn $name() { super::$name(&super::servicebus().bus, super::TOPIC).await; })+
         }
         // Run with `cargo test -p common --test it servicebus_adapter_live -- --ignored` and
         // SERVICEBUS_CONNECTION_STRING set.
@@ -113,7 +119,10 @@ macro_rules! contract {
             $(#[tokio::test] #[ignore = "needs SERVICEBUS_CONNECTION_STRING"]
             async fn $name() {
                 let subject = super::servicebus_live().expect("SERVICEBUS_CONNECTION_STRING is not set or malformed");
-                super::$name(&subject.bus).await;
+                // A topic of its own per test and run, removed afterwards.
+                let topic = format!("contract-{}", uuid::Uuid::new_v4().simple());
+                super::$name(&subject.bus, &topic).await;
+                subject.admin.delete_topic(&topic).await.expect("removing the test's topic");
             })+
         }
     };
@@ -137,109 +146,109 @@ contract!(
     listing_dead_letters_does_not_consume_them,
 );
 
-async fn dead_letter_one(bus: &SharedBus, subscription: &str) -> String {
-    let delivery = bus.receive(TOPIC, subscription, 1).await.unwrap().remove(0);
-    bus.dead_letter(TOPIC, subscription, &delivery.lock, "Poison", "test")
+async fn dead_letter_one(bus: &SharedBus, topic: &str, subscription: &str) -> String {
+    let delivery = bus.receive(topic, subscription, 1).await.unwrap().remove(0);
+    bus.dead_letter(topic, subscription, &delivery.lock, "Poison", "test")
         .await
         .unwrap();
     delivery.message.event.id.clone()
 }
 
-async fn replay_reaches_only_the_subscription_it_came_from(bus: &SharedBus) {
+async fn replay_reaches_only_the_subscription_it_came_from(bus: &SharedBus, topic: &str) {
     for subscription in ["a", "b"] {
-        bus.ensure_subscription(TOPIC, subscription, options(10, Duration::from_secs(30)))
+        bus.ensure_subscription(topic, subscription, options(10, Duration::from_secs(30)))
             .await
             .unwrap();
     }
-    bus.publish(TOPIC, event(1)).await.unwrap();
+    bus.publish(topic, event(1)).await.unwrap();
     // b handles it; a dead-letters it.
-    let taken = bus.receive(TOPIC, "b", 1).await.unwrap().remove(0);
-    bus.complete(TOPIC, "b", &taken.lock).await.unwrap();
-    let id = dead_letter_one(bus, "a").await;
-    assert!(bus.replay(TOPIC, "a", &id).await.unwrap());
-    let again = bus.receive(TOPIC, "a", 10).await.unwrap();
+    let taken = bus.receive(topic, "b", 1).await.unwrap().remove(0);
+    bus.complete(topic, "b", &taken.lock).await.unwrap();
+    let id = dead_letter_one(bus, topic, "a").await;
+    assert!(bus.replay(topic, "a", &id).await.unwrap());
+    let again = bus.receive(topic, "a", 10).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message.event.id, id);
     assert!(
-        bus.receive(TOPIC, "b", 10).await.unwrap().is_empty(),
+        bus.receive(topic, "b", 10).await.unwrap().is_empty(),
         "the replay reached a subscription that had handled the message"
     );
 }
 
-async fn listing_dead_letters_does_not_consume_them(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "a", options(10, Duration::from_secs(30)))
+async fn listing_dead_letters_does_not_consume_them(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "a", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    bus.publish(TOPIC, event(1)).await.unwrap();
-    let id = dead_letter_one(bus, "a").await;
+    bus.publish(topic, event(1)).await.unwrap();
+    let id = dead_letter_one(bus, topic, "a").await;
     for _ in 0..15 {
-        let letters = bus.dead_letters(TOPIC, "a", 10).await.unwrap();
+        let letters = bus.dead_letters(topic, "a", 10).await.unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].message.event.id, id);
     }
-    assert!(bus.replay(TOPIC, "a", &id).await.unwrap());
+    assert!(bus.replay(topic, "a", &id).await.unwrap());
 }
 
-async fn a_subscription_takes_only_its_event_types(bus: &SharedBus) {
+async fn a_subscription_takes_only_its_event_types(bus: &SharedBus, topic: &str) {
     let wanted = ["tests.thing.made.v1", "tests.thing.sold.v1"];
     bus.ensure_subscription(
-        TOPIC,
+        topic,
         "picky",
         options(10, Duration::from_secs(30)).for_event_types(&wanted),
     )
     .await
     .unwrap();
-    bus.ensure_subscription(TOPIC, "all", options(10, Duration::from_secs(30)))
+    bus.ensure_subscription(topic, "all", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    bus.publish(TOPIC, typed("tests.thing.made.v1", 1))
+    bus.publish(topic, typed("tests.thing.made.v1", 1))
         .await
         .unwrap();
-    bus.publish(TOPIC, typed("tests.thing.lost.v1", 2))
+    bus.publish(topic, typed("tests.thing.lost.v1", 2))
         .await
         .unwrap();
-    bus.publish(TOPIC, typed("tests.thing.sold.v1", 3))
+    bus.publish(topic, typed("tests.thing.sold.v1", 3))
         .await
         .unwrap();
     let mut picky = Vec::new();
-    for delivery in bus.receive(TOPIC, "picky", 10).await.unwrap() {
+    for delivery in bus.receive(topic, "picky", 10).await.unwrap() {
         picky.push(delivery.message.event.event_type.clone());
-        bus.complete(TOPIC, "picky", &delivery.lock).await.unwrap();
+        bus.complete(topic, "picky", &delivery.lock).await.unwrap();
     }
     picky.sort();
     assert_eq!(picky, wanted);
-    assert_eq!(bus.receive(TOPIC, "all", 10).await.unwrap().len(), 3);
+    assert_eq!(bus.receive(topic, "all", 10).await.unwrap().len(), 3);
 
     // Filters can change: the same subscription now takes one type only, and everything
     // again when given none.
     bus.ensure_subscription(
-        TOPIC,
+        topic,
         "picky",
         options(10, Duration::from_secs(30)).for_event_types(&["tests.thing.lost.v1"]),
     )
     .await
     .unwrap();
-    bus.publish(TOPIC, typed("tests.thing.made.v1", 4))
+    bus.publish(topic, typed("tests.thing.made.v1", 4))
         .await
         .unwrap();
-    bus.publish(TOPIC, typed("tests.thing.lost.v1", 5))
+    bus.publish(topic, typed("tests.thing.lost.v1", 5))
         .await
         .unwrap();
-    let taken = bus.receive(TOPIC, "picky", 10).await.unwrap();
+    let taken = bus.receive(topic, "picky", 10).await.unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].message.event.event_type, "tests.thing.lost.v1");
-    bus.complete(TOPIC, "picky", &taken[0].lock).await.unwrap();
-    bus.ensure_subscription(TOPIC, "picky", options(10, Duration::from_secs(30)))
+    bus.complete(topic, "picky", &taken[0].lock).await.unwrap();
+    bus.ensure_subscription(topic, "picky", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    bus.publish(TOPIC, typed("tests.thing.made.v1", 6))
+    bus.publish(topic, typed("tests.thing.made.v1", 6))
         .await
         .unwrap();
-    assert_eq!(bus.receive(TOPIC, "picky", 10).await.unwrap().len(), 1);
+    assert_eq!(bus.receive(topic, "picky", 10).await.unwrap().len(), 1);
 }
 
-async fn a_message_over_the_size_limit_is_rejected(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "a", options(10, Duration::from_secs(30)))
+async fn a_message_over_the_size_limit_is_rejected(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "a", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
     let huge = Message::new(CloudEvent::new(
@@ -248,69 +257,70 @@ async fn a_message_over_the_size_limit_is_rejected(bus: &SharedBus) {
         "huge",
         json!({"blob": "x".repeat(common::bus::MAX_MESSAGE_BYTES)}),
     ));
-    match bus.publish(TOPIC, huge).await {
+    match bus.publish(topic, huge).await {
         Err(BusError::Rejected(_)) => {}
         other => panic!("expected a rejection, got {other:?}"),
     }
-    bus.publish(TOPIC, event(1)).await.unwrap();
-    assert_eq!(bus.receive(TOPIC, "a", 10).await.unwrap().len(), 1);
+    bus.publish(topic, event(1)).await.unwrap();
+    assert_eq!(bus.receive(topic, "a", 10).await.unwrap().len(), 1);
 }
 
-async fn every_subscription_gets_a_copy(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "a", options(10, Duration::from_secs(30)))
+async fn every_subscription_gets_a_copy(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "a", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    bus.ensure_subscription(TOPIC, "b", options(10, Duration::from_secs(30)))
+    bus.ensure_subscription(topic, "b", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    bus.publish(TOPIC, event(1)).await.unwrap();
-    let a = bus.receive(TOPIC, "a", 10).await.unwrap();
-    let b = bus.receive(TOPIC, "b", 10).await.unwrap();
+    bus.publish(topic, event(1)).await.unwrap();
+    let a = bus.receive(topic, "a", 10).await.unwrap();
+    let b = bus.receive(topic, "b", 10).await.unwrap();
     assert_eq!(a.len(), 1);
     assert_eq!(b.len(), 1);
     assert_eq!(a[0].message.event.data, json!({"n": 1}));
     assert_eq!(a[0].delivery_count, 1);
     // Locked: not delivered twice while the lock holds.
-    assert!(bus.receive(TOPIC, "a", 10).await.unwrap().is_empty());
+    assert!(bus.receive(topic, "a", 10).await.unwrap().is_empty());
 }
 
-async fn completed_messages_are_gone(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+async fn completed_messages_are_gone(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    bus.publish(TOPIC, event(1)).await.unwrap();
-    let delivery = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
-    bus.complete(TOPIC, "s", &delivery.lock).await.unwrap();
+    bus.publish(topic, event(1)).await.unwrap();
+    let delivery = bus.receive(topic, "s", 1).await.unwrap().remove(0);
+    bus.complete(topic, "s", &delivery.lock).await.unwrap();
     assert_eq!(
-        bus.complete(TOPIC, "s", &delivery.lock).await.unwrap_err(),
+        bus.complete(topic, "s", &delivery.lock).await.unwrap_err(),
         BusError::LockLost
     );
-    assert!(bus.receive(TOPIC, "s", 10).await.unwrap().is_empty());
+    assert!(bus.receive(topic, "s", 10).await.unwrap().is_empty());
 }
 
-async fn duplicate_ids_are_dropped(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+async fn duplicate_ids_are_dropped(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
     let message = event(1);
-    bus.publish(TOPIC, message.clone()).await.unwrap();
-    bus.publish(TOPIC, message.clone()).await.unwrap();
-    let first = bus.receive(TOPIC, "s", 10).await.unwrap();
+    bus.publish(topic, message.clone()).await.unwrap();
+    bus.publish(topic, message.clone()).await.unwrap();
+    let first = bus.receive(topic, "s", 10).await.unwrap();
     assert_eq!(first.len(), 1);
-    bus.complete(TOPIC, "s", &first[0].lock).await.unwrap();
+    bus.complete(topic, "s", &first[0].lock).await.unwrap();
     // Still inside the window after completion: dropped again.
-    bus.publish(TOPIC, message).await.unwrap();
-    assert!(bus.receive(TOPIC, "s", 10).await.unwrap().is_empty());
+    bus.publish(topic, message).await.unwrap();
+    assert!(bus.receive(topic, "s", 10).await.unwrap().is_empty());
 }
 
 async fn receive_until(
     bus: &SharedBus,
+    topic: &str,
     subscription: &str,
     deadline: Duration,
 ) -> Vec<common::bus::Delivery> {
     let until = Instant::now() + deadline;
     loop {
-        let got = bus.receive(TOPIC, subscription, 10).await.unwrap();
+        let got = bus.receive(topic, subscription, 10).await.unwrap();
         if !got.is_empty() || Instant::now() > until {
             return got;
         }
@@ -318,108 +328,108 @@ async fn receive_until(
     }
 }
 
-async fn abandoned_messages_come_back_after_the_delay(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+async fn abandoned_messages_come_back_after_the_delay(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    bus.publish(TOPIC, event(1)).await.unwrap();
-    let first = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
+    bus.publish(topic, event(1)).await.unwrap();
+    let first = bus.receive(topic, "s", 1).await.unwrap().remove(0);
     let abandoned_at = Instant::now();
-    bus.abandon(TOPIC, "s", &first.lock, Duration::from_millis(1000))
+    bus.abandon(topic, "s", &first.lock, Duration::from_millis(1000))
         .await
         .unwrap();
     assert!(
-        bus.receive(TOPIC, "s", 1).await.unwrap().is_empty(),
+        bus.receive(topic, "s", 1).await.unwrap().is_empty(),
         "redelivered before the delay"
     );
-    let again = receive_until(bus, "s", Duration::from_secs(10)).await;
+    let again = receive_until(bus, topic, "s", Duration::from_secs(10)).await;
     assert!(abandoned_at.elapsed() >= Duration::from_millis(1000));
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].delivery_count, 2);
     assert_eq!(again[0].message.id(), first.message.id());
 }
 
-async fn expired_locks_return_the_message(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_millis(200)))
+async fn expired_locks_return_the_message(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_millis(200)))
         .await
         .unwrap();
-    bus.publish(TOPIC, event(1)).await.unwrap();
-    let first = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
-    let again = receive_until(bus, "s", Duration::from_secs(10)).await;
+    bus.publish(topic, event(1)).await.unwrap();
+    let first = bus.receive(topic, "s", 1).await.unwrap().remove(0);
+    let again = receive_until(bus, topic, "s", Duration::from_secs(10)).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].delivery_count, 2);
     assert_eq!(
-        bus.complete(TOPIC, "s", &first.lock).await.unwrap_err(),
+        bus.complete(topic, "s", &first.lock).await.unwrap_err(),
         BusError::LockLost
     );
-    bus.complete(TOPIC, "s", &again[0].lock).await.unwrap();
+    bus.complete(topic, "s", &again[0].lock).await.unwrap();
 }
 
-async fn max_delivery_count_dead_letters_and_replay_resubmits(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "s", options(3, Duration::from_secs(30)))
+async fn max_delivery_count_dead_letters_and_replay_resubmits(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(3, Duration::from_secs(30)))
         .await
         .unwrap();
     let message = event(7);
-    bus.publish(TOPIC, message.clone()).await.unwrap();
+    bus.publish(topic, message.clone()).await.unwrap();
     for attempt in 1..=3 {
-        let delivery = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
+        let delivery = bus.receive(topic, "s", 1).await.unwrap().remove(0);
         assert_eq!(delivery.delivery_count, attempt);
-        bus.abandon(TOPIC, "s", &delivery.lock, Duration::ZERO)
+        bus.abandon(topic, "s", &delivery.lock, Duration::ZERO)
             .await
             .unwrap();
     }
-    assert!(bus.receive(TOPIC, "s", 1).await.unwrap().is_empty());
-    let dead = bus.dead_letters(TOPIC, "s", 10).await.unwrap();
+    assert!(bus.receive(topic, "s", 1).await.unwrap().is_empty());
+    let dead = bus.dead_letters(topic, "s", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, "MaxDeliveryCountExceeded");
     assert_eq!(dead[0].delivery_count, 3);
     assert_eq!(dead[0].message.event, message.event);
 
-    assert!(bus.replay(TOPIC, "s", message.id()).await.unwrap());
-    assert!(!bus.replay(TOPIC, "s", message.id()).await.unwrap());
-    assert!(bus.dead_letters(TOPIC, "s", 10).await.unwrap().is_empty());
-    let replayed = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
+    assert!(bus.replay(topic, "s", message.id()).await.unwrap());
+    assert!(!bus.replay(topic, "s", message.id()).await.unwrap());
+    assert!(bus.dead_letters(topic, "s", 10).await.unwrap().is_empty());
+    let replayed = bus.receive(topic, "s", 1).await.unwrap().remove(0);
     assert_eq!(replayed.delivery_count, 1);
-    bus.complete(TOPIC, "s", &replayed.lock).await.unwrap();
+    bus.complete(topic, "s", &replayed.lock).await.unwrap();
 }
 
-async fn explicit_dead_letter_keeps_reason(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+async fn explicit_dead_letter_keeps_reason(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    bus.publish(TOPIC, event(1)).await.unwrap();
-    let delivery = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0);
-    bus.dead_letter(TOPIC, "s", &delivery.lock, "Malformed", "no lines")
+    bus.publish(topic, event(1)).await.unwrap();
+    let delivery = bus.receive(topic, "s", 1).await.unwrap().remove(0);
+    bus.dead_letter(topic, "s", &delivery.lock, "Malformed", "no lines")
         .await
         .unwrap();
-    let dead = bus.dead_letters(TOPIC, "s", 10).await.unwrap();
+    let dead = bus.dead_letters(topic, "s", 10).await.unwrap();
     assert_eq!(
         (dead[0].reason.as_str(), dead[0].description.as_str()),
         ("Malformed", "no lines")
     );
 }
 
-async fn scheduled_messages_wait(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+async fn scheduled_messages_wait(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
     let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1000);
-    bus.publish(TOPIC, event(1).scheduled(at)).await.unwrap();
-    assert!(bus.receive(TOPIC, "s", 1).await.unwrap().is_empty());
-    let delivered = receive_until(bus, "s", Duration::from_secs(10)).await;
+    bus.publish(topic, event(1).scheduled(at)).await.unwrap();
+    assert!(bus.receive(topic, "s", 1).await.unwrap().is_empty());
+    let delivered = receive_until(bus, topic, "s", Duration::from_secs(10)).await;
     assert_eq!(delivered.len(), 1);
     assert!(time::OffsetDateTime::now_utc() >= at);
 }
 
-async fn receive_on_unknown_subscription_fails(bus: &SharedBus) {
+async fn receive_on_unknown_subscription_fails(bus: &SharedBus, topic: &str) {
     assert!(matches!(
-        bus.receive(TOPIC, "nobody", 1).await.unwrap_err(),
+        bus.receive(topic, "nobody", 1).await.unwrap_err(),
         BusError::UnknownSubscription { .. }
     ));
 }
 
-async fn properties_and_trace_context_travel(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+async fn properties_and_trace_context_travel(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
     let mut message = event(1).with_correlation_id("order-1");
@@ -427,34 +437,36 @@ async fn properties_and_trace_context_travel(bus: &SharedBus) {
         "traceparent".into(),
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
     );
-    bus.publish(TOPIC, message.clone()).await.unwrap();
-    let got = bus.receive(TOPIC, "s", 1).await.unwrap().remove(0).message;
+    bus.publish(topic, message.clone()).await.unwrap();
+    let got = bus.receive(topic, "s", 1).await.unwrap().remove(0).message;
     assert_eq!(got.correlation_id.as_deref(), Some("order-1"));
     assert_eq!(got.properties, message.properties);
     assert_eq!(got.event.subject.as_deref(), Some("thing-1"));
     assert_eq!(got.event.specversion, "1.0");
 }
 
-async fn competing_receivers_never_share_a_message(bus: &SharedBus) {
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+async fn competing_receivers_never_share_a_message(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
     for n in 0..50 {
-        bus.publish(TOPIC, event(n)).await.unwrap();
+        bus.publish(topic, event(n)).await.unwrap();
     }
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let bus = bus.clone();
+        let topic = topic.to_owned();
         tasks.push(tokio::spawn(async move {
+            let topic = topic.as_str();
             let mut ids = Vec::new();
             loop {
-                let got = bus.receive(TOPIC, "s", 3).await.unwrap();
+                let got = bus.receive(topic, "s", 3).await.unwrap();
                 if got.is_empty() {
                     return ids;
                 }
                 for delivery in got {
                     ids.push(delivery.message.id().to_owned());
-                    bus.complete(TOPIC, "s", &delivery.lock).await.unwrap();
+                    bus.complete(topic, "s", &delivery.lock).await.unwrap();
                 }
             }
         }));
@@ -489,44 +501,46 @@ impl MessageHandler for Flaky {
 
 #[tokio::test]
 async fn a_message_that_always_fails_is_dead_lettered_after_max_deliveries_then_replayed() {
+    let topic = TOPIC;
     let subject = embedded();
     let bus = subject.bus.clone();
-    bus.ensure_subscription(TOPIC, "w", options(4, Duration::from_secs(30)))
+    bus.ensure_subscription(topic, "w", options(4, Duration::from_secs(30)))
         .await
         .unwrap();
     let handler = Arc::new(Flaky {
         calls: AtomicU32::new(0),
         fail: true.into(),
     });
-    let mut settings = WorkerSettings::new(TOPIC, "w");
+    let mut settings = WorkerSettings::new(topic, "w");
     settings.retry_backoff = vec![Duration::from_millis(10)];
     settings.poll_interval = Duration::from_millis(20);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = spawn_worker(bus.clone(), settings, handler.clone(), stopped);
     let message = event(1);
-    bus.publish(TOPIC, message.clone()).await.unwrap();
+    bus.publish(topic, message.clone()).await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(20);
-    while bus.dead_letters(TOPIC, "w", 10).await.unwrap().is_empty() {
+    while bus.dead_letters(topic, "w", 10).await.unwrap().is_empty() {
         assert!(Instant::now() < deadline, "never dead-lettered");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(handler.calls.load(Ordering::SeqCst), 4);
 
     handler.fail.store(false, Ordering::SeqCst);
-    assert!(bus.replay(TOPIC, "w", message.id()).await.unwrap());
+    assert!(bus.replay(topic, "w", message.id()).await.unwrap());
     while handler.calls.load(Ordering::SeqCst) < 5 {
         assert!(Instant::now() < deadline, "replay not delivered");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.send(true).unwrap();
     worker.await.unwrap();
-    assert!(bus.receive(TOPIC, "w", 10).await.unwrap().is_empty());
-    assert!(bus.dead_letters(TOPIC, "w", 10).await.unwrap().is_empty());
+    assert!(bus.receive(topic, "w", 10).await.unwrap().is_empty());
+    assert!(bus.dead_letters(topic, "w", 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn service_bus_requests_carry_valid_sas_signatures() {
+    let topic = TOPIC;
     use common::bus::servicebus::ServiceBusBus;
     let broker = Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
     let good = ServiceBusBus::new(
@@ -535,10 +549,10 @@ async fn service_bus_requests_carry_valid_sas_signatures() {
         &broker.policy,
         broker.key.clone().into(),
     );
-    good.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+    good.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    good.publish(TOPIC, event(1)).await.unwrap();
+    good.publish(topic, event(1)).await.unwrap();
     assert_eq!(broker.refused.load(Ordering::SeqCst), 0);
 
     let forged = ServiceBusBus::new(
@@ -548,16 +562,16 @@ async fn service_bus_requests_carry_valid_sas_signatures() {
         "not-the-key".to_owned().into(),
     );
     assert!(matches!(
-        forged.publish(TOPIC, event(2)).await.unwrap_err(),
+        forged.publish(topic, event(2)).await.unwrap_err(),
         BusError::Unavailable(_)
     ));
     assert!(matches!(
-        forged.receive(TOPIC, "s", 1).await.unwrap_err(),
+        forged.receive(topic, "s", 1).await.unwrap_err(),
         BusError::Unavailable(_)
     ));
     assert!(broker.refused.load(Ordering::SeqCst) >= 2);
     // Only the genuine message arrived.
-    assert_eq!(good.receive(TOPIC, "s", 10).await.unwrap().len(), 1);
+    assert_eq!(good.receive(topic, "s", 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -625,24 +639,25 @@ async fn servicebus_adapter_reads_64_bit_sequence_numbers() {
     let broker = Arc::new(
         common::testing::fake_servicebus::FakeServiceBus::new().with_sequence_from((1 << 48) + 1),
     );
+    let topic = TOPIC;
     let bus: SharedBus = Arc::new(ServiceBusBus::new(
         broker.clone(),
         &broker.namespace,
         &broker.policy,
         broker.key.clone().into(),
     ));
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    bus.publish(TOPIC, event(1)).await.unwrap();
-    bus.publish(TOPIC, event(2)).await.unwrap();
-    let deliveries = bus.receive(TOPIC, "s", 10).await.unwrap();
+    bus.publish(topic, event(1)).await.unwrap();
+    bus.publish(topic, event(2)).await.unwrap();
+    let deliveries = bus.receive(topic, "s", 10).await.unwrap();
     assert_eq!(deliveries.len(), 2);
     assert_ne!(deliveries[0].lock, deliveries[1].lock);
     for delivery in deliveries {
-        bus.complete(TOPIC, "s", &delivery.lock).await.unwrap();
+        bus.complete(topic, "s", &delivery.lock).await.unwrap();
     }
-    assert!(bus.receive(TOPIC, "s", 10).await.unwrap().is_empty());
+    assert!(bus.receive(topic, "s", 10).await.unwrap().is_empty());
 }
 
 /// An idle subscription is asked with the REST long poll, not in a tight loop.
@@ -651,23 +666,24 @@ async fn servicebus_adapter_long_polls_an_empty_subscription() {
     use common::bus::servicebus::ServiceBusBus;
     use std::sync::atomic::Ordering;
     let broker = Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
+    let topic = TOPIC;
     let bus: SharedBus = Arc::new(ServiceBusBus::new(
         broker.clone(),
         &broker.namespace,
         &broker.policy,
         broker.key.clone().into(),
     ));
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    assert!(bus.receive(TOPIC, "s", 16).await.unwrap().is_empty());
+    assert!(bus.receive(topic, "s", 16).await.unwrap().is_empty());
     assert_eq!(broker.long_polls.load(Ordering::SeqCst), 1);
     assert_eq!(broker.short_polls.load(Ordering::SeqCst), 0);
     // With messages there, the first wait returns one and the rest are taken at once.
     for n in 0..3 {
-        bus.publish(TOPIC, event(n)).await.unwrap();
+        bus.publish(topic, event(n)).await.unwrap();
     }
-    assert_eq!(bus.receive(TOPIC, "s", 16).await.unwrap().len(), 3);
+    assert_eq!(bus.receive(topic, "s", 16).await.unwrap().len(), 3);
     assert_eq!(broker.long_polls.load(Ordering::SeqCst), 2);
 }
 
@@ -678,31 +694,56 @@ async fn servicebus_adapter_retries_throttling_and_busy_answers() {
     use common::bus::servicebus::ServiceBusBus;
     use std::sync::atomic::Ordering;
     let broker = Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
+    let topic = TOPIC;
     let bus: SharedBus = Arc::new(ServiceBusBus::new(
         broker.clone(),
         &broker.namespace,
         &broker.policy,
         broker.key.clone().into(),
     ));
-    bus.ensure_subscription(TOPIC, "s", options(10, Duration::from_secs(30)))
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
     broker.inject_faults(1, StatusCode::TooManyRequests, Some(1));
     broker.inject_faults(1, StatusCode::ServiceUnavailable, None);
     let started = Instant::now();
-    bus.publish(TOPIC, event(1)).await.unwrap();
+    bus.publish(topic, event(1)).await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "Retry-After was not honoured"
     );
     assert_eq!(broker.faulted.load(Ordering::SeqCst), 2);
     broker.inject_faults(1, StatusCode::ServiceUnavailable, None);
-    let deliveries = bus.receive(TOPIC, "s", 10).await.unwrap();
+    let deliveries = bus.receive(topic, "s", 10).await.unwrap();
     assert_eq!(deliveries.len(), 1);
     broker.inject_faults(1, StatusCode::TooManyRequests, Some(0));
-    bus.complete(TOPIC, "s", &deliveries[0].lock).await.unwrap();
+    bus.complete(topic, "s", &deliveries[0].lock).await.unwrap();
     // A namespace that stays busy is a clear failure, not a hang.
     broker.inject_faults(10, StatusCode::ServiceUnavailable, Some(0));
-    let error = bus.publish(TOPIC, event(2)).await.unwrap_err();
+    let error = bus.publish(topic, event(2)).await.unwrap_err();
     assert!(matches!(error, BusError::Unavailable(_)), "{error:?}");
+}
+
+/// Live suites remove what they created: the topic, its subscriptions, their parked letters.
+#[tokio::test]
+async fn servicebus_adapter_removes_a_topic_and_its_parked_letters() {
+    use common::bus::servicebus::{ServiceBusBus, dead_letter_queue};
+    let broker = Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
+    let admin = Arc::new(ServiceBusBus::new(
+        broker.clone(),
+        &broker.namespace,
+        &broker.policy,
+        broker.key.clone().into(),
+    ));
+    let bus: SharedBus = admin.clone();
+    let topic = format!("contract-{}", uuid::Uuid::new_v4().simple());
+    bus.ensure_subscription(&topic, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    admin.delete_topic(&topic).await.unwrap();
+    assert!(matches!(
+        bus.receive(&topic, "s", 1).await,
+        Err(BusError::UnknownSubscription { .. })
+    ));
+    assert!(broker.has_no_entity(&dead_letter_queue(&topic, "s")));
 }
