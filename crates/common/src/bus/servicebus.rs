@@ -75,6 +75,12 @@ impl Signer {
                 Duration::from_secs(300),
             ),
         );
+        Ok(request)
+    }
+
+    /// As [`Self::request`], for a request without a body.
+    fn bodiless(&self, url: &str, resource: &str, method: Method) -> Result<Request, BusError> {
+        let mut request = self.request(url, resource, method)?;
         request.insert_header("content-length", "0");
         Ok(request)
     }
@@ -82,7 +88,7 @@ impl Signer {
     /// A settlement at a locked message's `location`: DELETE completes, PUT unlocks.
     async fn settle(&self, location: &str, method: Method) -> Result<(), BusError> {
         let resource = location.split("/messages/").next().unwrap_or(location);
-        let request = self.request(location, resource, method)?;
+        let request = self.bodiless(location, resource, method)?;
         let response = self
             .http
             .execute_request(&request)
@@ -410,7 +416,7 @@ impl ServiceBusBus {
         let resource = format!("{}/{entity}", self.base());
         let url = format!("{resource}/messages/head?timeout={}", wait.as_secs());
         let signer = self.signer();
-        let request = signer.request(&url, &resource, Method::Post)?;
+        let request = signer.bodiless(&url, &resource, Method::Post)?;
         let response = self
             .http
             .execute_request(&request)
@@ -518,17 +524,7 @@ impl ServiceBusBus {
     /// A request the crate does not make for us (management, ping), signed like its own.
     fn signed_request(&self, path: &str, method: Method) -> Result<Request, BusError> {
         let url = format!("{}/{path}", self.base());
-        let mut request = Request::new(url::Url::parse(&url).map_err(backend)?, method);
-        request.insert_header(
-            "authorization",
-            sas_token(
-                &url,
-                &self.policy,
-                self.key.expose_secret(),
-                Duration::from_secs(300),
-            ),
-        );
-        Ok(request)
+        self.signer().request(&url, &url, method)
     }
 
     /// Creates an entity (Atom entry); with `update`, replaces it when it exists already.

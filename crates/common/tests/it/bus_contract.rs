@@ -27,17 +27,34 @@ fn embedded() -> Subject {
     }
 }
 
-fn servicebus() -> Subject {
-    use common::bus::servicebus::ServiceBusBus;
-    let broker = std::sync::Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
-    let bus = ServiceBusBus::new(
+/// The Service Bus adapter on an in-process broker: the broker (to inspect and fault) and
+/// the adapter (for what only it has).
+fn fake_servicebus() -> (
+    Arc<common::testing::fake_servicebus::FakeServiceBus>,
+    Arc<common::bus::servicebus::ServiceBusBus>,
+) {
+    fake_servicebus_from(common::testing::fake_servicebus::FakeServiceBus::new())
+}
+
+fn fake_servicebus_from(
+    broker: common::testing::fake_servicebus::FakeServiceBus,
+) -> (
+    Arc<common::testing::fake_servicebus::FakeServiceBus>,
+    Arc<common::bus::servicebus::ServiceBusBus>,
+) {
+    let broker = Arc::new(broker);
+    let bus = Arc::new(common::bus::servicebus::ServiceBusBus::new(
         broker.clone(),
         &broker.namespace,
         &broker.policy,
         broker.key.clone().into(),
-    );
+    ));
+    (broker, bus)
+}
+
+fn servicebus() -> Subject {
     Subject {
-        bus: Arc::new(bus),
+        bus: fake_servicebus().1,
         _dir: tempfile::tempdir().unwrap(),
     }
 }
@@ -663,16 +680,11 @@ async fn servicebus_adapter_reads_64_bit_sequence_numbers() {
 /// An idle subscription is asked with the REST long poll, not in a tight loop.
 #[tokio::test]
 async fn servicebus_adapter_long_polls_an_empty_subscription() {
-    use common::bus::servicebus::ServiceBusBus;
     use std::sync::atomic::Ordering;
-    let broker = Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
+    let (broker, bus) =
+        fake_servicebus_from(common::testing::fake_servicebus::FakeServiceBus::new());
+    let bus: SharedBus = bus;
     let topic = TOPIC;
-    let bus: SharedBus = Arc::new(ServiceBusBus::new(
-        broker.clone(),
-        &broker.namespace,
-        &broker.policy,
-        broker.key.clone().into(),
-    ));
     bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
@@ -691,16 +703,11 @@ async fn servicebus_adapter_long_polls_an_empty_subscription() {
 #[tokio::test]
 async fn servicebus_adapter_retries_throttling_and_busy_answers() {
     use azure_core_legacy::StatusCode;
-    use common::bus::servicebus::ServiceBusBus;
     use std::sync::atomic::Ordering;
-    let broker = Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
+    let (broker, bus) =
+        fake_servicebus_from(common::testing::fake_servicebus::FakeServiceBus::new());
+    let bus: SharedBus = bus;
     let topic = TOPIC;
-    let bus: SharedBus = Arc::new(ServiceBusBus::new(
-        broker.clone(),
-        &broker.namespace,
-        &broker.policy,
-        broker.key.clone().into(),
-    ));
     bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
@@ -727,14 +734,8 @@ async fn servicebus_adapter_retries_throttling_and_busy_answers() {
 /// Live suites remove what they created: the topic, its subscriptions, their parked letters.
 #[tokio::test]
 async fn servicebus_adapter_removes_a_topic_and_its_parked_letters() {
-    use common::bus::servicebus::{ServiceBusBus, dead_letter_queue};
-    let broker = Arc::new(common::testing::fake_servicebus::FakeServiceBus::new());
-    let admin = Arc::new(ServiceBusBus::new(
-        broker.clone(),
-        &broker.namespace,
-        &broker.policy,
-        broker.key.clone().into(),
-    ));
+    use common::bus::servicebus::dead_letter_queue;
+    let (broker, admin) = fake_servicebus();
     let bus: SharedBus = admin.clone();
     let topic = format!("contract-{}", uuid::Uuid::new_v4().simple());
     bus.ensure_subscription(&topic, "s", options(10, Duration::from_secs(30)))
