@@ -44,14 +44,23 @@ pub fn tracer_provider(
     settings: &TelemetrySettings,
     service_name: &str,
 ) -> Result<SdkTracerProvider, TelemetryError> {
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
+    let exporting = !settings.otlp_endpoint.trim().is_empty();
+    // With nothing to export to, new traces are not recorded (they still get ids, for
+    // problem answers and propagation); a caller's sampled trace is still followed, so
+    // that the chain stays whole for services that do export.
+    let root = if exporting {
+        Sampler::TraceIdRatioBased(settings.sample_ratio)
+    } else {
+        Sampler::AlwaysOff
+    };
+    let sampler = Sampler::ParentBased(Box::new(root));
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name.to_owned())
         .build();
     let mut builder = SdkTracerProvider::builder()
         .with_sampler(sampler)
         .with_resource(resource);
-    if !settings.otlp_endpoint.trim().is_empty() {
+    if exporting {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()

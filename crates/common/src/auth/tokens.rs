@@ -107,9 +107,42 @@ enum Keys {
 #[derive(Clone)]
 pub struct Authenticator {
     keys: Arc<Keys>,
-    issuer: String,
-    audience: String,
-    leeway: u64,
+    /// Built once: what a token of each accepted algorithm is checked against.
+    validations: Arc<Validations>,
+}
+
+struct Validations {
+    hs256: Validation,
+    rs256: Validation,
+    es256: Validation,
+}
+
+impl Validations {
+    fn new(settings: &AuthSettings) -> Self {
+        let build = |algorithm: Algorithm| {
+            let mut validation = Validation::new(algorithm);
+            validation.leeway = settings.leeway_seconds;
+            validation.validate_nbf = true;
+            validation.set_audience(&[&settings.audience]);
+            validation.set_issuer(&[&settings.issuer]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            validation
+        };
+        Self {
+            hs256: build(Algorithm::HS256),
+            rs256: build(Algorithm::RS256),
+            es256: build(Algorithm::ES256),
+        }
+    }
+
+    fn for_algorithm(&self, algorithm: Algorithm) -> Result<&Validation, AuthError> {
+        match algorithm {
+            Algorithm::HS256 => Ok(&self.hs256),
+            Algorithm::RS256 => Ok(&self.rs256),
+            Algorithm::ES256 => Ok(&self.es256),
+            _ => Err(AuthError::Algorithm),
+        }
+    }
 }
 
 impl Authenticator {
@@ -119,9 +152,7 @@ impl Authenticator {
             keys: Arc::new(Keys::Shared(DecodingKey::from_secret(
                 secret.expose_secret().as_bytes(),
             ))),
-            issuer: settings.issuer.clone(),
-            audience: settings.audience.clone(),
-            leeway: settings.leeway_seconds,
+            validations: Arc::new(Validations::new(settings)),
         }
     }
 
@@ -129,9 +160,7 @@ impl Authenticator {
     pub fn oidc(jwks: JwksClient, settings: &AuthSettings) -> Self {
         Self {
             keys: Arc::new(Keys::Jwks(jwks)),
-            issuer: settings.issuer.clone(),
-            audience: settings.audience.clone(),
-            leeway: settings.leeway_seconds,
+            validations: Arc::new(Validations::new(settings)),
         }
     }
 
@@ -153,26 +182,16 @@ impl Authenticator {
         }
     }
 
-    fn validation(&self, algorithm: Algorithm) -> Validation {
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = self.leeway;
-        validation.validate_nbf = true;
-        validation.set_audience(&[&self.audience]);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation
-    }
-
     pub async fn validate(&self, token: &str) -> Result<Principal, AuthError> {
         // decode_header refuses `alg: none`: it is not an algorithm jsonwebtoken knows.
         let header = decode_header(token).map_err(map_jwt_error)?;
-        let (key, algorithm) = match self.keys.as_ref() {
+        let data = match self.keys.as_ref() {
             Keys::Shared(key) => {
                 // Only HS256: an asymmetric algorithm here would be algorithm confusion.
                 if header.alg != Algorithm::HS256 {
                     return Err(AuthError::Algorithm);
                 }
-                (key.clone(), Algorithm::HS256)
+                decode::<ValidatedClaims>(token, key, &self.validations.hs256)
             }
             Keys::Jwks(jwks) => {
                 if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
@@ -180,11 +199,10 @@ impl Authenticator {
                 }
                 let kid = header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
                 let key = jwks.key_for(kid, header.alg).await?;
-                (key, header.alg)
+                decode::<ValidatedClaims>(token, &key, self.validations.for_algorithm(header.alg)?)
             }
-        };
-        let data = decode::<ValidatedClaims>(token, &key, &self.validation(algorithm))
-            .map_err(map_jwt_error)?;
+        }
+        .map_err(map_jwt_error)?;
         if data.claims.sub.trim().is_empty() {
             return Err(AuthError::MissingClaim("sub".into()));
         }
