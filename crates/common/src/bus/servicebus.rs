@@ -565,6 +565,35 @@ impl ServiceBusBus {
         self.put_entity_with(path, description, false).await
     }
 
+    /// Says so at start when the topic exists without duplicate detection (made elsewhere;
+    /// it cannot be turned on later): an event relayed again after a crash then reaches
+    /// subscribers twice. Handlers stay idempotent, but the promise of one delivery per
+    /// event within the window is gone.
+    async fn check_duplicate_detection(&self, topic: &str) -> Result<(), BusError> {
+        let request = self.signed_request(topic, Method::Get)?;
+        let response = self
+            .http
+            .execute_request(&request)
+            .await
+            .map_err(unavailable)?;
+        // Without rights to read the entity there is nothing to check.
+        if !response.status().is_success() {
+            return Ok(());
+        }
+        let description = response
+            .into_body()
+            .collect_string()
+            .await
+            .map_err(unavailable)?;
+        if !description.contains("<RequiresDuplicateDetection>true</RequiresDuplicateDetection>") {
+            tracing::warn!(
+                topic,
+                "the topic exists without duplicate detection: an event published twice (a relay that crashed between publishing and checkpointing) reaches subscribers twice; recreate the topic with duplicate detection"
+            );
+        }
+        Ok(())
+    }
+
     /// Removes a topic with its subscriptions, and the queues of letters parked for them
     /// (live test suites clean up after themselves with it).
     pub async fn delete_topic(&self, topic: &str) -> Result<(), BusError> {
@@ -691,6 +720,7 @@ impl EventBus for ServiceBusBus {
         const NS: &str = MANAGEMENT_NS;
         self.put_entity(topic, &format!("<TopicDescription {NS}><RequiresDuplicateDetection>true</RequiresDuplicateDetection></TopicDescription>"))
             .await?;
+        self.check_duplicate_detection(topic).await?;
         self.put_entity(
             &format!("{topic}/subscriptions/{subscription}"),
             &format!(

@@ -127,6 +127,8 @@ impl Entity {
 #[derive(Debug, Default)]
 struct State {
     topics: HashMap<String, HashMap<String, Entity>>,
+    /// Topics created with duplicate detection.
+    deduplicating: std::collections::HashSet<String>,
     seen: HashMap<(String, String), Instant>,
     queues: HashMap<String, Entity>,
     next_sequence: i64,
@@ -223,6 +225,15 @@ impl FakeServiceBus {
         for _ in 0..count {
             faults.push_back((status, retry_after));
         }
+    }
+
+    /// A topic made elsewhere, without duplicate detection.
+    pub fn create_topic_without_duplicate_detection(&self, name: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .topics
+            .insert(name.to_owned(), HashMap::new());
     }
 
     /// Whether no topic or queue of this name exists.
@@ -668,6 +679,9 @@ impl FakeServiceBus {
                     return status(StatusCode::Conflict);
                 }
                 state.topics.insert((*name).to_owned(), HashMap::new());
+                if tag(&xml, "RequiresDuplicateDetection") == Some("true") {
+                    state.deduplicating.insert((*name).to_owned());
+                }
                 status(StatusCode::Created)
             }
             _ => status(StatusCode::BadRequest),
@@ -711,6 +725,14 @@ impl HttpClient for FakeServiceBus {
         let mut state = self.state.lock().unwrap();
         match (request.method(), path.as_slice()) {
             (Method::Get, ["$namespaceinfo"]) => status(StatusCode::Ok),
+            (Method::Get, [name]) if state.topics.contains_key(*name) => respond(
+                StatusCode::Ok,
+                Headers::new(),
+                format!(
+                    "<entry xmlns=\"http://www.w3.org/2005/Atom\"><content type=\"application/xml\"><TopicDescription><RequiresDuplicateDetection>{}</RequiresDuplicateDetection></TopicDescription></content></entry>",
+                    state.deduplicating.contains(*name)
+                ),
+            ),
             (Method::Put, entity)
                 if entity.len() == 1
                     || (entity.len() == 3 && entity[1] == "subscriptions")
