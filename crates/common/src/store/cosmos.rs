@@ -132,6 +132,20 @@ fn record_charge(headers: &ResponseHeaders) {
     }
 }
 
+/// The request units of an operation that reads several pages, added up and recorded on
+/// its span as it goes.
+#[derive(Default)]
+struct Charge(f64);
+
+impl Charge {
+    fn add(&mut self, headers: &ResponseHeaders) {
+        if let Some(charge) = headers.request_charge() {
+            self.0 += f64::from(*charge);
+            tracing::Span::current().record("ru", self.0);
+        }
+    }
+}
+
 fn etag_from(headers: &ResponseHeaders) -> Result<ETag, StoreError> {
     headers
         .etag()
@@ -174,7 +188,7 @@ fn envelope(pk: &str, id: &str, body: Json) -> Envelope {
 
 #[async_trait]
 impl DocumentStore for CosmosStore {
-    #[tracing::instrument(name = "cosmos.read", skip_all, fields(container, ru = tracing::field::Empty))]
+    #[tracing::instrument(name = "cosmos.read", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn read(
         &self,
         container: &str,
@@ -204,7 +218,7 @@ impl DocumentStore for CosmosStore {
         }
     }
 
-    #[tracing::instrument(name = "cosmos.find_by_id", skip_all, fields(container, ru = tracing::field::Empty))]
+    #[tracing::instrument(name = "cosmos.find_by_id", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn find_by_id(&self, container: &str, id: &str) -> Result<Option<Document>, StoreError> {
         let query = SqlQuery::from("SELECT TOP 1 * FROM c WHERE c.id = @id ORDER BY c.pk")
             .with_parameter("@id", id)
@@ -215,8 +229,9 @@ impl DocumentStore for CosmosStore {
             .await
             .map_err(map_error)?
             .into_pages();
+        let mut charge = Charge::default();
         while let Some(page) = pages.try_next().await.map_err(map_error)? {
-            record_charge(page.headers());
+            charge.add(page.headers());
             if let Some(found) = page.into_items().into_iter().find(|e| !e.expired()) {
                 return Ok(Some(found.into_document()?));
             }
@@ -224,7 +239,7 @@ impl DocumentStore for CosmosStore {
         Ok(None)
     }
 
-    #[tracing::instrument(name = "cosmos.create", skip_all, fields(container, ru = tracing::field::Empty))]
+    #[tracing::instrument(name = "cosmos.create", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn create(
         &self,
         container: &str,
@@ -241,7 +256,7 @@ impl DocumentStore for CosmosStore {
         written(pk, id, body, &response)
     }
 
-    #[tracing::instrument(name = "cosmos.replace", skip_all, fields(container, ru = tracing::field::Empty))]
+    #[tracing::instrument(name = "cosmos.replace", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn replace(
         &self,
         container: &str,
@@ -264,7 +279,7 @@ impl DocumentStore for CosmosStore {
         written(pk, id, body, &response)
     }
 
-    #[tracing::instrument(name = "cosmos.upsert", skip_all, fields(container, ru = tracing::field::Empty))]
+    #[tracing::instrument(name = "cosmos.upsert", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn upsert(
         &self,
         container: &str,
@@ -281,7 +296,7 @@ impl DocumentStore for CosmosStore {
         written(pk, id, body, &response)
     }
 
-    #[tracing::instrument(name = "cosmos.delete", skip_all, fields(container, ru = tracing::field::Empty))]
+    #[tracing::instrument(name = "cosmos.delete", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn delete(
         &self,
         container: &str,
@@ -298,7 +313,7 @@ impl DocumentStore for CosmosStore {
         Ok(())
     }
 
-    #[tracing::instrument(name = "cosmos.query", skip_all, fields(container, ru = tracing::field::Empty))]
+    #[tracing::instrument(name = "cosmos.query", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn query(&self, container: &str, query: &Query) -> Result<Page, StoreError> {
         let position = query.validated()?;
         // The page size is validated to be small; it is inlined because TOP takes a literal.
@@ -386,10 +401,11 @@ impl DocumentStore for CosmosStore {
             .into_pages();
         let wanted = query.limit as usize + 1;
         let mut items = Vec::new();
+        let mut charge = Charge::default();
         while items.len() < wanted {
             match pages.try_next().await.map_err(map_error)? {
                 Some(page) => {
-                    record_charge(page.headers());
+                    charge.add(page.headers());
                     for item in page.into_items().into_iter().filter(|e| !e.expired()) {
                         items.push(item.into_document()?);
                     }
@@ -400,7 +416,7 @@ impl DocumentStore for CosmosStore {
         Ok(ContinuationToken::paginate(items, query))
     }
 
-    #[tracing::instrument(name = "cosmos.changes", skip_all, fields(container, ru = tracing::field::Empty))]
+    #[tracing::instrument(name = "cosmos.changes", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn changes(
         &self,
         container: &str,
@@ -438,12 +454,13 @@ impl DocumentStore for CosmosStore {
             })?;
         let mut documents = Vec::new();
         let mut empty_pages = 0;
+        let mut charge = Charge::default();
         while documents.len() < max && empty_pages < empty_pages_allowed {
             let Some(page) = pages.next().await else {
                 break;
             };
             let page = page.map_err(map_error)?;
-            record_charge(page.headers());
+            charge.add(page.headers());
             let before = documents.len();
             for change in page.into_items() {
                 if let Some(e) = change.current().filter(|e| !e.expired()) {
@@ -469,7 +486,7 @@ impl DocumentStore for CosmosStore {
         })
     }
 
-    #[tracing::instrument(name = "cosmos.batch", skip_all, fields(container, ru = tracing::field::Empty))]
+    #[tracing::instrument(name = "cosmos.batch", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn batch(
         &self,
         container: &str,

@@ -971,3 +971,55 @@ async fn cosmos_throttling_surfaces_the_servers_delay_within_the_budget() {
     );
     println!("throttled: server asked {retry_after_ms} ms; gave up after {waited:?}");
 }
+
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Each Cosmos call's span names its container and carries the request units it cost, a
+/// read of several pages adding them up.
+#[tokio::test]
+async fn cosmos_spans_name_their_container_and_carry_the_charge() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let subject = cosmos_emulator().await;
+    let pk = unique("spans");
+    for n in 0..5 {
+        subject
+            .store
+            .create(OTHER, &pk, &format!("i{n}"), json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    all_pages(
+        &subject.store,
+        OTHER,
+        Query::new(QueryScope::Partition(pk.clone()), 2),
+    )
+    .await;
+    subject.store.changes(OTHER, None, 10).await.unwrap();
+    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    for operation in ["cosmos.create", "cosmos.query", "cosmos.changes"] {
+        let line = logged
+            .lines()
+            .find(|line| line.contains(operation) && line.contains("close"))
+            .unwrap_or_else(|| panic!("no closed {operation} span in {logged}"));
+        assert!(line.contains("container=other"), "{line}");
+        assert!(line.contains("ru="), "{line}");
+    }
+}
