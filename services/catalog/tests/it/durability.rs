@@ -38,15 +38,7 @@ pub(crate) async fn start_binary(data_dir: &std::path::Path, port: u16) -> Proce
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = test_settings(dir.path());
-    let token = common::auth::mint_dev_token(
-        &secrecy::SecretString::from(SECRET.to_owned()),
-        &settings.auth,
-        "tester",
-        ALL,
-        600,
-    )
-    .unwrap();
+    let token = token_for(&test_settings(dir.path()), ALL);
     let client = reqwest::Client::new();
 
     let mut process = start_binary(dir.path(), common::testing::free_port().unwrap()).await;

@@ -25,6 +25,18 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     settings
 }
 
+/// A development token with `scopes`, signed with the tests' secret.
+pub fn token_for(settings: &Settings, scopes: &str) -> String {
+    common::auth::mint_dev_token(
+        &SecretString::from(SECRET.to_owned()),
+        &settings.auth,
+        "tester",
+        scopes,
+        600,
+    )
+    .unwrap()
+}
+
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
@@ -61,14 +73,7 @@ impl TestApp {
     }
 
     pub fn token(&self, scopes: &str) -> String {
-        common::auth::mint_dev_token(
-            &SecretString::from(SECRET.to_owned()),
-            &self.settings.auth,
-            "tester",
-            scopes,
-            600,
-        )
-        .unwrap()
+        token_for(&self.settings, scopes)
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {

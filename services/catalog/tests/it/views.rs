@@ -246,15 +246,7 @@ async fn the_view_is_rebuilt_from_scratch() {
 #[tokio::test]
 async fn the_view_converges_after_a_kill_9_mid_update() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = test_settings(dir.path());
-    let token = common::auth::mint_dev_token(
-        &secrecy::SecretString::from(SECRET.to_owned()),
-        &settings.auth,
-        "tester",
-        ALL,
-        600,
-    )
-    .unwrap();
+    let token = token_for(&test_settings(dir.path()), ALL);
     let client = reqwest::Client::new();
     let process = start_binary(dir.path(), common::testing::free_port().unwrap()).await;
     // Products and stock counts keep arriving while the process is killed.
