@@ -70,17 +70,31 @@ pub struct ProductV2 {
 #[schema(as = ProductInputV1)]
 pub struct ProductInputV1 {
     /// 1-64 of `A-Z a-z 0-9 . _ -`; on PUT optional, and must match the path.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    )]
     sku: String,
-    /// 1-200 characters.
+    /// 1-200 characters (surrounding spaces are trimmed).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     name: String,
     /// 0-4000 characters.
+    #[schema(max_length = 4000)]
     description: Option<String>,
-    /// 1-100 characters.
+    /// 1-100 characters (surrounding spaces are trimmed).
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     category: String,
     /// A plain decimal with at most the currency's decimals.
-    #[schema(example = 12.50)]
+    #[schema(example = 12.50, minimum = 0)]
     price: f64,
-    #[schema(example = "EUR")]
+    /// An ISO 4217 code with minor units.
+    #[schema(
+        example = "EUR",
+        min_length = 3,
+        max_length = 3,
+        pattern = "^[A-Z]{3}$"
+    )]
     currency: String,
 }
 
@@ -89,11 +103,45 @@ pub struct ProductInputV1 {
 #[allow(dead_code)]
 #[schema(as = ProductInputV2)]
 pub struct ProductInputV2 {
+    /// 1-64 of `A-Z a-z 0-9 . _ -`; on PUT optional, and must match the path.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    )]
     sku: String,
+    /// 1-200 characters (surrounding spaces are trimmed).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     name: String,
+    /// 0-4000 characters.
+    #[schema(max_length = 4000)]
     description: Option<String>,
+    /// 1-100 characters (surrounding spaces are trimmed).
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     category: String,
-    price: MoneyV2,
+    price: MoneyInputV2,
+}
+
+/// A price as sent: exact decimal text in an ISO 4217 currency.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MoneyInputV2 {
+    /// A plain decimal with at most the currency's decimals, no sign, spaces or exponent.
+    #[schema(
+        example = "12.50",
+        pattern = "^[0-9]+(\\.[0-9]+)?$",
+        min_length = 1,
+        max_length = 32
+    )]
+    amount: String,
+    /// An ISO 4217 code with minor units.
+    #[schema(
+        example = "EUR",
+        min_length = 3,
+        max_length = 3,
+        pattern = "^[A-Z]{3}$"
+    )]
+    currency: String,
 }
 
 fn timestamp(at: time::OffsetDateTime) -> String {

@@ -30,6 +30,7 @@ pub struct StockView {
 #[serde(rename_all = "camelCase")]
 pub struct StockCount {
     /// 0 to 1,000,000,000; not below what is reserved.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     on_hand: i64,
 }
 

@@ -51,15 +51,24 @@ pub struct OrderView {
 #[serde(rename_all = "camelCase")]
 pub struct PlaceOrderInput {
     /// 1-100 characters; orders are partitioned by customer.
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     customer_id: String,
     /// 1-50 lines, one per SKU, quantity 1-10000.
+    #[schema(min_items = 1, max_items = 50)]
     lines: Vec<LineInput>,
 }
 
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct LineInput {
+    /// 1-64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    )]
     sku: String,
+    #[schema(minimum = 1, maximum = 10_000)]
     quantity: i64,
 }
 
