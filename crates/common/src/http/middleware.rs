@@ -237,3 +237,42 @@ impl futures_util::Stream for TimedPayload {
         }
     }
 }
+
+/// Bodies smaller than this go out uncompressed: gzip of a few hundred bytes costs more CPU
+/// (and often bytes) than it saves.
+const COMPRESS_FROM_BYTES: u64 = 1024;
+
+/// Keeps `Compress` (which skips a response that already names its encoding) off small
+/// bodies; [`unmark_small_bodies`] takes the mark off again outside it.
+pub(crate) async fn mark_small_bodies(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut response = next.call(req).await?;
+    if let actix_web::body::BodySize::Sized(size) = response.response().body().size()
+        && size < COMPRESS_FROM_BYTES
+        && !response.headers().contains_key(header::CONTENT_ENCODING)
+    {
+        response.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    Ok(response)
+}
+
+/// Removes the mark [`mark_small_bodies`] set: `identity` is not a content coding to send.
+pub(crate) async fn unmark_small_bodies(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut response = next.call(req).await?;
+    if response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|value| value == "identity")
+    {
+        response.headers_mut().remove(header::CONTENT_ENCODING);
+    }
+    Ok(response)
+}

@@ -6,8 +6,8 @@ use actix_web::{App, HttpServer, web};
 
 use super::health::{self, ReadinessCheck};
 use super::middleware::{
-    RequestTimeout, ServiceName, asyncapi, bound_request_time, guard_representation, not_found,
-    openapi, problem_fallback, trace_request,
+    RequestTimeout, ServiceName, asyncapi, bound_request_time, guard_representation,
+    mark_small_bodies, not_found, openapi, problem_fallback, trace_request, unmark_small_bodies,
 };
 use super::{json_config, path_config, query_config};
 use crate::auth::{Authenticator, authenticate};
@@ -108,7 +108,9 @@ where
             .app_data(query_config())
             .wrap(from_fn(limit_rate))
             .wrap(from_fn(authenticate))
+            .wrap(from_fn(mark_small_bodies))
             .wrap(Compress::default())
+            .wrap(from_fn(unmark_small_bodies))
             .wrap(from_fn(guard_representation))
             .wrap(from_fn(bound_request_time))
             .wrap(from_fn(problem_fallback))

@@ -296,3 +296,34 @@ async fn a_body_that_stalls_is_answered_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("application/problem+json"), "{text}");
 }
+
+#[tokio::test]
+async fn only_bodies_worth_it_are_compressed() {
+    let app = TestApp::spawn().await;
+    app.post("/v2/products", json!({"sku": "Z-1", "name": "z", "category": "c", "price": {"amount": "1.00", "currency": "EUR"}}))
+        .await;
+    // A client that shows the answer as sent (no transparent decompression).
+    let raw = reqwest::Client::builder()
+        .no_gzip()
+        .no_deflate()
+        .build()
+        .unwrap();
+    let small = raw
+        .get(format!("{}/v2/products/Z-1", app.url))
+        .bearer_auth(app.token(ALL))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    assert!(small.headers().get("content-encoding").is_none());
+    let body: serde_json::Value = small.json().await.unwrap();
+    assert_eq!(body["sku"], "Z-1");
+    let large = raw
+        .get(format!("{}/openapi.json", app.url))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(large.headers()["content-encoding"], "gzip");
+}
