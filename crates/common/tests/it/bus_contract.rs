@@ -749,31 +749,10 @@ async fn servicebus_adapter_removes_a_topic_and_its_parked_letters() {
     assert!(broker.has_no_entity(&dead_letter_queue(&topic, "s")));
 }
 
-/// What a tracing subscriber on this thread wrote.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A topic made elsewhere without duplicate detection cannot gain it: the start says so.
 #[tokio::test]
 async fn servicebus_adapter_says_when_a_topic_lacks_duplicate_detection() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = common::testing::LogCapture::start(tracing::Level::WARN, false);
     let (broker, bus) = fake_servicebus();
     broker.create_topic_without_duplicate_detection("legacy-events");
     bus.ensure_subscription("legacy-events", "s", options(10, Duration::from_secs(30)))
@@ -782,7 +761,7 @@ async fn servicebus_adapter_says_when_a_topic_lacks_duplicate_detection() {
     bus.ensure_subscription("fresh-events", "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logged = logs.text();
     assert!(
         logged.contains("legacy-events") && logged.contains("without duplicate detection"),
         "{logged}"

@@ -986,31 +986,11 @@ async fn cosmos_throttling_surfaces_the_servers_delay_within_the_budget() {
     println!("throttled: server asked {retry_after_ms} ms; gave up after {waited:?}");
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Each Cosmos call's span names its container and carries the request units it cost, a
 /// read of several pages adding them up.
 #[tokio::test]
 async fn cosmos_spans_name_their_container_and_carry_the_charge() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = common::testing::LogCapture::start(tracing::Level::INFO, true);
     let subject = cosmos_emulator().await;
     let pk = unique("spans");
     for n in 0..5 {
@@ -1027,7 +1007,7 @@ async fn cosmos_spans_name_their_container_and_carry_the_charge() {
     )
     .await;
     subject.store.changes(OTHER, None, 10).await.unwrap();
-    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logged = logs.text();
     for operation in ["cosmos.create", "cosmos.query", "cosmos.changes"] {
         let line = logged
             .lines()
