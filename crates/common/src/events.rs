@@ -127,14 +127,6 @@ event_types! {
         "The stock an order held was given back.";
 }
 
-pub const ORDER_PLACED_V1: &str = OrderPlaced::TYPE;
-pub const ORDER_CONFIRMED_V1: &str = OrderConfirmed::TYPE;
-pub const ORDER_REJECTED_V1: &str = OrderRejected::TYPE;
-pub const ORDER_CANCELLED_V1: &str = OrderCancelled::TYPE;
-pub const STOCK_RESERVED_V1: &str = StockReserved::TYPE;
-pub const STOCK_RESERVATION_FAILED_V1: &str = StockReservationFailed::TYPE;
-pub const STOCK_RELEASED_V1: &str = StockReleased::TYPE;
-
 /// The contract of one event type, by its name.
 pub fn contract(event_type: &str) -> Option<EventContract> {
     all().into_iter().find(|c| c.event_type == event_type)
@@ -185,10 +177,4 @@ pub struct OrderRefusedV1 {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shortages: Vec<ShortageV1>,
-}
-
-/// Reads an event's data, or says why it cannot be read (a permanent failure).
-pub fn data<T: DeserializeOwned>(event: &CloudEvent) -> Result<T, String> {
-    serde_json::from_value(event.data.clone())
-        .map_err(|e| format!("{} data is malformed: {e}", event.event_type))
 }

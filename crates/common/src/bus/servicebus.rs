@@ -54,6 +54,14 @@ pub struct ServiceBusBus {
     parked_queues: Mutex<std::collections::BTreeSet<String>>,
 }
 
+/// Sends a request the adapter made itself; a transport failure is `Unavailable`.
+async fn execute(
+    http: &Arc<dyn HttpClient>,
+    request: &Request,
+) -> Result<azure_core_legacy::Response, BusError> {
+    http.execute_request(request).await.map_err(unavailable)
+}
+
 /// Signs and sends requests the adapter makes itself (management, peek-lock, settlement).
 #[derive(Clone)]
 struct Signer {
@@ -89,11 +97,7 @@ impl Signer {
     async fn settle(&self, location: &str, method: Method) -> Result<(), BusError> {
         let resource = location.split("/messages/").next().unwrap_or(location);
         let request = self.bodiless(location, resource, method)?;
-        let response = self
-            .http
-            .execute_request(&request)
-            .await
-            .map_err(unavailable)?;
+        let response = execute(&self.http, &request).await?;
         match response.status() {
             status if status.is_success() => Ok(()),
             StatusCode::NotFound | StatusCode::Gone | StatusCode::Conflict => {
@@ -417,11 +421,7 @@ impl ServiceBusBus {
         let url = format!("{resource}/messages/head?timeout={}", wait.as_secs());
         let signer = self.signer();
         let request = signer.bodiless(&url, &resource, Method::Post)?;
-        let response = self
-            .http
-            .execute_request(&request)
-            .await
-            .map_err(unavailable)?;
+        let response = self.execute(&request).await?;
         match response.status() {
             StatusCode::Created | StatusCode::Ok => {
                 let (_, headers, body) = response.deconstruct();
@@ -542,19 +542,11 @@ impl ServiceBusBus {
         request.set_body(format!(
             "<entry xmlns=\"http://www.w3.org/2005/Atom\"><content type=\"application/xml\">{description}</content></entry>"
         ));
-        let response = self
-            .http
-            .execute_request(&request)
-            .await
-            .map_err(unavailable)?;
+        let response = self.execute(&request).await?;
         match response.status() {
             StatusCode::Conflict if update => {
                 request.insert_header("if-match", "*");
-                let response = self
-                    .http
-                    .execute_request(&request)
-                    .await
-                    .map_err(unavailable)?;
+                let response = self.execute(&request).await?;
                 management_outcome(path, response.status())
             }
             status => management_outcome(path, status),
@@ -571,11 +563,7 @@ impl ServiceBusBus {
     /// event within the window is gone.
     async fn check_duplicate_detection(&self, topic: &str) -> Result<(), BusError> {
         let request = self.signed_request(topic, Method::Get)?;
-        let response = self
-            .http
-            .execute_request(&request)
-            .await
-            .map_err(unavailable)?;
+        let response = self.execute(&request).await?;
         // Without rights to read the entity there is nothing to check.
         if !response.status().is_success() {
             return Ok(());
@@ -612,13 +600,13 @@ impl ServiceBusBus {
         self.delete_entity(topic).await
     }
 
+    async fn execute(&self, request: &Request) -> Result<azure_core_legacy::Response, BusError> {
+        execute(&self.http, request).await
+    }
+
     async fn delete_entity(&self, path: &str) -> Result<(), BusError> {
         let request = self.signed_request(path, Method::Delete)?;
-        let response = self
-            .http
-            .execute_request(&request)
-            .await
-            .map_err(unavailable)?;
+        let response = self.execute(&request).await?;
         match response.status() {
             StatusCode::NotFound => Ok(()),
             status => management_outcome(path, status),
@@ -934,11 +922,7 @@ impl EventBus for ServiceBusBus {
 
     async fn ping(&self) -> Result<(), BusError> {
         let request = self.signed_request("$namespaceinfo", Method::Get)?;
-        let response = self
-            .http
-            .execute_request(&request)
-            .await
-            .map_err(unavailable)?;
+        let response = self.execute(&request).await?;
         if response.status().is_success() {
             Ok(())
         } else {

@@ -134,6 +134,14 @@ struct State {
     next_sequence: i64,
 }
 
+impl State {
+    fn subscription(&mut self, topic: &str, subscription: &str) -> Option<&mut Entity> {
+        self.topics
+            .get_mut(topic)
+            .and_then(|subscriptions| subscriptions.get_mut(subscription))
+    }
+}
+
 #[derive(Debug)]
 pub struct FakeServiceBus {
     pub namespace: String,
@@ -316,11 +324,7 @@ impl FakeServiceBus {
                 "messages",
                 "head",
             ] => {
-                let Some(entity) = state
-                    .topics
-                    .get_mut(*topic)
-                    .and_then(|subs| subs.get_mut(*subscription))
-                else {
+                let Some(entity) = state.subscription(topic, subscription) else {
                     return status(StatusCode::NotFound);
                 };
                 let lock = entity.lock_duration;
@@ -342,11 +346,7 @@ impl FakeServiceBus {
                 );
             }
             [topic, "subscriptions", subscription, "messages", "head"] => {
-                match state
-                    .topics
-                    .get_mut(*topic)
-                    .and_then(|subs| subs.get_mut(*subscription))
-                {
+                match state.subscription(topic, subscription) {
                     Some(entity) => (entity, format!("{topic}/subscriptions/{subscription}")),
                     None => return status(StatusCode::NotFound),
                 }
@@ -451,22 +451,12 @@ impl FakeServiceBus {
                 "messages",
                 _id,
                 token,
-            ] => {
-                match state
-                    .topics
-                    .get_mut(*topic)
-                    .and_then(|subs| subs.get_mut(*subscription))
-                {
-                    Some(entity) => (&mut entity.dead, *token),
-                    None => return status(StatusCode::Gone),
-                }
-            }
+            ] => match state.subscription(topic, subscription) {
+                Some(entity) => (&mut entity.dead, *token),
+                None => return status(StatusCode::Gone),
+            },
             [topic, "subscriptions", subscription, "messages", _id, token] => {
-                match state
-                    .topics
-                    .get_mut(*topic)
-                    .and_then(|subs| subs.get_mut(*subscription))
-                {
+                match state.subscription(topic, subscription) {
                     Some(entity) => (&mut entity.messages, *token),
                     None => return status(StatusCode::Gone),
                 }
@@ -596,11 +586,7 @@ impl FakeServiceBus {
         };
         match path {
             [topic, "subscriptions", subscription, "rules", rule] => {
-                let Some(entity) = state
-                    .topics
-                    .get_mut(*topic)
-                    .and_then(|subscriptions| subscriptions.get_mut(*subscription))
-                else {
+                let Some(entity) = state.subscription(topic, subscription) else {
                     return status(StatusCode::NotFound);
                 };
                 let update = request
@@ -753,9 +739,7 @@ impl HttpClient for FakeServiceBus {
             }
             (Method::Delete, [topic, "subscriptions", subscription, "rules", rule]) => {
                 let removed = state
-                    .topics
-                    .get_mut(*topic)
-                    .and_then(|subscriptions| subscriptions.get_mut(*subscription))
+                    .subscription(topic, subscription)
                     .and_then(|entity| entity.rules.remove(*rule));
                 status(if removed.is_some() {
                     StatusCode::Ok

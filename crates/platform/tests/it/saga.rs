@@ -404,7 +404,7 @@ async fn a_poison_event_lands_in_the_dead_letter_queue_and_the_cli_shows_it() {
     let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
     let poison = CloudEvent::new(
         "tests",
-        common::events::ORDER_PLACED_V1,
+        <common::events::OrderPlaced as common::events::EventType>::TYPE,
         "o-1",
         json!({"orderId": 5}),
     );
