@@ -194,6 +194,16 @@ pub async fn bound_request_time(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    // Without Content-Length or Transfer-Encoding an HTTP/1.1 request has no body: no
+    // timer is needed (most reads).
+    let headers = req.headers();
+    let may_have_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length != "0");
+    if !may_have_body {
+        return next.call(req).await;
+    }
     let limit = req
         .app_data::<RequestTimeout>()
         .map_or(std::time::Duration::from_secs(30), |t| t.0);
