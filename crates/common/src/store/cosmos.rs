@@ -2,7 +2,7 @@
 //!
 //! Every container is partitioned on `/pk`. A stored item is an envelope
 //! `{"id", "pk", "doc": <body>}`, so a service's documents never collide with Cosmos's
-//! own properties (`_etag`, `_ts`, ...), and filters address `c.doc.<field>`.
+//! own properties (`_etag`, `_ts`, ...), and filters address `c.doc['<field>']`.
 //! Request charges (RU) are recorded on each operation's span.
 
 use std::collections::HashMap;
@@ -100,6 +100,82 @@ impl CosmosStore {
             .get(name)
             .ok_or_else(|| StoreError::Backend((format!("container {name} was not opened")).into()))
     }
+}
+
+/// The SQL path of a body field. Always the quoted form, because a field named like a keyword
+/// of Cosmos SQL (`value`, `order`, `top`, ...) is a syntax error as `c.doc.value`. Field
+/// names are plain identifiers (`Query::validated`), so the quotes need no escaping.
+fn document_field(field: &str) -> String {
+    format!("c.doc['{field}']")
+}
+
+/// The SQL text and parameters of a page request, from its validated position.
+fn query_sql(query: &Query, position: Option<ContinuationToken>) -> (String, Vec<(String, Json)>) {
+    // The page size is validated to be small; it is inlined because TOP takes a literal.
+    let mut sql = format!("SELECT TOP {} * FROM c WHERE true", query.limit + 1);
+    let mut parameters: Vec<(String, Json)> = Vec::new();
+    let sort = query
+        .order_by
+        .as_ref()
+        .map(|order| (document_field(&order.field), order.descending));
+    match (position, &sort) {
+        (Some(position), Some((key, descending))) => {
+            let beyond = if *descending { "<" } else { ">" };
+            sql.push_str(&format!(
+                " AND ({key} {beyond} @afterValue OR ({key} = @afterValue AND (c.id > @after OR (c.id = @after AND c.pk > @afterPk))))"
+            ));
+            parameters.push(("@after".into(), Json::String(position.after_id)));
+            parameters.push((
+                "@afterPk".into(),
+                Json::String(position.after_pk.unwrap_or_default()),
+            ));
+            parameters.push((
+                "@afterValue".into(),
+                position.after_value.unwrap_or(Json::Null),
+            ));
+        }
+        (Some(position), None) => {
+            sql.push_str(" AND (c.id > @after OR (c.id = @after AND c.pk > @afterPk))");
+            parameters.push(("@after".into(), Json::String(position.after_id)));
+            parameters.push((
+                "@afterPk".into(),
+                Json::String(position.after_pk.unwrap_or_default()),
+            ));
+        }
+        _ => {}
+    }
+    if let Some((key, _)) = &sort {
+        // Both stores leave out documents without the sort field.
+        sql.push_str(&format!(" AND IS_DEFINED({key}) AND NOT IS_NULL({key})"));
+    }
+    for (index, filter) in query.filters.iter().enumerate() {
+        let field = document_field(&filter.field);
+        match filter.comparison {
+            Comparison::Eq => sql.push_str(&format!(" AND {field} = @f{index}")),
+            comparison => {
+                let same_type = if filter.value.is_string() {
+                    "IS_STRING"
+                } else {
+                    "IS_NUMBER"
+                };
+                sql.push_str(&format!(
+                    " AND {same_type}({field}) AND {field} {} @f{index}",
+                    comparison.sql()
+                ));
+            }
+        }
+        parameters.push((format!("@f{index}"), filter.value.clone()));
+    }
+    match &sort {
+        Some((key, true)) => {
+            sql.push_str(&format!(" ORDER BY {key} DESC, c.id ASC, c.pk ASC"));
+        }
+        Some((key, false)) => {
+            sql.push_str(&format!(" ORDER BY {key} ASC, c.id ASC, c.pk ASC"));
+        }
+        None => sql.push_str(" ORDER BY c.id ASC, c.pk ASC"),
+    }
+    (sql, parameters)
 }
 
 fn map_error(error: CosmosError) -> StoreError {
@@ -316,70 +392,7 @@ impl DocumentStore for CosmosStore {
     #[tracing::instrument(name = "cosmos.query", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn query(&self, container: &str, query: &Query) -> Result<Page, StoreError> {
         let position = query.validated()?;
-        // The page size is validated to be small; it is inlined because TOP takes a literal.
-        let mut sql = format!("SELECT TOP {} * FROM c WHERE true", query.limit + 1);
-        let mut parameters: Vec<(String, Json)> = Vec::new();
-        let sort = query
-            .order_by
-            .as_ref()
-            .map(|order| (format!("c.doc.{}", order.field), order.descending));
-        match (position, &sort) {
-            (Some(position), Some((key, descending))) => {
-                let beyond = if *descending { "<" } else { ">" };
-                sql.push_str(&format!(
-                    " AND ({key} {beyond} @afterValue OR ({key} = @afterValue AND (c.id > @after OR (c.id = @after AND c.pk > @afterPk))))"
-                ));
-                parameters.push(("@after".into(), Json::String(position.after_id)));
-                parameters.push((
-                    "@afterPk".into(),
-                    Json::String(position.after_pk.unwrap_or_default()),
-                ));
-                parameters.push((
-                    "@afterValue".into(),
-                    position.after_value.unwrap_or(Json::Null),
-                ));
-            }
-            (Some(position), None) => {
-                sql.push_str(" AND (c.id > @after OR (c.id = @after AND c.pk > @afterPk))");
-                parameters.push(("@after".into(), Json::String(position.after_id)));
-                parameters.push((
-                    "@afterPk".into(),
-                    Json::String(position.after_pk.unwrap_or_default()),
-                ));
-            }
-            _ => {}
-        }
-        if let Some((key, _)) = &sort {
-            // Both stores leave out documents without the sort field.
-            sql.push_str(&format!(" AND IS_DEFINED({key}) AND NOT IS_NULL({key})"));
-        }
-        for (index, filter) in query.filters.iter().enumerate() {
-            let field = format!("c.doc.{}", filter.field);
-            match filter.comparison {
-                Comparison::Eq => sql.push_str(&format!(" AND {field} = @f{index}")),
-                comparison => {
-                    let same_type = if filter.value.is_string() {
-                        "IS_STRING"
-                    } else {
-                        "IS_NUMBER"
-                    };
-                    sql.push_str(&format!(
-                        " AND {same_type}({field}) AND {field} {} @f{index}",
-                        comparison.sql()
-                    ));
-                }
-            }
-            parameters.push((format!("@f{index}"), filter.value.clone()));
-        }
-        match &sort {
-            Some((key, true)) => {
-                sql.push_str(&format!(" ORDER BY {key} DESC, c.id ASC, c.pk ASC"));
-            }
-            Some((key, false)) => {
-                sql.push_str(&format!(" ORDER BY {key} ASC, c.id ASC, c.pk ASC"));
-            }
-            None => sql.push_str(" ORDER BY c.id ASC, c.pk ASC"),
-        }
+        let (sql, parameters) = query_sql(query, position);
         let mut sql_query = SqlQuery::from(sql);
         for (name, value) in parameters {
             sql_query = sql_query
@@ -455,7 +468,9 @@ impl DocumentStore for CosmosStore {
         let mut documents = Vec::new();
         let mut empty_pages = 0;
         let mut charge = Charge::default();
-        while documents.len() < max && empty_pages < empty_pages_allowed {
+        // One non-empty page ends the call: a page holds at most `max` changes, and the
+        // continuation cannot point inside a page, so reading on could only overshoot `max`.
+        while documents.is_empty() && empty_pages < empty_pages_allowed {
             let Some(page) = pages.next().await else {
                 break;
             };
@@ -670,4 +685,38 @@ pub async fn connect(
         .await
         .map_err(|e| unavailable("cosmos client", &e))?;
     CosmosStore::open(&client, &settings.database, containers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::QueryScope;
+
+    /// The SDK's in-memory emulator accepts `c.doc.value`; Cosmos DB itself answers 400,
+    /// so the text is checked here.
+    #[test]
+    fn fields_named_like_sql_keywords_are_quoted_everywhere() {
+        let query = Query::new(QueryScope::AllPartitions, 10)
+            .filter("value", 1)
+            .compare("order", Comparison::Gt, 2)
+            .order_by("select", true);
+        let position = ContinuationToken {
+            after_id: "a".into(),
+            after_pk: Some("p".into()),
+            after_value: Some(Json::from(3)),
+        };
+        let (sql, parameters) = query_sql(&query, Some(position));
+        for keyword in ["value", "order", "select"] {
+            assert!(
+                !sql.contains(&format!(".{keyword}")),
+                "{keyword} is unquoted in {sql}"
+            );
+            assert!(sql.contains(&format!("c.doc['{keyword}']")), "{sql}");
+        }
+        assert!(
+            sql.ends_with("ORDER BY c.doc['select'] DESC, c.id ASC, c.pk ASC"),
+            "{sql}"
+        );
+        assert_eq!(parameters.len(), 5);
+    }
 }

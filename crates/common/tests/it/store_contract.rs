@@ -487,6 +487,7 @@ async fn read_feed_until(
             .changes(container, checkpoint.as_ref(), 4)
             .await
             .unwrap();
+        assert!(batch.documents.len() <= 4, "asked for 4 changes, got more");
         seen.extend(batch.documents.into_iter().map(|d| (d.id, d.body)));
         checkpoint = Some(batch.checkpoint);
         let ids: BTreeSet<String> = seen.iter().map(|(id, _)| id.clone()).collect();
@@ -839,6 +840,13 @@ async fn query_ranges_and_field_order_page_with_continuation(store: &SharedStore
     // A field named like an SQL keyword works too, and equality still keeps types apart.
     let keyword = Query::new(scope.clone(), 10).compare("order", Comparison::Gt, 7);
     assert_eq!(all_pages(store, THINGS, keyword).await, ["i8", "i9"]);
+    let by_keyword = Query::new(scope.clone(), 4)
+        .compare("order", Comparison::Ge, 6)
+        .order_by("order", true);
+    assert_eq!(
+        all_pages(store, THINGS, by_keyword).await,
+        ["i9", "i8", "i7", "i6"]
+    );
     let text = Query::new(scope.clone(), 10).compare("price", Comparison::Le, "3");
     assert_eq!(all_pages(store, THINGS, text).await, ["text-price"]);
     // Booleans compare as booleans.
@@ -1050,8 +1058,14 @@ async fn cosmos_change_feed_and_queries_survive_a_partition_split() {
     .await;
     assert!(split, "the partition did not split");
     let mut checkpoint = first.checkpoint;
-    for _ in 0..20 {
-        let batch = store.changes(THINGS, Some(&checkpoint), 10).await.unwrap();
+    for _ in 0..60 {
+        // Seven does not divide the items of either half, so a page can end short of it.
+        let batch = store.changes(THINGS, Some(&checkpoint), 7).await.unwrap();
+        assert!(
+            batch.documents.len() <= 7,
+            "asked for 7 changes, got {}",
+            batch.documents.len()
+        );
         seen.extend(batch.documents.iter().map(|d| d.id.clone()));
         checkpoint = batch.checkpoint;
         if ids.is_subset(&seen) {
