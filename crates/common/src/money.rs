@@ -34,6 +34,30 @@ pub fn parse_currency(code: &str) -> Result<Currency, MoneyError> {
         .ok_or(MoneyError::UnknownCurrency)
 }
 
+/// The ISO 4217 codes that [`parse_currency`] accepts, grouped by their number of decimals.
+pub fn codes_by_decimals() -> std::collections::BTreeMap<u16, Vec<&'static str>> {
+    use iso_currency::IntoEnumIterator;
+    let mut groups = std::collections::BTreeMap::<u16, Vec<&'static str>>::new();
+    for currency in Currency::iter() {
+        if let Some(decimals) = currency.exponent() {
+            groups.entry(decimals).or_default().push(currency.code());
+        }
+    }
+    groups
+}
+
+/// How many digits the whole part of an amount may have, in a currency with `decimals`
+/// decimals, so that every such amount is within the largest amount.
+pub fn max_whole_digits(decimals: u16) -> usize {
+    let mut digits = 0;
+    let mut limit = MAX_MINOR_UNITS / 10_i64.pow(u32::from(decimals));
+    while limit >= 10 {
+        limit /= 10;
+        digits += 1;
+    }
+    digits
+}
+
 impl Money {
     /// `quantity` times this amount; `None` on overflow or above the largest amount.
     pub fn times(&self, quantity: i64) -> Option<Money> {
@@ -148,6 +172,23 @@ mod tests {
 
     fn eur() -> Currency {
         parse_currency("EUR").unwrap()
+    }
+
+    #[test]
+    fn every_listed_code_parses_and_the_largest_whole_part_fits() {
+        let groups = codes_by_decimals();
+        assert_eq!(groups.keys().copied().collect::<Vec<_>>(), [0, 2, 3, 4]);
+        for (decimals, codes) in groups {
+            let whole = "9".repeat(max_whole_digits(decimals));
+            let widest = match decimals {
+                0 => whole,
+                _ => format!("{whole}.{}", "9".repeat(usize::from(decimals))),
+            };
+            for code in codes {
+                let currency = parse_currency(code).unwrap();
+                assert!(Money::parse(&widest, currency).is_ok(), "{widest} {code}");
+            }
+        }
     }
 
     #[test]

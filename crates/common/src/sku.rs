@@ -13,6 +13,26 @@ pub struct Sku(String);
 pub const SKU_RULE: &str =
     "must be 1 to 64 of A-Z, a-z, 0-9, '.', '_' or '-', starting with a letter or digit";
 
+/// [`SKU_RULE`] as a regular expression, for API documents.
+pub const SKU_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+
+impl utoipa::PartialSchema for Sku {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(SKU_PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .description(Some(
+                "1-64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit",
+            ))
+            .examples(["WIDGET-1"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Sku {}
+
 impl Sku {
     pub fn parse(text: &str) -> Result<Self, &'static str> {
         let valid_chars = text
@@ -56,6 +76,25 @@ impl std::fmt::Display for Sku {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_pattern_says_what_parse_accepts() {
+        let pattern = regex_lite::Regex::new(SKU_PATTERN).unwrap();
+        for text in [
+            "A",
+            "a.b_c-d",
+            "0",
+            &"x".repeat(64),
+            "",
+            ".a",
+            "a/b",
+            "a?b",
+            &"x".repeat(65),
+            "é",
+        ] {
+            assert_eq!(pattern.is_match(text), Sku::parse(text).is_ok(), "{text:?}");
+        }
+    }
 
     #[test]
     fn only_plain_identifiers_are_skus() {

@@ -246,7 +246,7 @@ impl Fields {
         range: RangeInclusive<i64>,
     ) -> Option<i64> {
         let raw = self.take(name, required)?;
-        match serde_json::from_str::<i64>(raw.get()) {
+        match whole_number(raw.get()) {
             Ok(value) if range.contains(&value) => Some(value),
             Ok(_) => {
                 self.reject(
@@ -350,6 +350,19 @@ impl Fields {
     }
 }
 
+/// A JSON number that is a whole number: `3`, and also `3.0`, which JSON Schema counts as
+/// an integer too (a client's float serializer may write it so). `3.5` or exponents are not.
+fn whole_number(text: &str) -> Result<i64, ()> {
+    let whole = match text.split_once('.') {
+        Some((whole, fraction)) if !fraction.is_empty() && fraction.bytes().all(|b| b == b'0') => {
+            whole
+        }
+        Some(_) => return Err(()),
+        None => text,
+    };
+    serde_json::from_str::<i64>(whole).map_err(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,5 +395,17 @@ mod tests {
         let error = fields.finish(amount).unwrap_err();
         let names: Vec<_> = error.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(names, ["price.amount", "price.bogus"]);
+    }
+
+    #[test]
+    fn integers_written_with_a_zero_fraction_are_whole_numbers() {
+        let mut fields = Fields::new(object(
+            r#"{"a": 410.0, "b": 7, "c": 1.5, "d": 1e3, "e": "3", "f": -2.00}"#,
+        ));
+        let values: Vec<_> = ["a", "b", "c", "d", "e", "f"]
+            .into_iter()
+            .map(|name| fields.integer(name, true, -10..=1000))
+            .collect();
+        assert_eq!(values, [Some(410), Some(7), None, None, None, Some(-2)]);
     }
 }

@@ -47,6 +47,11 @@ pub fn if_match(req: &HttpRequest) -> Result<IfMatch, ApiError> {
         )
     };
     let text = value.to_str().map_err(|_| malformed())?.trim();
+    // An empty list names no version: RFC 9110 lets list fields be empty, and such a header
+    // is sent by clients that fill it from an unset variable; it sets no condition.
+    if text.is_empty() {
+        return Ok(IfMatch::Absent);
+    }
     if text == "*" {
         return Ok(IfMatch::Any);
     }

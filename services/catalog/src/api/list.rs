@@ -26,20 +26,25 @@ pub const AS_OF_HEADER: &str = "view-as-of";
 #[into_params(parameter_in = Query)]
 pub struct ListParamsV2 {
     /// Only products of this category (answered from one partition).
+    #[param(min_length = 1)]
     category: Option<String>,
     /// `true`: only products with stock available; `false`: only those without.
     in_stock: Option<bool>,
     /// Lowest price amount, decimal text with at most 4 decimals, compared with the amount
     /// in the product's own currency.
+    #[param(pattern = "^[0-9]{1,14}(\\.[0-9]{1,4})?$")]
     min_price: Option<String>,
     /// Highest price amount, as `minPrice`.
+    #[param(pattern = "^[0-9]{1,14}(\\.[0-9]{1,4})?$")]
     max_price: Option<String>,
     /// `sku` (default), `name` or `price`; a leading `-` sorts descending.
+    #[param(pattern = "^-?(sku|name|price)$")]
     sort: Option<String>,
     /// Page size, 1-100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// The `continuation` of the previous page (same filters and sort).
+    #[param(min_length = 1)]
     continuation: Option<String>,
 }
 

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::representation::{
-    ProductInputV1, ProductInputV2, ProductV1, ProductV2, Version, page_limit, path_sku,
-    read_draft, render,
+    ProductInputV1, ProductInputV2, ProductReplacementV1, ProductReplacementV2, ProductV1,
+    ProductV2, Version, page_limit, path_sku, read_draft, render,
 };
 use super::{READ_SCOPE, WRITE_SCOPE};
 use crate::catalog::Catalog;
-use crate::domain::Product;
+use crate::domain::{Product, Sku};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +27,7 @@ pub struct ListParams {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// The `continuation` of the previous page.
+    #[param(min_length = 1)]
     continuation: Option<String>,
 }
 
@@ -185,6 +186,7 @@ pub async fn create_v2(
 
 /// Read a product (deprecated: use v2). `If-None-Match` answers 304 when unchanged.
 #[utoipa::path(get, path = "/v1/products/{sku}", tag = "products v1",
+    params(("sku" = inline(Sku), Path), ("If-None-Match" = Option<String>, Header, nullable = false, description = "An ETag read before: 304 while it is current")),
     responses((status = 200, body = ProductV1), (status = 304), (status = 404, body = Problem)),
     security(("bearer" = ["catalog.read"])))]
 pub async fn get_v1(
@@ -198,6 +200,7 @@ pub async fn get_v1(
 
 /// Read a product. `If-None-Match` answers 304 when unchanged.
 #[utoipa::path(get, path = "/v2/products/{sku}", tag = "products",
+    params(("sku" = inline(Sku), Path), ("If-None-Match" = Option<String>, Header, nullable = false, description = "An ETag read before: 304 while it is current")),
     responses((status = 200, body = ProductV2), (status = 304), (status = 404, body = Problem)),
     security(("bearer" = ["catalog.read"])))]
 pub async fn get_v2(
@@ -210,7 +213,8 @@ pub async fn get_v2(
 }
 
 /// Replace a product (deprecated: use v2). Needs `If-Match`.
-#[utoipa::path(put, path = "/v1/products/{sku}", tag = "products v1", request_body = ProductInputV1,
+#[utoipa::path(put, path = "/v1/products/{sku}", tag = "products v1", request_body = ProductReplacementV1,
+    params(("sku" = inline(Sku), Path), ("If-Match" = String, Header, description = "The product's ETag as last read, or `*`", pattern = "^(\\*|(W/)?\"[!#-~]*\")$")),
     responses((status = 200, body = ProductV1), (status = 412, body = Problem), (status = 428, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
 pub async fn replace_v1(
@@ -224,7 +228,8 @@ pub async fn replace_v1(
 }
 
 /// Replace a product. Needs `If-Match`.
-#[utoipa::path(put, path = "/v2/products/{sku}", tag = "products", request_body = ProductInputV2,
+#[utoipa::path(put, path = "/v2/products/{sku}", tag = "products", request_body = ProductReplacementV2,
+    params(("sku" = inline(Sku), Path), ("If-Match" = String, Header, description = "The product's ETag as last read, or `*`", pattern = "^(\\*|(W/)?\"[!#-~]*\")$")),
     responses((status = 200, body = ProductV2), (status = 412, body = Problem), (status = 428, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
 pub async fn replace_v2(
@@ -239,6 +244,7 @@ pub async fn replace_v2(
 
 /// Delete a product and its stock (deprecated: use v2). `If-Match` optional.
 #[utoipa::path(delete, path = "/v1/products/{sku}", tag = "products v1",
+    params(("sku" = inline(Sku), Path), ("If-Match" = Option<String>, Header, nullable = false, description = "Only if the ETag still matches (or `*`)", pattern = "^(\\*|(W/)?\"[!#-~]*\")?$")),
     responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
 pub async fn delete_v1(
@@ -252,6 +258,7 @@ pub async fn delete_v1(
 
 /// Delete a product and its stock. `If-Match` optional.
 #[utoipa::path(delete, path = "/v2/products/{sku}", tag = "products",
+    params(("sku" = inline(Sku), Path), ("If-Match" = Option<String>, Header, nullable = false, description = "Only if the ETag still matches (or `*`)", pattern = "^(\\*|(W/)?\"[!#-~]*\")?$")),
     responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
 pub async fn delete_v2(

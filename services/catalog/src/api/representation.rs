@@ -6,8 +6,12 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AdditionalProperties, Object, ObjectBuilder, OneOfBuilder, Schema, Type,
+};
 
-use crate::domain::money::{Money, parse_currency};
+use crate::domain::money::{Money, codes_by_decimals, max_whole_digits, parse_currency};
 use crate::domain::{Product, ProductDraft, Sku};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +68,13 @@ pub struct ProductV2 {
     updated_at: String,
 }
 
-/// The body of `POST /v1/products` and `PUT /v1/products/{sku}`; unknown fields are refused.
+/// The body of `POST /v1/products`; unknown fields are refused.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 #[schema(as = ProductInputV1)]
+#[serde(deny_unknown_fields)]
 pub struct ProductInputV1 {
-    /// 1-64 of `A-Z a-z 0-9 . _ -`; on PUT optional, and must match the path.
+    /// 1-64 of `A-Z a-z 0-9 . _ -`.
     #[schema(
         min_length = 1,
         max_length = 64,
@@ -85,25 +90,22 @@ pub struct ProductInputV1 {
     /// 1-100 characters (surrounding spaces are trimmed).
     #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     category: String,
-    /// A plain decimal with at most the currency's decimals.
-    #[schema(example = 12.50, minimum = 0)]
+    /// A plain decimal with at most the currency's decimals (none for JPY, two for EUR);
+    /// v2 states this per currency.
+    #[schema(example = 12.50, minimum = 0, maximum = 99_999_999_999_f64)]
     price: f64,
     /// An ISO 4217 code with minor units.
-    #[schema(
-        example = "EUR",
-        min_length = 3,
-        max_length = 3,
-        pattern = "^[A-Z]{3}$"
-    )]
+    #[schema(schema_with = currency_code_schema)]
     currency: String,
 }
 
-/// The body of `POST /v2/products` and `PUT /v2/products/{sku}`.
+/// The body of `POST /v2/products`; unknown fields are refused.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 #[schema(as = ProductInputV2)]
+#[serde(deny_unknown_fields)]
 pub struct ProductInputV2 {
-    /// 1-64 of `A-Z a-z 0-9 . _ -`; on PUT optional, and must match the path.
+    /// 1-64 of `A-Z a-z 0-9 . _ -`.
     #[schema(
         min_length = 1,
         max_length = 64,
@@ -122,26 +124,92 @@ pub struct ProductInputV2 {
     price: MoneyInputV2,
 }
 
-/// A price as sent: exact decimal text in an ISO 4217 currency.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct MoneyInputV2 {
-    /// A plain decimal with at most the currency's decimals, no sign, spaces or exponent.
-    #[schema(
-        example = "12.50",
-        pattern = "^[0-9]+(\\.[0-9]+)?$",
-        min_length = 1,
-        max_length = 32
-    )]
-    amount: String,
-    /// An ISO 4217 code with minor units.
-    #[schema(
-        example = "EUR",
-        min_length = 3,
-        max_length = 3,
-        pattern = "^[A-Z]{3}$"
-    )]
-    currency: String,
+/// The body of `PUT /v1/products/{sku}`: a v1 product without its SKU, which the path gives
+/// (a `sku` field is still accepted when it equals the path).
+pub struct ProductReplacementV1;
+
+/// The body of `PUT /v2/products/{sku}`: a v2 product without its SKU, which the path gives
+/// (a `sku` field is still accepted when it equals the path).
+pub struct ProductReplacementV2;
+
+/// A creation body's schema without its `sku` property.
+fn without_sku<T: utoipa::PartialSchema>() -> RefOr<Schema> {
+    let mut schema = T::schema();
+    if let RefOr::T(Schema::Object(object)) = &mut schema {
+        object.properties.remove("sku");
+        object.required.retain(|name| name != "sku");
+        object.description = None;
+    }
+    schema
+}
+
+impl utoipa::PartialSchema for ProductReplacementV1 {
+    fn schema() -> RefOr<Schema> {
+        without_sku::<ProductInputV1>()
+    }
+}
+
+impl ToSchema for ProductReplacementV1 {}
+
+impl utoipa::PartialSchema for ProductReplacementV2 {
+    fn schema() -> RefOr<Schema> {
+        without_sku::<ProductInputV2>()
+    }
+}
+
+impl ToSchema for ProductReplacementV2 {}
+
+/// A price as sent: exact decimal text in an ISO 4217 currency. Its schema is written by
+/// hand: which amounts are valid depends on the currency's decimals.
+pub struct MoneyInputV2;
+
+impl utoipa::PartialSchema for MoneyInputV2 {
+    /// One branch per number of decimals, each with its currencies and its amount pattern,
+    /// so that every document-valid price is accepted.
+    fn schema() -> RefOr<Schema> {
+        let mut branches = OneOfBuilder::new().description(Some(
+            "A plain decimal (no sign, spaces or exponent) with at most the currency's \
+             decimals, in an ISO 4217 currency that has minor units.",
+        ));
+        for (decimals, codes) in codes_by_decimals() {
+            let whole = max_whole_digits(decimals);
+            let pattern = match decimals {
+                0 => format!("^[0-9]{{1,{whole}}}(\\.0+)?$"),
+                _ => format!("^[0-9]{{1,{whole}}}(\\.[0-9]{{1,{decimals}}}0*)?$"),
+            };
+            let amount = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(pattern))
+                .min_length(Some(1))
+                .max_length(Some(32))
+                .examples(["12.50"]);
+            let currency = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(codes))
+                .examples(["EUR"]);
+            branches = branches.item(
+                ObjectBuilder::new()
+                    .property("amount", amount)
+                    .property("currency", currency)
+                    .required("amount")
+                    .required("currency")
+                    .additional_properties(Some(AdditionalProperties::FreeForm(false))),
+            );
+        }
+        branches.into()
+    }
+}
+
+impl ToSchema for MoneyInputV2 {}
+
+/// A v1 `currency`: the ISO 4217 codes that have minor units.
+fn currency_code_schema() -> Object {
+    let codes: Vec<&str> = codes_by_decimals().into_values().flatten().collect();
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(codes))
+        .examples(["EUR"])
+        .build()
 }
 
 fn timestamp(at: time::OffsetDateTime) -> String {

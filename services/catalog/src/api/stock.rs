@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 use super::representation::path_sku;
 use super::{READ_SCOPE, WRITE_SCOPE};
 use crate::catalog::Catalog;
-use crate::domain::Stock;
 use crate::domain::stock::MAX_ON_HAND;
+use crate::domain::{Sku, Stock};
 
 /// Stock of a SKU; `available` is `onHand - reserved`.
 #[derive(Serialize, ToSchema)]
@@ -27,7 +27,7 @@ pub struct StockView {
 /// The body of a stock count.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StockCount {
     /// 0 to 1,000,000,000; not below what is reserved.
     #[schema(minimum = 0, maximum = 1_000_000_000)]
@@ -79,6 +79,7 @@ async fn count(
 
 /// Read the stock of a product.
 #[utoipa::path(get, path = "/v1/products/{sku}/stock", tag = "stock",
+    params(("sku" = inline(Sku), Path)),
     responses((status = 200, body = StockView), (status = 404, body = Problem)),
     security(("bearer" = ["catalog.read"])))]
 pub async fn get_v1(
@@ -91,6 +92,7 @@ pub async fn get_v1(
 
 /// Read the stock of a product.
 #[utoipa::path(get, path = "/v2/products/{sku}/stock", tag = "stock",
+    params(("sku" = inline(Sku), Path)),
     responses((status = 200, body = StockView), (status = 404, body = Problem)),
     security(("bearer" = ["catalog.read"])))]
 pub async fn get_v2(
@@ -103,6 +105,7 @@ pub async fn get_v2(
 
 /// Record a stock count: sets what is on hand; reservations stay.
 #[utoipa::path(put, path = "/v1/products/{sku}/stock", tag = "stock", request_body = StockCount,
+    params(("sku" = inline(Sku), Path), ("If-Match" = Option<String>, Header, nullable = false, description = "Only if the ETag still matches (or `*`)", pattern = "^(\\*|(W/)?\"[!#-~]*\")?$")),
     responses((status = 200, body = StockView), (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
 pub async fn count_v1(
@@ -117,6 +120,7 @@ pub async fn count_v1(
 
 /// Record a stock count: sets what is on hand; reservations stay.
 #[utoipa::path(put, path = "/v2/products/{sku}/stock", tag = "stock", request_body = StockCount,
+    params(("sku" = inline(Sku), Path), ("If-Match" = Option<String>, Header, nullable = false, description = "Only if the ETag still matches (or `*`)", pattern = "^(\\*|(W/)?\"[!#-~]*\")?$")),
     responses((status = 200, body = StockView), (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = ["catalog.write"])))]
 pub async fn count_v2(

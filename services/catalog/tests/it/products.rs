@@ -195,6 +195,10 @@ async fn conditional_requests() {
         .put("/v2/products/C-1", product_v2("C-1", "c", "2.00"), None)
         .await;
     problem(without, 428).await;
+    let empty = app
+        .put("/v2/products/C-1", product_v2("C-1", "c", "2.00"), Some(""))
+        .await;
+    problem(empty, 428).await;
     let any = app
         .put(
             "/v2/products/C-1",
@@ -308,4 +312,61 @@ async fn health_and_openapi_need_no_token() {
             "{path} missing from OpenAPI"
         );
     }
+}
+
+/// What a client (or a fuzzer) reads in the document is what the service accepts: the
+/// required `If-Match`, the SKU syntax, the currencies and each one's decimals.
+#[tokio::test]
+async fn the_document_states_the_limits_the_service_enforces() {
+    let app = TestApp::spawn().await;
+    let document: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let put = &document["paths"]["/v2/products/{sku}"]["put"];
+    let parameter = |name: &str| {
+        put["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} parameter"))
+    };
+    assert_eq!(parameter("If-Match")["required"], true);
+    assert_eq!(
+        parameter("sku")["schema"]["pattern"],
+        common::sku::SKU_PATTERN
+    );
+    let schemas = &document["components"]["schemas"];
+    let replacement = &schemas["ProductReplacementV2"];
+    assert!(replacement["properties"].get("sku").is_none());
+    assert_eq!(replacement["additionalProperties"], false);
+    let branches = schemas["MoneyInputV2"]["oneOf"].as_array().unwrap();
+    assert_eq!(branches.len(), 4, "one branch per number of decimals");
+    let yen = branches
+        .iter()
+        .find(|b| {
+            b["properties"]["currency"]["enum"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("JPY"))
+        })
+        .unwrap();
+    let pattern = yen["properties"]["amount"]["pattern"].as_str().unwrap();
+    assert!(pattern.contains("(\\.0+)?"), "{pattern}");
+    // An amount the JPY branch allows is taken.
+    let created = app
+        .post(
+            "/v2/products",
+            json!({"sku": "YEN-1", "name": "n", "category": "c",
+                   "price": {"amount": "999999999999999", "currency": "JPY"}}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
 }

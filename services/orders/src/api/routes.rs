@@ -48,7 +48,7 @@ pub struct OrderView {
 /// The body of `POST /v1/orders`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlaceOrderInput {
     /// 1-100 characters; orders are partitioned by customer.
     #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
@@ -60,6 +60,7 @@ pub struct PlaceOrderInput {
 
 #[derive(ToSchema)]
 #[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 pub struct LineInput {
     /// 1-64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
     #[schema(
@@ -84,12 +85,16 @@ pub struct OrderPageView {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only this customer's orders (a single-partition query).
+    #[param(min_length = 1)]
     customer_id: Option<String>,
     /// pending, confirmed, rejected or cancelled.
+    #[param(pattern = "^(pending|confirmed|rejected|cancelled)$")]
     status: Option<String>,
     /// Page size, 1-100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
+    /// The `continuation` of the previous page (same filters).
+    #[param(min_length = 1)]
     continuation: Option<String>,
 }
 
@@ -196,7 +201,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 /// Place an order: priced from the catalog, stored as `pending`; stock is reserved
 /// asynchronously and the order becomes `confirmed` or `rejected`.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = PlaceOrderInput,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: same answer, one order")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$", description = "Same key and body: same answer, one order")),
     responses((status = 202, description = "Accepted; `Location` and `ETag` set", body = OrderView),
         (status = 422, body = Problem), (status = 424, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = ["orders.write"])))]
@@ -227,6 +232,7 @@ pub async fn place(
 
 /// Read an order. `If-None-Match` answers 304 when unchanged.
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
+    params(("If-None-Match" = Option<String>, Header, nullable = false, description = "An ETag read before: 304 while it is current")),
     responses((status = 200, body = OrderView), (status = 304), (status = 404, body = Problem)),
     security(("bearer" = ["orders.read"])))]
 pub async fn get(
@@ -296,6 +302,7 @@ pub async fn list(
 
 /// Cancel a confirmed order; its stock is released. `If-Match` optional.
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders",
+    params(("If-Match" = Option<String>, Header, nullable = false, description = "Only if the ETag still matches (or `*`)", pattern = "^(\\*|(W/)?\"[!#-~]*\")?$")),
     responses((status = 200, body = OrderView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem)),
     security(("bearer" = ["orders.write"])))]
 pub async fn cancel(
