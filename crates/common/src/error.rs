@@ -47,6 +47,7 @@ error_codes! {
     PreconditionFailed => ("precondition-failed", PRECONDITION_FAILED, "The resource was changed by someone else"),
     PreconditionRequired => ("precondition-required", PRECONDITION_REQUIRED, "An If-Match header is required"),
     PayloadTooLarge => ("payload-too-large", PAYLOAD_TOO_LARGE, "The request body is too large"),
+    HeadersTooLarge => ("headers-too-large", REQUEST_HEADER_FIELDS_TOO_LARGE, "The request headers are too large"),
     RequestTimeout => ("request-timeout", REQUEST_TIMEOUT, "The request was not received in time"),
     UnsupportedMediaType => ("unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "The request body must be application/json"),
     RateLimited => ("rate-limited", TOO_MANY_REQUESTS, "Too many requests"),

@@ -3,6 +3,7 @@
 //! request headers, and one function that starts a service's server.
 
 mod conditional;
+mod connection;
 mod extractors;
 mod health;
 mod middleware;

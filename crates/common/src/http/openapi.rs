@@ -58,6 +58,7 @@ pub fn complete(mut document: Value) -> Value {
                 ErrorCode::Unauthenticated,
                 ErrorCode::Forbidden,
                 ErrorCode::RequestTimeout,
+                ErrorCode::HeadersTooLarge,
                 ErrorCode::RateLimited,
                 ErrorCode::Internal,
                 ErrorCode::Unavailable,

@@ -1,8 +1,14 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
+use actix_http::{HttpService, Protocol};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, map_config};
+use actix_web::dev::{AppConfig, fn_service};
 use actix_web::middleware::{Compress, from_fn};
-use actix_web::{App, HttpServer, web};
+use actix_web::rt::net::TcpStream;
+use actix_web::{App, web};
+
+use super::connection::ProblemConnection;
 
 use super::health::{self, ReadinessCheck};
 use super::middleware::{
@@ -93,7 +99,7 @@ where
     let name = context.name;
     let max_body = settings.http.max_body_bytes;
     let request_timeout = std::time::Duration::from_secs(settings.http.request_timeout_seconds);
-    let mut server = HttpServer::new(move || {
+    let app = move || {
         App::new()
             .app_data(ServiceName(name))
             .app_data(RequestTimeout(request_timeout))
@@ -121,14 +127,40 @@ where
             .route("/asyncapi.json", web::get().to(asyncapi))
             .configure(configure.clone())
             .default_service(web::to(not_found))
-    })
-    .listen(listener)?
-    .disable_signals()
-    .client_request_timeout(request_timeout)
-    .shutdown_timeout(settings.http.shutdown_timeout_seconds);
+    };
+    // What `HttpServer::listen` builds, with the connection wrapped so that the decoder's own
+    // answers are problem+json too (`HttpServer` has no way to wrap a connection).
+    let mut server = actix_server::Server::build()
+        .disable_signals()
+        .backlog(1024)
+        .shutdown_timeout(settings.http.shutdown_timeout_seconds);
     if settings.http.workers > 0 {
         server = server.workers(settings.http.workers);
     }
+    let shutdown = server.graceful_shutdown_signal();
+    let server = server.listen(format!("{name}-http"), listener, move || {
+        let shutdown = shutdown.clone();
+        let http = HttpService::build()
+            .graceful_shutdown_signal(move || {
+                let shutdown = shutdown.clone();
+                async move { shutdown.notified().await }
+            })
+            .client_request_timeout(request_timeout)
+            .client_disconnect_timeout(std::time::Duration::from_secs(1))
+            .h1_allow_half_closed(true)
+            .local_addr(addr)
+            .finish(map_config(
+                app()
+                    .into_factory()
+                    .map_err(|error: actix_web::Error| error.error_response()),
+                |_| AppConfig::default(),
+            ));
+        fn_service(|stream: TcpStream| async move {
+            let peer = stream.peer_addr().ok();
+            Ok((ProblemConnection::new(stream), Protocol::Http1, peer))
+        })
+        .and_then(http)
+    })?;
     let server = server.run();
     let handle = server.handle();
     let task = tokio::spawn(server);

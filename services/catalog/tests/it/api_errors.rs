@@ -297,6 +297,72 @@ async fn a_body_that_stalls_is_answered_408() {
     assert!(text.contains("application/problem+json"), "{text}");
 }
 
+/// Sends `request` on a fresh connection and reads until the server closes it.
+async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.url.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // The server may answer and close before it has read all of an oversized head.
+    let _ = socket.write_all(request).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        socket.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was not closed");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn problem_in(answer: &str, status: u16) -> serde_json::Value {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("no head");
+    assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(head.contains("x-content-type-options: nosniff"), "{answer}");
+    let problem: serde_json::Value = serde_json::from_str(body).expect("a problem body");
+    assert_eq!(problem["status"], status);
+    problem
+}
+
+#[tokio::test]
+async fn answers_the_http_decoder_gives_are_problems_too() {
+    let app = TestApp::spawn_with(|settings| settings.http.request_timeout_seconds = 1).await;
+    let huge = format!(
+        "GET /v2/products HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let answer = raw_exchange(&app, huge.as_bytes()).await;
+    assert_eq!(
+        problem_in(&answer, 431)["type"],
+        "urn:problem:headers-too-large"
+    );
+    let many: String = (0..120).map(|n| format!("x-h{n}: v\r\n")).collect();
+    let answer = raw_exchange(
+        &app,
+        format!("GET /v2/products HTTP/1.1\r\nhost: x\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    problem_in(&answer, 431);
+    let answer = raw_exchange(
+        &app,
+        b"GET /v2/products HTTP/1.1\r\nbad header line\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        problem_in(&answer, 400)["type"],
+        "urn:problem:malformed-request"
+    );
+    // A head that never ends is cut off by the request timeout.
+    let answer = raw_exchange(&app, b"GET /v2/products HTTP/1.1\r\nhost: x\r\n").await;
+    problem_in(&answer, 408);
+    // The service still answers as usual.
+    assert_eq!(app.get("/v2/products").await.status(), 200);
+}
+
 #[tokio::test]
 async fn only_bodies_worth_it_are_compressed() {
     let app = TestApp::spawn().await;
