@@ -30,7 +30,7 @@ pub const CONTAINERS: &[&str] = &[PRODUCTS, STOCK, PRODUCT_VIEWS];
 /// What a deleted product leaves in `products`.
 const TOMBSTONE: &str = "tombstone";
 
-fn is_tombstone(document: &Document) -> bool {
+pub(crate) fn is_tombstone(document: &Document) -> bool {
     document.body.get("kind").and_then(|k| k.as_str()) == Some(TOMBSTONE)
 }
 /// The one partition of the `stock` container.
@@ -79,7 +79,7 @@ pub struct Catalog {
     views: FeedSignal,
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, CatalogError> {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, CatalogError> {
     serde_json::to_value(value)
         .map_err(|e| CatalogError::Store(StoreError::Serialization(e.into())))
 }
@@ -91,6 +91,11 @@ impl Catalog {
 
     pub fn store(&self) -> &SharedStore {
         &self.store
+    }
+
+    /// Wakes the readers that keep the views.
+    pub(crate) fn notify_views(&self) {
+        self.views.notify();
     }
 
     pub async fn create_product(

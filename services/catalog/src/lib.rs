@@ -1,6 +1,7 @@
 //! The catalog service: products, prices and stock.
 
 pub mod api;
+pub mod bulk;
 pub mod catalog;
 pub mod domain;
 pub mod handlers;

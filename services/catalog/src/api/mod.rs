@@ -1,6 +1,7 @@
 //! The catalog's HTTP API: `/v1/products` (price as a JSON number, deprecated) and
 //! `/v2/products` (price as `{amount, currency}`), with stock under each product.
 
+mod batch;
 mod errors;
 mod list;
 pub mod openapi;
@@ -47,6 +48,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .route(web::put().to(stock::count_v1)),
                 ),
         )
+        // Before the scope: `/v2/products:batch` is not under `/v2/products/`.
+        .route("/v2/products:batch", web::post().to(batch::upsert))
         .service(
             web::scope("/v2/products")
                 .service(

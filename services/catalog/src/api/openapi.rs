@@ -1,7 +1,7 @@
 use common::http::BearerAuth;
 use utoipa::OpenApi;
 
-use super::{products, stock};
+use super::{batch, products, stock};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -9,7 +9,7 @@ use super::{products, stock};
     paths(
         products::create_v1, products::get_v1, products::replace_v1, products::delete_v1, products::list_v1,
         products::create_v2, products::get_v2, products::replace_v2, products::delete_v2, super::list::list_v2,
-        stock::get_v1, stock::count_v1, stock::get_v2, stock::count_v2,
+        stock::get_v1, stock::count_v1, stock::get_v2, stock::count_v2, batch::upsert,
     ),
     components(schemas(common::error::Problem, common::error::FieldError)),
     modifiers(&BearerAuth),

@@ -53,6 +53,16 @@ impl Product {
         }
     }
 
+    /// True when applying `draft` would change nothing a client set.
+    pub fn matches(&self, draft: &ProductDraft) -> bool {
+        self.sku == draft.sku
+            && self.name == draft.name
+            && self.description == draft.description
+            && self.category == draft.category
+            && self.price_minor_units == draft.price.minor_units()
+            && self.currency == draft.price.currency().code()
+    }
+
     pub fn price(&self) -> Option<Money> {
         let currency = parse_currency(&self.currency).ok()?;
         Some(Money::from_minor_units(self.price_minor_units, currency))

@@ -3,6 +3,7 @@
 
 mod api_errors;
 mod auth_and_limits;
+mod batch;
 mod durability;
 mod helpers;
 mod products;
