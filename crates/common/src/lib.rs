@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod money;
+pub mod outbound;
 pub mod private_files;
 pub mod rate_limit;
 pub mod runtime;

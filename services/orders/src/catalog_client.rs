@@ -2,15 +2,12 @@
 //! retries with exponential back-off and jitter, the caller's trace context, and a service
 //! token (minted from the development secret, or from the managed identity on Azure).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::config::{OutboundCredential, Settings};
+use common::config::Settings;
 use common::money::{Money, parse_currency};
-use rand::Rng;
-use secrecy::SecretString;
+use common::outbound::{ServiceTokens, TokenError, backoff};
 use serde::Deserialize;
-use tokio::sync::Mutex;
 
 use crate::settings::CatalogPeer;
 
@@ -35,33 +32,13 @@ struct ProductV2 {
     price: PriceV2,
 }
 
-/// Where the bearer token for catalog calls comes from.
-enum TokenSource {
-    Development {
-        secret: SecretString,
-        settings: common::config::AuthSettings,
-    },
-    Azure {
-        credential: Arc<dyn azure_core::credentials::TokenCredential>,
-        scope: String,
-    },
-}
-
-struct CachedToken {
-    token: String,
-    renew_after: Instant,
-}
-
 #[derive(Clone)]
 pub struct CatalogClient {
     http: reqwest::Client,
     base_url: String,
     attempts: u32,
-    tokens: Arc<TokenSource>,
-    cached: Arc<Mutex<Option<CachedToken>>>,
+    tokens: ServiceTokens,
 }
-
-const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
 impl CatalogClient {
     /// A client of the catalog at `peer.url` (or `url` when the platform knows better).
@@ -70,30 +47,6 @@ impl CatalogClient {
         peer: &CatalogPeer,
         url: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let scope = format!(
-            "{}/.default",
-            settings.outbound_audience().trim_end_matches('/')
-        );
-        let tokens = match settings.outbound_credential() {
-            OutboundCredential::DevToken | OutboundCredential::Auto => {
-                let secret = match &settings.auth.hs256_secret {
-                    Some(secret) => secret.clone(),
-                    None => common::auth::load_or_create_dev_secret(&settings.data_dir)?,
-                };
-                TokenSource::Development {
-                    secret,
-                    settings: settings.auth.clone(),
-                }
-            }
-            OutboundCredential::ManagedIdentity => TokenSource::Azure {
-                credential: azure_identity::ManagedIdentityCredential::new(None)?,
-                scope,
-            },
-            OutboundCredential::DeveloperTools => TokenSource::Azure {
-                credential: azure_identity::DeveloperToolsCredential::new(None)?,
-                scope,
-            },
-        };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(peer.timeout_ms))
             .connect_timeout(Duration::from_millis(peer.timeout_ms))
@@ -102,38 +55,15 @@ impl CatalogClient {
             http,
             base_url: url.unwrap_or(&peer.url).trim_end_matches('/').to_owned(),
             attempts: peer.attempts,
-            tokens: Arc::new(tokens),
-            cached: Arc::new(Mutex::new(None)),
+            tokens: ServiceTokens::from_settings(settings, "orders", "catalog.read")?,
         })
     }
 
     async fn token(&self) -> Result<String, CatalogError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.renew_after) {
-            return Ok(token.token.clone());
-        }
-        let token = match self.tokens.as_ref() {
-            TokenSource::Development { secret, settings } => common::auth::mint_dev_token(
-                secret,
-                settings,
-                "orders",
-                "catalog.read",
-                TOKEN_LIFETIME.as_secs(),
-            )
-            .map_err(|e| CatalogError::Failed(format!("minting a service token: {e}")))?,
-            TokenSource::Azure { credential, scope } => credential
-                .get_token(&[scope.as_str()], None)
-                .await
-                .map_err(|e| CatalogError::Unavailable(format!("getting a token: {e}")))?
-                .token
-                .secret()
-                .to_owned(),
-        };
-        *cached = Some(CachedToken {
-            token: token.clone(),
-            renew_after: Instant::now() + TOKEN_LIFETIME / 2,
-        });
-        Ok(token)
+        self.tokens.bearer().await.map_err(|error| match error {
+            TokenError::Unavailable(_) => CatalogError::Unavailable(error.to_string()),
+            TokenError::Mint(_) => CatalogError::Failed(error.to_string()),
+        })
     }
 
     /// `<base>/v2/products/<sku>`, the SKU checked and encoded as one path segment, so that
@@ -160,9 +90,7 @@ impl CatalogClient {
         for attempt in 1..=self.attempts {
             tracing::Span::current().record("attempts", attempt);
             if attempt > 1 {
-                let base = 50u64 << (attempt - 2).min(6);
-                let jitter = rand::rng().random_range(0..=base / 2);
-                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+                tokio::time::sleep(backoff(attempt)).await;
             }
             let token = self.token().await?;
             let mut request = self.http.get(url.clone()).bearer_auth(token);
@@ -205,6 +133,8 @@ impl CatalogClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::config::OutboundCredential;
+    use secrecy::SecretString;
 
     fn client(base: &str) -> CatalogClient {
         let mut settings = Settings::defaults();
@@ -233,10 +163,7 @@ mod tests {
             attempts: 1,
         };
         let client = CatalogClient::from_settings(&settings, &peer, None).unwrap();
-        assert!(matches!(
-            client.tokens.as_ref(),
-            TokenSource::Development { .. }
-        ));
+        assert!(client.tokens.is_development());
     }
 
     #[test]
