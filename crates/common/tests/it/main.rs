@@ -3,6 +3,7 @@
 
 mod auth;
 mod bus_contract;
+mod files_contract;
 mod http;
 mod runtime;
 mod store_contract;
