@@ -2,4 +2,5 @@
 //! them in one process with each finding the others on the ports they actually bound.
 //! Used by the `platform` command (`up`, `dlq`, `views`) and by the cross-service tests.
 
+pub mod import;
 pub mod registry;

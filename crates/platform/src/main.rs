@@ -45,6 +45,25 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// Upload a product feed (.csv, .jsonl) to sync and follow its import until it ends;
+    /// exits non-zero when rows failed.
+    Import {
+        /// The feed file.
+        file: PathBuf,
+        /// The sync service (default: where `platform up` runs it, from its settings).
+        #[arg(long)]
+        url: Option<String>,
+        /// A bearer token with `sync.admin` (default: one minted from the development
+        /// secret in the data folder).
+        #[arg(long, env = "PLATFORM_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Data folder holding the development secret (as for `up`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// No progress bar (for scripts and logs).
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Print a signed development token that the running services accept.
     Token {
         /// The token's subject (who is calling).
@@ -125,7 +144,63 @@ async fn main() -> anyhow::Result<()> {
         } => token(&sub, &scope, ttl, data_dir),
         Command::Dlq { action, data_dir } => dlq(action, data_dir).await,
         Command::Views { action, data_dir } => views(action, data_dir).await,
+        Command::Import {
+            file,
+            url,
+            token,
+            data_dir,
+            quiet,
+        } => import(&file, url, token, data_dir, quiet).await,
     }
+}
+
+async fn import(
+    file: &std::path::Path,
+    url: Option<String>,
+    token: Option<String>,
+    data_dir: Option<PathBuf>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let hosted = platform::registry::select(&["sync".to_owned()])?;
+    let mut loaded = platform::registry::load(&hosted, &sources(data_dir.as_ref()))?;
+    let settings = loaded
+        .first_mut()
+        .context("sync is not known")?
+        .settings()
+        .clone();
+    let url = url.unwrap_or_else(|| {
+        let host = match settings.http.host.as_str() {
+            "0.0.0.0" | "::" => "127.0.0.1",
+            host => host,
+        };
+        format!("http://{host}:{}", settings.http.port)
+    });
+    let token = match token {
+        Some(token) => token,
+        None => {
+            anyhow::ensure!(
+                settings.auth.mode == AuthMode::Hs256,
+                "auth.mode is \"oidc\": pass --token (or PLATFORM_TOKEN) with sync.admin"
+            );
+            let secret = match &settings.auth.hs256_secret {
+                Some(secret) => secret.clone(),
+                None => common::auth::load_or_create_dev_secret(&settings.data_dir)?,
+            };
+            common::auth::mint_dev_token(
+                &secret,
+                &settings.auth,
+                "platform-import",
+                "sync.admin",
+                3600,
+            )?
+        }
+    };
+    let target = platform::import::Target { url, token };
+    let job = platform::import::run(&target, file, !quiet).await?;
+    let (summary, clean) = platform::import::summary(&job);
+    println!("{summary}");
+    anyhow::ensure!(clean, "the import did not take every row");
+    Ok(())
 }
 
 async fn up(data_dir: Option<PathBuf>, only: Vec<String>) -> anyhow::Result<()> {
@@ -160,12 +235,21 @@ async fn up(data_dir: Option<PathBuf>, only: Vec<String>) -> anyhow::Result<()> 
     println!();
     println!("get a token:");
     println!(
-        "  TOKEN=$({exe} token --sub me --scope \"catalog.read catalog.write orders.read orders.write\"{data_flag})"
+        "  TOKEN=$({exe} token --sub me --scope \"catalog.read catalog.write orders.read orders.write sync.admin\"{data_flag})"
     );
     if let Some(catalog) = handles.iter().find(|h| h.name == "catalog") {
         println!(
             "  curl -H \"Authorization: Bearer $TOKEN\" {}/v2/products",
             catalog.url()
+        );
+    }
+    if handles.iter().any(|h| h.name == "sync") {
+        println!();
+        println!("import a product feed (CSV with a header row, or JSON Lines):");
+        println!("  {exe} import feed.csv{data_flag}");
+        println!(
+            "  or drop it into {}",
+            data.join("sync-files").join("incoming").display()
         );
     }
     println!();

@@ -26,6 +26,11 @@ pub enum FileError {
     /// The body being written failed (the client went away, or sent too much).
     #[error("the content could not be read: {0}")]
     Source(String),
+    /// The content did not arrive in time.
+    #[error("the content did not arrive in time")]
+    SourceTimedOut,
+    #[error("the content is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
     #[error("the file store is full")]
     Full,
     #[error("the file store failed: {0}")]
@@ -63,6 +68,34 @@ pub trait FileStore: Send + Sync {
 }
 
 pub type SharedFiles = Arc<dyn FileStore>;
+
+impl From<FileError> for crate::ApiError {
+    fn from(error: FileError) -> Self {
+        use crate::error::{ApiError, ErrorCode};
+        match error {
+            FileError::NotFound(name) => ApiError::not_found(format!("file {name}")),
+            FileError::InvalidName(..) => {
+                ApiError::new(ErrorCode::MalformedRequest, error.to_string())
+            }
+            FileError::Source(_) => ApiError::new(ErrorCode::MalformedRequest, error.to_string()),
+            FileError::SourceTimedOut => {
+                ApiError::new(ErrorCode::RequestTimeout, error.to_string())
+            }
+            FileError::TooLarge { .. } => {
+                ApiError::new(ErrorCode::PayloadTooLarge, error.to_string())
+            }
+            FileError::Full => ApiError::new(
+                ErrorCode::InsufficientStorage,
+                "the service cannot store the file until space is freed; nothing was kept",
+            )
+            .with_retry_after(30),
+            FileError::Backend(_) => {
+                tracing::error!(error = %crate::error::chain(&error), "file store failed");
+                ApiError::bare(ErrorCode::Unavailable).with_retry_after(1)
+            }
+        }
+    }
+}
 
 /// Checks a name: `/`-separated, each segment 1-255 of letters, digits, `.`, `_`, `-`,
 /// ` `, `(`, `)`, and not `.` or `..`; at most 1,024 bytes in all.

@@ -204,14 +204,21 @@ pub async fn bound_request_time(
     if !may_have_body {
         return next.call(req).await;
     }
-    let limit = req
-        .app_data::<RequestTimeout>()
-        .map_or(std::time::Duration::from_secs(30), |t| t.0);
+    let (limit, streamed) = match req.app_data::<RequestTimeout>() {
+        Some(timeout) => (
+            timeout.limit,
+            timeout.streamed_uploads.contains(&req.path()),
+        ),
+        None => (std::time::Duration::from_secs(30), false),
+    };
     let payload = req.take_payload();
     let deadline = Box::pin(tokio::time::sleep(limit));
     let timed = TimedPayload {
         inner: payload,
         deadline,
+        // A file upload may take as long as it needs while it keeps coming: the limit is
+        // then on the silence between pieces.
+        idle: streamed.then_some(limit),
     };
     req.set_payload(actix_web::dev::Payload::Stream {
         payload: Box::pin(timed),
@@ -219,13 +226,18 @@ pub async fn bound_request_time(
     next.call(req).await
 }
 
-/// The request time limit, as app data.
-#[derive(Clone, Copy)]
-pub(crate) struct RequestTimeout(pub std::time::Duration);
+/// The request time limit, as app data, and the routes whose bodies are files streamed
+/// through (bounded by the silence between pieces instead).
+#[derive(Clone)]
+pub(crate) struct RequestTimeout {
+    pub limit: std::time::Duration,
+    pub streamed_uploads: Vec<&'static str>,
+}
 
 struct TimedPayload {
     inner: actix_web::dev::Payload,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    idle: Option<std::time::Duration>,
 }
 
 impl futures_util::Stream for TimedPayload {
@@ -237,6 +249,13 @@ impl futures_util::Stream for TimedPayload {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         match std::pin::Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(idle) = self.idle {
+                    let next = tokio::time::Instant::now() + idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
                     std::io::Error::new(std::io::ErrorKind::TimedOut, BODY_TIMED_OUT),

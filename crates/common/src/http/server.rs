@@ -30,6 +30,9 @@ pub struct HttpContext {
     pub openapi: serde_json::Value,
     /// The service's events (AsyncAPI 3.0), served at `/asyncapi.json`.
     pub asyncapi: serde_json::Value,
+    /// Routes whose bodies are files streamed through: no size limit of `http.max_body_bytes`
+    /// is theirs to apply, and their time limit is on silence, not on the whole upload.
+    pub streamed_uploads: Vec<&'static str>,
 }
 
 /// A running service: its address, and the way to stop it.
@@ -99,10 +102,14 @@ where
     let name = context.name;
     let max_body = settings.http.max_body_bytes;
     let request_timeout = std::time::Duration::from_secs(settings.http.request_timeout_seconds);
+    let timeout = RequestTimeout {
+        limit: request_timeout,
+        streamed_uploads: context.streamed_uploads.clone(),
+    };
     let app = move || {
         App::new()
             .app_data(ServiceName(name))
-            .app_data(RequestTimeout(request_timeout))
+            .app_data(timeout.clone())
             .app_data(authenticator.clone())
             .app_data(limiter.clone())
             .app_data(readiness.clone())

@@ -110,7 +110,14 @@ pub struct Runtime {
     /// This instance, as owner of change-feed leases (`change_feed.instance_id`).
     pub instance: String,
     feeds: Vec<FeedReader>,
+    beside: Vec<BackgroundWork>,
+    streamed_uploads: Vec<&'static str>,
 }
+
+/// Work a service runs beside its workers, started by `serve` and stopped with them: it is
+/// given the shutdown signal and must return soon after it turns true.
+pub type BackgroundWork =
+    Box<dyn FnOnce(tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> + Send>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -178,6 +185,8 @@ impl Runtime {
             outbox_signal: FeedSignal::default(),
             instance,
             feeds: Vec::new(),
+            beside: Vec::new(),
+            streamed_uploads: Vec::new(),
         })
     }
 
@@ -214,6 +223,17 @@ impl Runtime {
         self.feeds.push(reader);
     }
 
+    /// Runs `work` beside the workers once the service serves, stopped with them.
+    pub fn run_beside(&mut self, work: BackgroundWork) {
+        self.beside.push(work);
+    }
+
+    /// Declares routes whose request bodies are files streamed through (see
+    /// [`HttpContext::streamed_uploads`]).
+    pub fn stream_uploads_on(&mut self, paths: &[&'static str]) {
+        self.streamed_uploads.extend_from_slice(paths);
+    }
+
     /// Starts the workers (one per declared subscription, each with its dispatcher), the
     /// outbox relays and any other feed readers, and serves HTTP on `listener`.
     pub fn serve<F>(
@@ -246,6 +266,9 @@ impl Runtime {
         let context = self.http_context(openapi);
         for reader in self.feeds {
             tasks.push(reader.spawn(stopped.clone()));
+        }
+        for work in self.beside {
+            tasks.push(work(stopped.clone()));
         }
         let handle = crate::http::serve(context, listener, configure)?;
         Ok(handle.with_background(Background { shutdown, tasks }))
@@ -295,6 +318,7 @@ impl Runtime {
             ],
             openapi: crate::http::complete_openapi(openapi),
             asyncapi: asyncapi::document(self.descriptor),
+            streamed_uploads: self.streamed_uploads.clone(),
         }
     }
 }

@@ -1,0 +1,17 @@
+use common::http::BearerAuth;
+use utoipa::OpenApi;
+
+use super::imports;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "sync", description = "Product-feed imports into the catalog. Errors are application/problem+json (RFC 9457)."),
+    paths(imports::upload, imports::get, imports::list),
+    components(schemas(common::error::Problem, common::error::FieldError)),
+    modifiers(&BearerAuth),
+)]
+pub struct SyncApi;
+
+pub fn document() -> serde_json::Value {
+    serde_json::to_value(SyncApi::openapi()).unwrap_or_default()
+}

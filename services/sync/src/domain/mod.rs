@@ -1,0 +1,4 @@
+//! Sync's business rules, free of HTTP, stores and buses.
+
+pub mod feed;
+pub mod import;

@@ -1,0 +1,14 @@
+//! The sync service as its own process (container or Azure Functions custom handler).
+
+use anyhow::Context;
+use common::runtime::Launch;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (mut settings, own) = sync::startup::load_settings()?;
+    common::startup::adopt_functions_port(&mut settings);
+    let _telemetry = common::telemetry::init(&settings.telemetry, sync::startup::SERVICE)?;
+    let listener = common::http::bind(&settings).context("binding the HTTP port")?;
+    let handle = sync::startup::start(settings, own, Launch::on(listener)).await?;
+    common::startup::run_until_stopped(vec![handle]).await
+}

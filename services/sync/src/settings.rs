@@ -1,0 +1,91 @@
+//! The sync service's own settings (`config/sync.toml`, `SYNC__*`), beside the shared sections.
+
+use std::collections::BTreeMap;
+
+use common::config::ConfigError;
+use serde::Deserialize;
+
+use crate::domain::feed::FIELDS;
+
+/// Their defaults, with the reason for each.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SyncSettings {
+    pub catalog: CatalogPeer,
+    pub files: FilesSettings,
+    pub imports: ImportSettings,
+}
+
+/// Where and how sync calls the catalog.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogPeer {
+    pub url: String,
+    pub timeout_ms: u64,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FilesSettings {
+    pub kind: FilesKind,
+    pub folder: String,
+}
+
+/// Where files live. (Azure Blob Storage is the next adapter of the file port.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilesKind {
+    Folder,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImportSettings {
+    pub batch_size: usize,
+    pub poll_interval_ms: u64,
+    pub settle_ms: u64,
+    pub lease_seconds: u64,
+    pub max_upload_mb: u64,
+    /// Feed column name -> field name.
+    pub columns: BTreeMap<String, String>,
+}
+
+impl SyncSettings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.catalog.url.starts_with("http://") && !self.catalog.url.starts_with("https://") {
+            return Err(ConfigError::key(
+                "catalog.url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.catalog.attempts == 0 {
+            return Err(ConfigError::key("catalog.attempts", "must be at least 1"));
+        }
+        if self.catalog.timeout_ms == 0 {
+            return Err(ConfigError::key(
+                "catalog.timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if !(1..=1000).contains(&self.imports.batch_size) {
+            return Err(ConfigError::key("imports.batch_size", "must be 1 to 1000"));
+        }
+        for (key, value) in [
+            ("imports.poll_interval_ms", self.imports.poll_interval_ms),
+            ("imports.lease_seconds", self.imports.lease_seconds),
+            ("imports.max_upload_mb", self.imports.max_upload_mb),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be greater than 0"));
+            }
+        }
+        for (column, field) in &self.imports.columns {
+            if !FIELDS.contains(&field.as_str()) {
+                return Err(ConfigError::key(
+                    &format!("imports.columns.{column}"),
+                    format!("must name one of {}", FIELDS.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! The one start-up path, shared by `main`, `platform up` and the tests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::web;
+use common::config::{ConfigError, Settings, Sources};
+use common::files::SharedFiles;
+use common::files::folder::FolderFiles;
+use common::http::ServiceHandle;
+use common::runtime::{Launch, Runtime, Service, ServiceDescriptor};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use crate::api::{STREAMED_UPLOADS, imports::MaxUpload};
+use crate::catalog_client::CatalogClient;
+use crate::imports::{CONTAINERS, Imports};
+use crate::settings::{DEFAULTS, FilesKind, SyncSettings};
+
+pub const SERVICE: &str = "sync";
+/// The peer imports write to.
+const CATALOG_PEER: &str = "catalog";
+
+pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
+    name: SERVICE,
+    default_port: 8083,
+    containers: CONTAINERS,
+    subscriptions: &[],
+    outboxes: &[],
+    publishes: Vec::new,
+    consumes: Vec::new,
+};
+
+/// The sync service, as the platform hosts it.
+pub struct SyncService;
+
+impl Service for SyncService {
+    type Settings = SyncSettings;
+    const DESCRIPTOR: &'static ServiceDescriptor = &DESCRIPTOR;
+    const OWN_DEFAULTS: &'static str = DEFAULTS;
+
+    fn validate(own: &SyncSettings) -> Result<(), ConfigError> {
+        own.validate()
+    }
+
+    fn start(
+        settings: Settings,
+        own: SyncSettings,
+        launch: Launch,
+    ) -> BoxFuture<'static, anyhow::Result<ServiceHandle>> {
+        start(settings, own, launch).boxed()
+    }
+}
+
+/// Defaults, then `config/sync.toml`, then `PLATFORM__*` and `SYNC__*`.
+pub fn load_settings() -> Result<(Settings, SyncSettings), ConfigError> {
+    SyncService::load(&Sources::standard(&[]))
+}
+
+/// Where feeds live: `files.folder`, else `<data_dir>/sync-files`.
+pub fn files_folder(settings: &Settings, own: &SyncSettings) -> PathBuf {
+    if own.files.folder.is_empty() {
+        settings.data_dir.join("sync-files")
+    } else {
+        PathBuf::from(&own.files.folder)
+    }
+}
+
+/// Opens the store, the files and the catalog client, starts the import runner and serves
+/// HTTP on the launch's listener.
+pub async fn start(
+    settings: Settings,
+    own: SyncSettings,
+    launch: Launch,
+) -> anyhow::Result<ServiceHandle> {
+    let files: SharedFiles = match own.files.kind {
+        FilesKind::Folder => {
+            let folder = FolderFiles::open(files_folder(&settings, &own))?;
+            // The watched folder is there to be found before the first feed is dropped.
+            common::private_files::create_private_dir(
+                &folder
+                    .root()
+                    .join(crate::imports::INCOMING.trim_end_matches('/')),
+            )?;
+            Arc::new(folder)
+        }
+    };
+    let mut runtime = Runtime::open(&DESCRIPTOR, settings, launch.bus).await?;
+    let catalog = CatalogClient::from_settings(
+        &runtime.settings,
+        &own.catalog,
+        launch.peers.url(CATALOG_PEER),
+    )?;
+    let imports = Imports::new(
+        runtime.store.clone(),
+        files,
+        catalog,
+        own.imports.clone(),
+        runtime.instance.clone(),
+    );
+    let runner = imports.clone();
+    runtime.run_beside(Box::new(move |stop| tokio::spawn(runner.run(stop))));
+    runtime.stream_uploads_on(STREAMED_UPLOADS);
+    let imports = web::Data::new(imports);
+    let max_upload = web::Data::new(MaxUpload(own.imports.max_upload_mb * 1024 * 1024));
+    runtime.serve(
+        Vec::new(),
+        launch.listener,
+        crate::api::openapi::document(),
+        move |config| {
+            config
+                .app_data(imports.clone())
+                .app_data(max_upload.clone())
+                .configure(crate::api::configure);
+        },
+    )
+}
