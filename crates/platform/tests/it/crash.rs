@@ -28,6 +28,7 @@ async fn up(data: &std::path::Path) -> Up {
         .arg(data)
         .env("CATALOG__HTTP__PORT", catalog_port.to_string())
         .env("ORDERS__HTTP__PORT", orders_port.to_string())
+        .env("SYNC__HTTP__PORT", "0")
         .env("PLATFORM__AUTH__HS256_SECRET", SECRET)
         .env("PLATFORM__RATE_LIMIT__ENABLED", "false")
         .env("PLATFORM__BUS__POLL_INTERVAL_MS", "50")

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 pub const SECRET: &str = "e2e-tests-secret-0123456789abcdef0123";
-pub const ALL: &str = "catalog.read catalog.write orders.read orders.write";
+pub const ALL: &str = "catalog.read catalog.write orders.read orders.write sync.admin";
 
 /// What every test sets on every service it starts.
 pub fn test_settings(settings: &mut Settings) {
@@ -34,6 +34,7 @@ pub fn token(settings: &Settings) -> String {
 pub struct Platform {
     pub catalog_url: String,
     pub orders_url: String,
+    pub sync_url: String,
     pub http: reqwest::Client,
     pub token: String,
     pub settings: Settings,
@@ -109,6 +110,7 @@ impl Platform {
         Self {
             catalog_url: url("catalog"),
             orders_url: url("orders"),
+            sync_url: url("sync"),
             http: reqwest::Client::new(),
             token: token(&settings),
             settings,

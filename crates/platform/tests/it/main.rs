@@ -3,5 +3,6 @@
 
 mod crash;
 mod helpers;
+mod imports;
 mod saga;
 mod up;

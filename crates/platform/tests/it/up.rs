@@ -34,6 +34,7 @@ fn an_unknown_key_stops_platform_up_and_names_the_nearest_known_one() {
             .env(variable, "5")
             .env("CATALOG__HTTP__PORT", "0")
             .env("ORDERS__HTTP__PORT", "0")
+            .env("SYNC__HTTP__PORT", "0")
             .output()
             .unwrap();
         assert!(!output.status.success(), "{variable} was accepted");
