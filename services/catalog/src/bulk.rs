@@ -6,8 +6,10 @@ use common::store::StoreError;
 use futures::StreamExt;
 use time::OffsetDateTime;
 
-use crate::catalog::{Catalog, CatalogError, PRODUCTS, is_tombstone, to_json};
-use crate::domain::{Product, ProductDraft, Sku};
+use crate::catalog::{
+    Catalog, CatalogError, PRODUCTS, STOCK, STOCK_PARTITION, is_tombstone, to_json,
+};
+use crate::domain::{Product, ProductDraft, Sku, Stock};
 
 /// Items written at once within a batch; each is a handful of store operations.
 const CONCURRENT_ITEMS: usize = 16;
@@ -59,7 +61,11 @@ impl Catalog {
         let sku = item.draft.sku.clone();
         let product = self.put_product(item.draft).await?;
         let stock_changed = match item.on_hand {
-            Some(on_hand) => match self.put_stock(&sku, on_hand).await {
+            // A product just created has no stock record (a deleted one's went with it).
+            Some(on_hand) => match self
+                .put_stock(&sku, on_hand, product == UpsertOutcome::Created)
+                .await
+            {
                 Ok(changed) => changed,
                 Err(CatalogError::Stock(rule)) => {
                     return Ok(Err(ItemRefused {
@@ -134,13 +140,54 @@ impl Catalog {
         Err(CatalogError::Contended(sku))
     }
 
-    /// Records the count unless it is already the count; true when it changed.
-    async fn put_stock(&self, sku: &Sku, on_hand: i64) -> Result<bool, CatalogError> {
-        let (current, _) = self.stock_record(sku).await?;
-        if current.on_hand == on_hand {
-            return Ok(false);
+    /// Records the count unless it is already the count; true when it changed. `fresh`: the
+    /// product was just created, so the record is most likely absent (one write, no read).
+    async fn put_stock(&self, sku: &Sku, on_hand: i64, fresh: bool) -> Result<bool, CatalogError> {
+        if fresh {
+            let counted = Stock::empty(sku.clone()).count(on_hand)?;
+            match self
+                .store()
+                .create(STOCK, STOCK_PARTITION, sku.as_str(), to_json(&counted)?)
+                .await
+            {
+                Ok(_) => {
+                    self.notify_views();
+                    return Ok(true);
+                }
+                Err(StoreError::Conflict) => {}
+                Err(other) => return Err(other.into()),
+            }
         }
-        self.count_stock(sku, on_hand, None).await?;
-        Ok(true)
+        for _ in 0..ATTEMPTS {
+            let (current, etag) = self.stock_record(sku).await?;
+            if current.on_hand == on_hand {
+                return Ok(false);
+            }
+            let counted = current.count(on_hand)?;
+            let body = to_json(&counted)?;
+            let written = match &etag {
+                Some(etag) => {
+                    self.store()
+                        .replace(STOCK, STOCK_PARTITION, sku.as_str(), body, Some(etag))
+                        .await
+                }
+                None => {
+                    self.store()
+                        .create(STOCK, STOCK_PARTITION, sku.as_str(), body)
+                        .await
+                }
+            };
+            match written {
+                Ok(_) => {
+                    self.notify_views();
+                    return Ok(true);
+                }
+                Err(
+                    StoreError::PreconditionFailed | StoreError::Conflict | StoreError::NotFound,
+                ) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(CatalogError::Contended(sku.as_str().to_owned()))
     }
 }
