@@ -125,6 +125,12 @@ event_types! {
         "Not every line could be reserved; nothing was.";
     StockReleased = "catalog.stock.released.v1" on topics::CATALOG, from "catalog", data OrderRefV1,
         "The stock an order held was given back.";
+    ProductChanged = "catalog.product.changed.v1" on topics::CATALOG, from "catalog", data ProductChangedV1,
+        "A product was created or changed; the event carries it whole.";
+    ProductDeleted = "catalog.product.deleted.v1" on topics::CATALOG, from "catalog", data ProductDeletedV1,
+        "A product was deleted, with its stock record.";
+    StockChanged = "catalog.stock.changed.v1" on topics::CATALOG, from "catalog", data StockChangedV1,
+        "A SKU's stock changed: counted, reserved or released.";
 }
 
 /// The contract of one event type, by its name.
@@ -177,4 +183,48 @@ pub struct OrderRefusedV1 {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shortages: Vec<ShortageV1>,
+}
+
+/// A price in an event: exact decimal text and its ISO 4217 currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PriceV1 {
+    /// Written with exactly the currency's decimals, e.g. `12.50`.
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?$"))]
+    pub amount: String,
+    #[schemars(length(equal = 3))]
+    pub currency: String,
+}
+
+/// `catalog.product.changed.v1`: the product as it now is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductChangedV1 {
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub price: PriceV1,
+    /// When it was last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+/// `catalog.product.deleted.v1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductDeletedV1 {
+    pub sku: String,
+}
+
+/// `catalog.stock.changed.v1`: the SKU's stock as it now is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StockChangedV1 {
+    pub sku: String,
+    #[schemars(range(min = 0))]
+    pub on_hand: i64,
+    #[schemars(range(min = 0))]
+    pub reserved: i64,
+    /// On hand less reserved.
+    pub available: i64,
 }

@@ -77,6 +77,8 @@ pub struct Catalog {
     store: SharedStore,
     /// Wakes the readers that keep the views after each write.
     views: FeedSignal,
+    /// Other readers of the same containers, woken as well.
+    also: Vec<FeedSignal>,
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, CatalogError> {
@@ -86,16 +88,29 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, CatalogEr
 
 impl Catalog {
     pub fn new(store: SharedStore, views: FeedSignal) -> Self {
-        Self { store, views }
+        Self {
+            store,
+            views,
+            also: Vec::new(),
+        }
+    }
+
+    /// Also wakes `signal`'s readers after each write.
+    pub fn also_notify(mut self, signal: FeedSignal) -> Self {
+        self.also.push(signal);
+        self
     }
 
     pub fn store(&self) -> &SharedStore {
         &self.store
     }
 
-    /// Wakes the readers that keep the views.
+    /// Wakes the readers of the containers (views, change events) after a write.
     pub(crate) fn notify_views(&self) {
         self.views.notify();
+        for signal in &self.also {
+            signal.notify();
+        }
     }
 
     pub async fn create_product(
@@ -135,7 +150,7 @@ impl Catalog {
             }
             Err(other) => return Err(other.into()),
         };
-        self.views.notify();
+        self.notify_views();
         Ok((product, written.etag))
     }
 
@@ -170,7 +185,7 @@ impl Catalog {
                 StoreError::NotFound => CatalogError::NotFound(sku.to_owned()),
                 other => other.into(),
             })?;
-        self.views.notify();
+        self.notify_views();
         Ok((revised, document.etag))
     }
 
@@ -221,7 +236,7 @@ impl Catalog {
             .await;
         match outcome {
             Ok(_) => {
-                self.views.notify();
+                self.notify_views();
                 Ok(())
             }
             Err(error) => {
@@ -326,7 +341,7 @@ impl Catalog {
             };
             match written {
                 Ok(document) => {
-                    self.views.notify();
+                    self.notify_views();
                     return Ok((counted, document.etag));
                 }
                 Err(

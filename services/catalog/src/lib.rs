@@ -3,6 +3,7 @@
 pub mod api;
 pub mod bulk;
 pub mod catalog;
+pub mod change_events;
 pub mod domain;
 pub mod handlers;
 pub mod startup;

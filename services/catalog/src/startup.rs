@@ -6,8 +6,8 @@ use actix_web::web;
 use common::bus::topics;
 use common::config::{ConfigError, NoOwnSettings, Settings, Sources};
 use common::events::{
-    EventContract, EventType, OrderCancelled, OrderPlaced, StockReleased, StockReservationFailed,
-    StockReserved,
+    EventContract, EventType, OrderCancelled, OrderPlaced, ProductChanged, ProductDeleted,
+    StockChanged, StockReleased, StockReservationFailed, StockReserved,
 };
 use common::http::ServiceHandle;
 use common::runtime::{
@@ -18,6 +18,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::catalog::{CONTAINERS, Catalog, PRODUCTS, STOCK};
+use crate::change_events::{self, ProductChangeEvents, StockChangeEvents};
 use crate::handlers::OrderEvents;
 use crate::views::{self, ProductChanges, ProductViews, StockChanges};
 
@@ -40,6 +41,9 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
             EventContract::of::<StockReserved>(),
             EventContract::of::<StockReservationFailed>(),
             EventContract::of::<StockReleased>(),
+            EventContract::of::<ProductChanged>(),
+            EventContract::of::<ProductDeleted>(),
+            EventContract::of::<StockChanged>(),
         ]
     },
     consumes: || {
@@ -89,8 +93,28 @@ pub async fn start(settings: Settings, launch: Launch) -> anyhow::Result<Service
         let reader = runtime.feed_reader(container, views::READER, view_signal.clone(), handler);
         runtime.follow(reader);
     }
+    // Product and stock changes as events, from the same feeds.
+    let events_signal = FeedSignal::default();
+    for (container, handler) in [
+        (
+            PRODUCTS,
+            Arc::new(ProductChangeEvents(runtime.bus.clone())) as Arc<dyn FeedHandler>,
+        ),
+        (STOCK, Arc::new(StockChangeEvents(runtime.bus.clone()))),
+    ] {
+        let reader = runtime.feed_reader(
+            container,
+            change_events::READER,
+            events_signal.clone(),
+            handler,
+        );
+        runtime.follow(reader);
+    }
     let order_events = Arc::new(OrderEvents {
-        consumer: runtime.consumer().also_notify(view_signal.clone()),
+        consumer: runtime
+            .consumer()
+            .also_notify(view_signal.clone())
+            .also_notify(events_signal.clone()),
     });
     let handlers = vec![(
         SUBSCRIPTION,
@@ -98,7 +122,8 @@ pub async fn start(settings: Settings, launch: Launch) -> anyhow::Result<Service
             .on::<OrderPlaced, _>(order_events.clone())
             .on::<OrderCancelled, _>(order_events),
     )];
-    let catalog = web::Data::new(Catalog::new(runtime.store.clone(), view_signal));
+    let catalog =
+        web::Data::new(Catalog::new(runtime.store.clone(), view_signal).also_notify(events_signal));
     let views = web::Data::from(views);
     runtime.serve(
         handlers,

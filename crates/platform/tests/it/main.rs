@@ -1,6 +1,7 @@
 //! End-to-end tests across services: the order saga on the embedded store and bus.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod change_events;
 mod crash;
 mod helpers;
 mod imports;
