@@ -274,6 +274,16 @@ impl Fields {
         }
     }
 
+    /// A list of `count` strings.
+    pub fn string_list(
+        &mut self,
+        name: &'static str,
+        required: bool,
+        count: RangeInclusive<usize>,
+    ) -> Option<Vec<String>> {
+        self.list_of(name, required, count, "must be a list of strings")
+    }
+
     /// A list of `count` objects, each still to be validated.
     pub fn object_list(
         &mut self,
@@ -281,8 +291,18 @@ impl Fields {
         required: bool,
         count: RangeInclusive<usize>,
     ) -> Option<Vec<JsonObject>> {
+        self.list_of(name, required, count, "must be a list of objects")
+    }
+
+    fn list_of<T: serde::de::DeserializeOwned>(
+        &mut self,
+        name: &'static str,
+        required: bool,
+        count: RangeInclusive<usize>,
+        wrong_type: &'static str,
+    ) -> Option<Vec<T>> {
         let raw = self.take(name, required)?;
-        match serde_json::from_str::<Vec<JsonObject>>(raw.get()) {
+        match serde_json::from_str::<Vec<T>>(raw.get()) {
             Ok(list) if count.contains(&list.len()) => Some(list),
             Ok(_) => {
                 self.reject(
@@ -292,7 +312,7 @@ impl Fields {
                 None
             }
             Err(_) => {
-                self.reject(name, "must be a list of objects");
+                self.reject(name, wrong_type);
                 None
             }
         }

@@ -25,7 +25,6 @@ use crate::domain::import::{ImportJob, ImportSource, RowOutcome};
 use crate::settings::ImportSettings;
 
 pub const IMPORTS: &str = "imports";
-pub const CONTAINERS: &[&str] = &[IMPORTS];
 /// Where dropped feeds are picked up from.
 pub const INCOMING: &str = "incoming/";
 /// Where accepted feeds are kept while they are imported.

@@ -1,8 +1,11 @@
-//! The sync service: product-feed imports into the catalog.
+//! The sync service: product-feed imports into the catalog, and connectors that replicate
+//! order, product and stock changes to external systems.
 
 pub mod api;
 pub mod catalog_client;
+pub mod connectors;
 pub mod domain;
+pub mod handlers;
 pub mod imports;
 pub mod settings;
 pub mod startup;

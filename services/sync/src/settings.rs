@@ -15,6 +15,16 @@ pub struct SyncSettings {
     pub catalog: CatalogPeer,
     pub files: FilesSettings,
     pub imports: ImportSettings,
+    pub connectors: ConnectorSettings,
+}
+
+/// How connectors are reached.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnectorSettings {
+    pub allow_private_targets: bool,
+    pub timeout_ms: u64,
+    pub retry_schedule_ms: Vec<u64>,
+    pub poll_interval_ms: u64,
 }
 
 /// Where and how sync calls the catalog.
@@ -73,6 +83,11 @@ impl SyncSettings {
             ("imports.poll_interval_ms", self.imports.poll_interval_ms),
             ("imports.lease_seconds", self.imports.lease_seconds),
             ("imports.max_upload_mb", self.imports.max_upload_mb),
+            ("connectors.timeout_ms", self.connectors.timeout_ms),
+            (
+                "connectors.poll_interval_ms",
+                self.connectors.poll_interval_ms,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be greater than 0"));

@@ -4,31 +4,72 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix_web::web;
+use common::bus::topics;
 use common::config::{ConfigError, Settings, Sources};
+use common::events::{
+    EventContract, EventType, OrderCancelled, OrderConfirmed, OrderPlaced, OrderRejected,
+    ProductChanged, ProductDeleted, StockChanged,
+};
 use common::files::SharedFiles;
 use common::files::folder::FolderFiles;
 use common::http::ServiceHandle;
-use common::runtime::{Launch, Runtime, Service, ServiceDescriptor};
+use common::runtime::{Dispatcher, Launch, Runtime, Service, ServiceDescriptor, SubscriptionSpec};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::api::{STREAMED_UPLOADS, imports::MaxUpload};
 use crate::catalog_client::CatalogClient;
-use crate::imports::{CONTAINERS, Imports};
+use crate::connectors::{CONNECTORS, Connectors};
+use crate::handlers::Replication;
+use crate::imports::{IMPORTS, Imports};
 use crate::settings::{DEFAULTS, FilesKind, SyncSettings};
 
 pub const SERVICE: &str = "sync";
 /// The peer imports write to.
 const CATALOG_PEER: &str = "catalog";
 
+/// Sync's subscriptions: the changes connectors replicate.
+pub const ORDERS_SUBSCRIPTION: &str = "sync-orders";
+pub const CATALOG_SUBSCRIPTION: &str = "sync-catalog";
+
 pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
     name: SERVICE,
     default_port: 8083,
-    containers: CONTAINERS,
-    subscriptions: &[],
+    containers: &[IMPORTS, CONNECTORS],
+    subscriptions: &[
+        SubscriptionSpec {
+            topic: topics::ORDERS,
+            name: ORDERS_SUBSCRIPTION,
+            event_types: &[
+                OrderPlaced::TYPE,
+                OrderConfirmed::TYPE,
+                OrderRejected::TYPE,
+                OrderCancelled::TYPE,
+            ],
+        },
+        SubscriptionSpec {
+            topic: topics::CATALOG,
+            name: CATALOG_SUBSCRIPTION,
+            event_types: &[
+                ProductChanged::TYPE,
+                ProductDeleted::TYPE,
+                StockChanged::TYPE,
+            ],
+        },
+    ],
     outboxes: &[],
     publishes: Vec::new,
-    consumes: Vec::new,
+    consumes: || {
+        vec![
+            EventContract::of::<OrderPlaced>(),
+            EventContract::of::<OrderConfirmed>(),
+            EventContract::of::<OrderRejected>(),
+            EventContract::of::<OrderCancelled>(),
+            EventContract::of::<ProductChanged>(),
+            EventContract::of::<ProductDeleted>(),
+            EventContract::of::<StockChanged>(),
+        ]
+    },
 };
 
 /// The sync service, as the platform hosts it.
@@ -100,16 +141,41 @@ pub async fn start(
     );
     let runner = imports.clone();
     runtime.run_beside(Box::new(move |stop| tokio::spawn(runner.run(stop))));
+    let connectors = Connectors::new(runtime.store.clone(), own.connectors.clone())?;
+    let deliveries = connectors.clone();
+    runtime.run_beside(Box::new(move |stop| tokio::spawn(deliveries.run(stop))));
+    let replication = std::sync::Arc::new(Replication {
+        connectors: connectors.clone(),
+    });
+    let handlers = vec![
+        (
+            ORDERS_SUBSCRIPTION,
+            Dispatcher::new()
+                .on::<OrderPlaced, _>(replication.clone())
+                .on::<OrderConfirmed, _>(replication.clone())
+                .on::<OrderRejected, _>(replication.clone())
+                .on::<OrderCancelled, _>(replication.clone()),
+        ),
+        (
+            CATALOG_SUBSCRIPTION,
+            Dispatcher::new()
+                .on::<ProductChanged, _>(replication.clone())
+                .on::<ProductDeleted, _>(replication.clone())
+                .on::<StockChanged, _>(replication),
+        ),
+    ];
+    let connectors = web::Data::new(connectors);
     runtime.stream_uploads_on(STREAMED_UPLOADS);
     let imports = web::Data::new(imports);
     let max_upload = web::Data::new(MaxUpload(own.imports.max_upload_mb * 1024 * 1024));
     runtime.serve(
-        Vec::new(),
+        handlers,
         launch.listener,
         crate::api::openapi::document(),
         move |config| {
             config
                 .app_data(imports.clone())
+                .app_data(connectors.clone())
                 .app_data(max_upload.clone())
                 .configure(crate::api::configure);
         },

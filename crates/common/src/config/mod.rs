@@ -333,7 +333,10 @@ impl Settings {
                 .add_source(environment(&prefix));
         }
         for (key, value) in &sources.overrides {
-            builder = builder.set_override(key.as_str(), value.as_str())?;
+            builder = match list_value(value) {
+                Some(items) => builder.set_override(key.as_str(), items)?,
+                None => builder.set_override(key.as_str(), value.as_str())?,
+            };
         }
         let config = builder.build()?;
         let settings: Settings = config.clone().try_deserialize()?;
@@ -545,6 +548,18 @@ fn refuse_secrets_in_file(path: &Path) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// An override written as a list, `[1, 2]`: its items, each converted like any override.
+fn list_value(value: &str) -> Option<Vec<String>> {
+    let inner = value.trim().strip_prefix('[')?.strip_suffix(']')?;
+    Some(
+        inner
+            .split(',')
+            .map(|item| item.trim().trim_matches('"').to_owned())
+            .filter(|item| !item.is_empty())
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod change_events;
+mod connectors;
 mod crash;
 mod helpers;
 mod imports;

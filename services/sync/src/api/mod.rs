@@ -1,5 +1,6 @@
-//! The sync HTTP API: `/v1/imports`.
+//! The sync HTTP API: `/v1/imports`, `/v1/connectors`.
 
+pub mod connectors;
 mod errors;
 pub mod imports;
 pub mod openapi;
@@ -13,6 +14,24 @@ pub const ADMIN_SCOPE: &str = "sync.admin";
 pub const STREAMED_UPLOADS: &[&str] = &["/v1/imports"];
 
 pub fn configure(config: &mut web::ServiceConfig) {
+    config.service(
+        web::scope("/v1/connectors")
+            .service(
+                web::resource("")
+                    .route(web::post().to(connectors::create))
+                    .route(web::get().to(connectors::list)),
+            )
+            .service(
+                web::resource("/{id}")
+                    .route(web::get().to(connectors::get))
+                    .route(web::put().to(connectors::replace))
+                    .route(web::delete().to(connectors::delete)),
+            )
+            .service(web::resource("/{id}/pause").route(web::post().to(connectors::pause)))
+            .service(web::resource("/{id}/resume").route(web::post().to(connectors::resume)))
+            .service(web::resource("/{id}/retry").route(web::post().to(connectors::retry)))
+            .service(web::resource("/{id}/status").route(web::get().to(connectors::status))),
+    );
     config.service(
         web::scope("/v1/imports")
             .service(

@@ -1,12 +1,14 @@
 use common::http::BearerAuth;
 use utoipa::OpenApi;
 
-use super::imports;
+use super::{connectors, imports};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "sync", description = "Product-feed imports into the catalog. Errors are application/problem+json (RFC 9457)."),
-    paths(imports::upload, imports::get, imports::list),
+    info(title = "sync", description = "Product-feed imports into the catalog; connectors that replicate order, product and stock changes to external systems. Errors are application/problem+json (RFC 9457)."),
+    paths(imports::upload, imports::get, imports::list,
+        connectors::create, connectors::list, connectors::get, connectors::replace, connectors::delete,
+        connectors::pause, connectors::resume, connectors::retry, connectors::status),
     components(schemas(common::error::Problem, common::error::FieldError)),
     modifiers(&BearerAuth),
 )]

@@ -1,6 +1,8 @@
 //! Calls one service makes to another: the bearer token it presents (minted from the
 //! development secret, or taken from a managed identity on Azure) and the back-off between
-//! attempts.
+//! attempts; and calls to targets outside the platform ([`targets`]).
+
+pub mod targets;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
