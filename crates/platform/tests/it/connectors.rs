@@ -246,3 +246,59 @@ async fn connectors_are_checked_and_their_secrets_never_shown() {
     assert_eq!(fields, ["name", "entities", "auth.secret"]);
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn a_connector_that_was_down_gets_everything_when_it_is_back() {
+    let receiver = receiver().await;
+    let mut overrides = overrides();
+    // Long enough a schedule that the outage heals before anything is parked.
+    overrides[1] = (
+        "connectors.retry_schedule_ms",
+        format!("[{}]", ["30"; 200].join(", ")),
+    );
+    let platform = Platform::launch(&[], &overrides, |_| {}, None).await;
+    let created: Value = post(
+        &platform,
+        "/v1/connectors",
+        json!({"name": "WMS", "url": receiver.url, "entities": ["orders", "stock"],
+               "auth": {"kind": "hmac", "secret": "a-shared-secret-of-some-length"}}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    receiver.failing.store(true, Ordering::SeqCst);
+    platform.product("CN-1", "4.00", 100).await;
+    let first = place(&platform, "cn-down-1").await;
+    let second = place(&platform, "cn-down-2").await;
+    let status_url = format!("{}/v1/connectors/{id}/status", platform.sync_url);
+    let failing = eventually(Duration::from_secs(20), || async {
+        platform.get_json(status_url.clone()).await["failures"]
+            .as_u64()
+            .is_some_and(|n| n >= 3)
+    })
+    .await;
+    assert!(failing);
+    receiver.failing.store(false, Ordering::SeqCst);
+    let caught_up = eventually(Duration::from_secs(20), || async {
+        types_for(&receiver, &first).len() == 2 && types_for(&receiver, &second).len() == 2
+    })
+    .await;
+    assert!(
+        caught_up,
+        "the changes made while it was down did not arrive"
+    );
+    let received = receiver.received.lock().unwrap().clone();
+    // Stock changes came too (the product's count, two reservations), newest last.
+    let stock: Vec<i64> = received
+        .iter()
+        .filter(|(_, e)| e["type"] == "catalog.stock.changed.v1")
+        .map(|(_, e)| e["data"]["reserved"].as_i64().unwrap())
+        .collect();
+    assert_eq!(stock.last(), Some(&2), "{stock:?}");
+    // HMAC deliveries carry no bearer token.
+    assert!(received.iter().all(|(auth, _)| auth.is_none()));
+    assert_eq!(platform.get_json(status_url).await["parked"], json!([]));
+    platform.stop().await;
+}
