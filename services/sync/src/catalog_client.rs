@@ -65,14 +65,30 @@ impl CatalogClient {
             http,
             batch_url,
             attempts: peer.attempts,
-            tokens: ServiceTokens::from_settings(settings, "sync", "catalog.write")?,
+            tokens: ServiceTokens::from_settings(settings, "sync", "catalog.read catalog.write")?,
         })
     }
 
-    /// Upserts `items` (catalog bulk items), answering each one's outcome in order.
-    #[tracing::instrument(name = "catalog.upsert_batch", skip_all, fields(otel.kind = "client", items = items.len(), attempts = tracing::field::Empty))]
-    pub async fn upsert(&self, items: &[Value]) -> Result<Vec<ItemAnswer>, CatalogCallError> {
-        let body = serde_json::json!({ "items": items });
+    /// `<base>/v2/products/<sku>/stock`, the SKU checked and encoded as one path segment.
+    fn stock_url(&self, sku: &str) -> Result<url::Url, CatalogCallError> {
+        let sku = common::sku::Sku::parse(sku)
+            .map_err(|rule| CatalogCallError::Refused(format!("SKU {sku:?} {rule}")))?;
+        let mut url = self.batch_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| CatalogCallError::Refused("the catalog URL cannot take a path".into()))?
+            .pop()
+            .extend(["products", sku.as_str(), "stock"]);
+        Ok(url)
+    }
+
+    /// One call, tried `attempts` times while the catalog is unavailable; the answer of the
+    /// first attempt that is not.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &url::Url,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response, CatalogCallError> {
         let mut last = CatalogCallError::Unavailable("no attempt made".into());
         for attempt in 1..=self.attempts {
             tracing::Span::current().record("attempts", attempt);
@@ -85,46 +101,95 @@ impl CatalogClient {
             })?;
             let mut request = self
                 .http
-                .post(self.batch_url.clone())
-                .bearer_auth(token)
-                .json(&body);
+                .request(method.clone(), url.clone())
+                .bearer_auth(token);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
             for (name, value) in common::telemetry::current_trace_headers() {
                 request = request.header(name, value);
             }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(error) => {
-                    last = CatalogCallError::Unavailable(error.to_string());
-                    continue;
-                }
-            };
-            let status = response.status();
-            if status.is_success() {
-                let answer: BatchAnswer = response.json().await.map_err(|e| {
-                    CatalogCallError::Unavailable(format!("an unreadable answer: {e}"))
-                })?;
-                if answer.items.len() != items.len() {
-                    return Err(CatalogCallError::Refused(format!(
-                        "answered {} items for {}",
-                        answer.items.len(),
-                        items.len()
-                    )));
-                }
-                return Ok(answer.items);
-            }
-            let detail = response.text().await.unwrap_or_default();
-            let detail: String = detail.chars().take(300).collect();
-            match status.as_u16() {
-                408 | 429 | 500..=599 => {
+            match request.send().await {
+                Ok(response) if matches!(response.status().as_u16(), 408 | 429 | 500..=599) => {
+                    let status = response.status();
+                    let detail: String = response
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect();
                     last = CatalogCallError::Unavailable(format!("answered {status}: {detail}"));
                 }
-                _ => {
-                    return Err(CatalogCallError::Refused(format!(
-                        "answered {status}: {detail}"
-                    )));
-                }
+                Ok(response) => return Ok(response),
+                Err(error) => last = CatalogCallError::Unavailable(error.to_string()),
             }
         }
         Err(last)
+    }
+
+    /// Refuses an answer that is not a success, with what it said.
+    async fn success(response: reqwest::Response) -> Result<reqwest::Response, CatalogCallError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let detail: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        Err(CatalogCallError::Refused(format!(
+            "answered {status}: {detail}"
+        )))
+    }
+
+    /// Upserts `items` (catalog bulk items), answering each one's outcome in order.
+    #[tracing::instrument(name = "catalog.upsert_batch", skip_all, fields(otel.kind = "client", items = items.len(), attempts = tracing::field::Empty))]
+    pub async fn upsert(&self, items: &[Value]) -> Result<Vec<ItemAnswer>, CatalogCallError> {
+        let body = serde_json::json!({ "items": items });
+        let response = self
+            .call(reqwest::Method::POST, &self.batch_url, Some(&body))
+            .await?;
+        let answer: BatchAnswer = Self::success(response)
+            .await?
+            .json()
+            .await
+            .map_err(|e| CatalogCallError::Unavailable(format!("an unreadable answer: {e}")))?;
+        if answer.items.len() != items.len() {
+            return Err(CatalogCallError::Refused(format!(
+                "answered {} items for {}",
+                answer.items.len(),
+                items.len()
+            )));
+        }
+        Ok(answer.items)
+    }
+
+    /// The SKU's stock on hand; `None` when the catalog has no such product.
+    #[tracing::instrument(name = "catalog.stock", skip(self), fields(otel.kind = "client", attempts = tracing::field::Empty))]
+    pub async fn on_hand(&self, sku: &str) -> Result<Option<i64>, CatalogCallError> {
+        let url = self.stock_url(sku)?;
+        let response = self.call(reqwest::Method::GET, &url, None).await?;
+        if response.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let stock: Value = Self::success(response)
+            .await?
+            .json()
+            .await
+            .map_err(|e| CatalogCallError::Unavailable(format!("an unreadable answer: {e}")))?;
+        Ok(stock["onHand"].as_i64())
+    }
+
+    /// Records a stock count of the SKU.
+    #[tracing::instrument(name = "catalog.count", skip(self), fields(otel.kind = "client", attempts = tracing::field::Empty))]
+    pub async fn count(&self, sku: &str, on_hand: i64) -> Result<(), CatalogCallError> {
+        let url = self.stock_url(sku)?;
+        let body = serde_json::json!({ "onHand": on_hand });
+        let response = self.call(reqwest::Method::PUT, &url, Some(&body)).await?;
+        Self::success(response).await.map(|_| ())
     }
 }

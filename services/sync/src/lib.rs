@@ -7,5 +7,6 @@ pub mod connectors;
 pub mod domain;
 pub mod handlers;
 pub mod imports;
+pub mod reconcile;
 pub mod settings;
 pub mod startup;

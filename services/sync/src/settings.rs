@@ -16,6 +16,13 @@ pub struct SyncSettings {
     pub files: FilesSettings,
     pub imports: ImportSettings,
     pub connectors: ConnectorSettings,
+    pub timers: TimerSettings,
+}
+
+/// Cron expressions of the timers (empty: off).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TimerSettings {
+    pub reconcile: String,
 }
 
 /// How connectors are reached.
@@ -92,6 +99,14 @@ impl SyncSettings {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be greater than 0"));
             }
+        }
+        if !self.timers.reconcile.trim().is_empty()
+            && let Err(reason) = crate::reconcile::Timer::parse("reconcile", &self.timers.reconcile)
+        {
+            return Err(ConfigError::key(
+                "timers.reconcile",
+                format!("is not a cron expression: {reason}"),
+            ));
         }
         for (column, field) in &self.imports.columns {
             if !FIELDS.contains(&field.as_str()) {

@@ -22,6 +22,7 @@ use crate::catalog_client::CatalogClient;
 use crate::connectors::{CONNECTORS, Connectors};
 use crate::handlers::Replication;
 use crate::imports::{IMPORTS, Imports};
+use crate::reconcile::{RECONCILIATIONS, Reconciler, TIMERS, Timer};
 use crate::settings::{DEFAULTS, FilesKind, SyncSettings};
 
 pub const SERVICE: &str = "sync";
@@ -35,7 +36,7 @@ pub const CATALOG_SUBSCRIPTION: &str = "sync-catalog";
 pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
     name: SERVICE,
     default_port: 8083,
-    containers: &[IMPORTS, CONNECTORS],
+    containers: &[IMPORTS, CONNECTORS, RECONCILIATIONS, TIMERS],
     subscriptions: &[
         SubscriptionSpec {
             topic: topics::ORDERS,
@@ -132,6 +133,7 @@ pub async fn start(
         &own.catalog,
         launch.peers.url(CATALOG_PEER),
     )?;
+    let reconciling_catalog = catalog.clone();
     let imports = Imports::new(
         runtime.store.clone(),
         files,
@@ -164,6 +166,22 @@ pub async fn start(
                 .on::<StockChanged, _>(replication),
         ),
     ];
+    let reconciler = Reconciler::new(
+        runtime.store.clone(),
+        connectors.clone(),
+        reconciling_catalog,
+        std::time::Duration::from_millis(own.connectors.timeout_ms),
+        own.connectors.allow_private_targets,
+    )?;
+    if !own.timers.reconcile.trim().is_empty() {
+        let timer = Timer::parse("reconcile", &own.timers.reconcile)
+            .map_err(|reason| anyhow::anyhow!("timers.reconcile: {reason}"))?;
+        let (store, timed) = (runtime.store.clone(), reconciler.clone());
+        runtime.run_beside(Box::new(move |stop| {
+            tokio::spawn(crate::reconcile::run_timer(store, timer, timed, stop))
+        }));
+    }
+    let reconciler = web::Data::new(reconciler);
     let connectors = web::Data::new(connectors);
     runtime.stream_uploads_on(STREAMED_UPLOADS);
     let imports = web::Data::new(imports);
@@ -176,6 +194,7 @@ pub async fn start(
             config
                 .app_data(imports.clone())
                 .app_data(connectors.clone())
+                .app_data(reconciler.clone())
                 .app_data(max_upload.clone())
                 .configure(crate::api::configure);
         },

@@ -19,35 +19,47 @@ struct Receiver {
     url: String,
     received: Received,
     failing: Arc<AtomicBool>,
+    /// What it answers to `GET` (its stock levels, as a stock source).
+    levels: Arc<Mutex<Value>>,
     _server: actix_web::dev::ServerHandle,
 }
 
 async fn receiver() -> Receiver {
     let received: Received = Arc::default();
     let failing = Arc::new(AtomicBool::new(false));
-    let (state, fail) = (received.clone(), failing.clone());
+    let levels = Arc::new(Mutex::new(json!([])));
+    let (state, fail, stock) = (received.clone(), failing.clone(), levels.clone());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/erp/changes", listener.local_addr().unwrap());
     let server = HttpServer::new(move || {
         let (state, fail) = (state.clone(), fail.clone());
-        App::new().route(
-            "/erp/changes",
-            web::post().to(move |req: HttpRequest, body: web::Json<Value>| {
-                let (state, fail) = (state.clone(), fail.clone());
-                async move {
-                    if fail.load(Ordering::SeqCst) {
-                        return HttpResponse::ServiceUnavailable().body("down for maintenance");
+        let stock = stock.clone();
+        App::new()
+            .route(
+                "/erp/changes",
+                web::get().to(move || {
+                    let stock = stock.clone();
+                    async move { HttpResponse::Ok().json(stock.lock().unwrap().clone()) }
+                }),
+            )
+            .route(
+                "/erp/changes",
+                web::post().to(move |req: HttpRequest, body: web::Json<Value>| {
+                    let (state, fail) = (state.clone(), fail.clone());
+                    async move {
+                        if fail.load(Ordering::SeqCst) {
+                            return HttpResponse::ServiceUnavailable().body("down for maintenance");
+                        }
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        state.lock().unwrap().push((auth, body.into_inner()));
+                        HttpResponse::NoContent().finish()
                     }
-                    let auth = req
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    state.lock().unwrap().push((auth, body.into_inner()));
-                    HttpResponse::NoContent().finish()
-                }
-            }),
-        )
+                }),
+            )
     })
     .workers(1)
     .listen(listener)
@@ -59,6 +71,7 @@ async fn receiver() -> Receiver {
         url,
         received,
         failing,
+        levels,
         _server: handle,
     }
 }
@@ -300,5 +313,69 @@ async fn a_connector_that_was_down_gets_everything_when_it_is_back() {
     // HMAC deliveries carry no bearer token.
     assert!(received.iter().all(|(auth, _)| auth.is_none()));
     assert_eq!(platform.get_json(status_url).await["parked"], json!([]));
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn reconciliation_pulls_stock_levels_from_a_source_and_reports_the_drift() {
+    let receiver = receiver().await;
+    let mut overrides = overrides();
+    overrides.push(("timers.reconcile", String::new()));
+    let platform = Platform::launch(&[], &overrides, |_| {}, None).await;
+    platform.product("RC-1", "1.00", 5).await;
+    platform.product("RC-2", "1.00", 3).await;
+    *receiver.levels.lock().unwrap() = json!([
+        {"sku": "RC-1", "onHand": 9},
+        {"sku": "RC-2", "onHand": 3},
+        {"sku": "NOPE-1", "onHand": 4}
+    ]);
+    let created = post(
+        &platform,
+        "/v1/connectors",
+        json!({"name": "Warehouse", "url": receiver.url, "entities": ["stockSource"]}),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let report: Value = post(&platform, "/v1/reconciliations", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["trigger"], "request");
+    let source = &report["sources"][0];
+    assert_eq!(source["checked"], 3, "{report}");
+    assert_eq!(
+        source["drift"],
+        json!([
+            {"sku": "RC-1", "catalog": 5, "source": 9, "fixed": true},
+            {"sku": "NOPE-1", "catalog": null, "source": 4, "fixed": false,
+             "error": "the catalog has no such product"}
+        ]),
+        "{report}"
+    );
+    assert_eq!(platform.stock("RC-1").await["onHand"], 9);
+    // A stock source gets no changes sent.
+    assert!(receiver.received.lock().unwrap().is_empty());
+    let listed = platform
+        .get_json(format!("{}/v1/reconciliations", platform.sync_url))
+        .await;
+    assert_eq!(listed["items"][0]["id"], report["id"]);
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn the_reconcile_timer_runs_on_its_schedule() {
+    let mut overrides = overrides();
+    overrides.push(("timers.reconcile", "* * * * * *".to_owned()));
+    let platform = Platform::launch(&["sync"], &overrides, |_| {}, None).await;
+    let ran = eventually(Duration::from_secs(20), || async {
+        platform
+            .get_json(format!("{}/v1/reconciliations", platform.sync_url))
+            .await["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i["trigger"] == "timer"))
+    })
+    .await;
+    assert!(ran, "the timer did not run");
     platform.stop().await;
 }

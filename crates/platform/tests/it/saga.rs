@@ -123,6 +123,16 @@ async fn cancelling_a_confirmed_order_releases_its_stock() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 409);
+    // A product that goes away (for `catalog.product.deleted.v1`).
+    platform.product("GONE-1", "1.00", 0).await;
+    let deleted = platform
+        .http
+        .delete(format!("{}/v2/products/GONE-1", platform.catalog_url))
+        .bearer_auth(&platform.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
     // Every event type of the saga went out, each as its schema says.
     let published = platform.stop().await;
     let every_type: std::collections::BTreeSet<String> = common::events::all()

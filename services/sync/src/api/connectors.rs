@@ -44,7 +44,8 @@ pub struct ConnectorInputDoc {
     /// Where changes are POSTed (http or https, a public address).
     #[schema(min_length = 1, max_length = 2048)]
     url: String,
-    /// Any of `orders`, `products`, `stock`.
+    /// Any of `orders`, `products`, `stock` (changes sent to it) and `stockSource` (stock
+    /// levels read from it when reconciling).
     #[schema(min_items = 1)]
     entities: Vec<String>,
     /// `{"kind": "bearer", "token"}`, `{"kind": "hmac", "secret"}` or `{"kind": "none"}`;
@@ -119,7 +120,10 @@ fn read_input(body: JsonObject, creating: bool) -> Result<ConnectorInput, ApiErr
                         return None;
                     }
                     None => {
-                        fields.reject("entities", "must hold only orders, products and stock");
+                        fields.reject(
+                            "entities",
+                            "must hold only orders, products, stock and stockSource",
+                        );
                         return None;
                     }
                 }
@@ -350,4 +354,73 @@ pub async fn status(
         }),
         parked: status.parked.iter().map(parked_view).collect(),
     }))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReportParams {
+    /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// The `continuation` of the previous page.
+    #[param(min_length = 1)]
+    continuation: Option<String>,
+}
+
+/// Reconciliation runs, newest first: what was sent again, and each stock source's drift.
+#[utoipa::path(get, path = "/v1/reconciliations", tag = "reconciliation", params(ReportParams),
+    responses((status = 200, description = "`{items, continuation?}`", body = Object)),
+    security(("bearer" = ["sync.admin"])))]
+pub async fn reconciliations(
+    principal: Principal,
+    reconciler: web::Data<crate::reconcile::Reconciler>,
+    params: web::Query<ReportParams>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(ADMIN_SCOPE)?;
+    let ReportParams {
+        limit,
+        continuation,
+    } = params.into_inner();
+    let limit = match limit {
+        None => 20,
+        Some(limit @ 1..=100) => limit,
+        Some(_) => {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "limit",
+                "must be between 1 and 100",
+            )]));
+        }
+    };
+    let (reports, continuation) = reconciler
+        .reports(limit, continuation)
+        .await
+        .map_err(reconcile_problem)?;
+    let mut page = serde_json::json!({
+        "items": reports.iter().map(crate::reconcile::report_view).collect::<Vec<_>>(),
+    });
+    if let Some(next) = continuation {
+        page["continuation"] = Value::String(next);
+    }
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// Reconcile now (as the timer does), and answer the report.
+#[utoipa::path(post, path = "/v1/reconciliations", tag = "reconciliation",
+    responses((status = 200, description = "The run's report", body = Object)),
+    security(("bearer" = ["sync.admin"])))]
+pub async fn reconcile_now(
+    principal: Principal,
+    reconciler: web::Data<crate::reconcile::Reconciler>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(ADMIN_SCOPE)?;
+    let report = reconciler.run("request").await.map_err(reconcile_problem)?;
+    Ok(HttpResponse::Ok().json(crate::reconcile::report_view(&report)))
+}
+
+fn reconcile_problem(error: crate::reconcile::ReconcileError) -> ApiError {
+    match error {
+        crate::reconcile::ReconcileError::Connectors(error) => error.into(),
+        crate::reconcile::ReconcileError::Store(error) => error.into(),
+    }
 }

@@ -15,6 +15,11 @@ pub const STREAMED_UPLOADS: &[&str] = &["/v1/imports"];
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config.service(
+        web::resource("/v1/reconciliations")
+            .route(web::get().to(connectors::reconciliations))
+            .route(web::post().to(connectors::reconcile_now)),
+    );
+    config.service(
         web::scope("/v1/connectors")
             .service(
                 web::resource("")

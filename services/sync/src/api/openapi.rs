@@ -8,7 +8,8 @@ use super::{connectors, imports};
     info(title = "sync", description = "Product-feed imports into the catalog; connectors that replicate order, product and stock changes to external systems. Errors are application/problem+json (RFC 9457)."),
     paths(imports::upload, imports::get, imports::list,
         connectors::create, connectors::list, connectors::get, connectors::replace, connectors::delete,
-        connectors::pause, connectors::resume, connectors::retry, connectors::status),
+        connectors::pause, connectors::resume, connectors::retry, connectors::status,
+        connectors::reconciliations, connectors::reconcile_now),
     components(schemas(common::error::Problem, common::error::FieldError)),
     modifiers(&BearerAuth),
 )]

@@ -10,6 +10,10 @@ pub enum Entity {
     Orders,
     Products,
     Stock,
+    /// Not a change it gets: a source of stock levels sync reads (`GET` on its URL) when it
+    /// reconciles.
+    #[serde(rename = "stockSource")]
+    StockSource,
 }
 
 impl Entity {
@@ -18,6 +22,7 @@ impl Entity {
             "orders" => Some(Self::Orders),
             "products" => Some(Self::Products),
             "stock" => Some(Self::Stock),
+            "stockSource" => Some(Self::StockSource),
             _ => None,
         }
     }
@@ -27,6 +32,7 @@ impl Entity {
             Self::Orders => "orders",
             Self::Products => "products",
             Self::Stock => "stock",
+            Self::StockSource => "stockSource",
         }
     }
 
@@ -145,7 +151,7 @@ pub fn entity_key(
 ) -> Option<String> {
     let field = match entity {
         Entity::Orders => "orderId",
-        Entity::Products | Entity::Stock => "sku",
+        Entity::Products | Entity::Stock | Entity::StockSource => "sku",
     };
     data.get(field)
         .and_then(|v| v.as_str())

@@ -3,3 +3,4 @@
 pub mod connector;
 pub mod feed;
 pub mod import;
+pub mod schedule;
