@@ -473,34 +473,46 @@ impl Connectors {
         Ok(count)
     }
 
-    /// Delivers what is due, connector by connector side by side, until `stop`.
+    /// Delivers what is due, connector by connector side by side, until `stop`. Idle, it
+    /// sleeps until a change is queued here, the next retry is due, or `poll_interval_ms`
+    /// has passed (changes queued by another instance).
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
         loop {
             if *stop.borrow() {
                 return;
             }
-            let delivered = match self.list().await {
+            let (delivered, next_due) = match self.list().await {
                 Ok(connectors) => {
                     let rounds = connectors
                         .into_iter()
                         .filter(|c| !c.paused)
                         .map(|connector| self.deliver_due(connector));
-                    futures::future::join_all(rounds)
-                        .await
-                        .into_iter()
-                        .sum::<usize>()
+                    futures::future::join_all(rounds).await.into_iter().fold(
+                        (0, None::<i64>),
+                        |(sum, due), (delivered, next)| {
+                            let due = match (due, next) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            };
+                            (sum + delivered, due)
+                        },
+                    )
                 }
                 Err(error) => {
                     tracing::warn!(%error, "connectors could not be listed");
-                    0
+                    (0, None)
                 }
             };
             if delivered == 0 {
+                let wait = next_due.map_or(poll, |at| {
+                    Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
+                        .clamp(Duration::from_millis(10), poll)
+                });
                 tokio::select! {
                     _ = stop.changed() => {}
                     () = self.queued.notified() => {}
-                    () = tokio::time::sleep(poll) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
             }
         }
@@ -508,23 +520,27 @@ impl Connectors {
 
     /// Delivers the connector's due deliveries in order; a delivery waiting for its retry
     /// holds back the ones after it, and one parked holds back later changes of its entity.
+    /// Returns how many went, and when the next retry is due.
     #[tracing::instrument(name = "connector.deliver", skip_all, fields(connector = %connector.id))]
-    async fn deliver_due(&self, connector: Connector) -> usize {
+    async fn deliver_due(&self, connector: Connector) -> (usize, Option<i64>) {
         match self.try_deliver_due(&connector).await {
-            Ok(delivered) => delivered,
+            Ok(round) => round,
             Err(error) => {
                 tracing::warn!(%error, "deliveries could not be worked on");
-                0
+                (0, None)
             }
         }
     }
 
-    async fn try_deliver_due(&self, connector: &Connector) -> Result<usize, ConnectorError> {
+    async fn try_deliver_due(
+        &self,
+        connector: &Connector,
+    ) -> Result<(usize, Option<i64>), ConnectorError> {
         let (due, _) = self
             .deliveries(&connector.id, DeliveryState::Pending, ROUND, None)
             .await?;
         if due.is_empty() {
-            return Ok(0);
+            return Ok((0, None));
         }
         let mut parked_keys: BTreeSet<(Entity, String)> = self
             .all_deliveries(&connector.id, DeliveryState::Parked)
@@ -542,7 +558,7 @@ impl Connectors {
                 continue;
             }
             if delivery.next_attempt_at > now_ms() {
-                break;
+                return Ok((delivered, Some(delivery.next_attempt_at)));
             }
             match self.send(connector, &delivery.event).await {
                 Ok(()) => {
@@ -588,12 +604,13 @@ impl Connectors {
                     .await?;
                     if delivery.state == DeliveryState::Pending {
                         // In order: nothing after it goes before it.
-                        break;
+                        return Ok((delivered, Some(delivery.next_attempt_at)));
                     }
                 }
             }
         }
-        Ok(delivered)
+        // A full round may have left more behind it.
+        Ok((delivered, Some(now_ms())))
     }
 
     async fn save(

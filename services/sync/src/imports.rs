@@ -198,34 +198,47 @@ impl Imports {
     }
 
     /// Works on queued and unfinished jobs, and looks at the watched folder, until `stop`.
+    /// Jobs are looked for when one is queued here, after a job ends, and once a lease
+    /// period otherwise (to take over what a stopped instance left); idle, it only reads the
+    /// watched folder.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        let lease = Duration::from_secs(self.settings.lease_seconds);
+        let mut look_for_jobs = true;
+        let mut last_look = tokio::time::Instant::now();
         loop {
             if *stop.borrow() {
                 return;
             }
-            if let Err(error) = self.take_dropped_files().await {
-                tracing::warn!(%error, "the watched folder could not be read");
+            match self.take_dropped_files().await {
+                Ok(0) => {}
+                Ok(_) => look_for_jobs = true,
+                Err(error) => tracing::warn!(%error, "the watched folder could not be read"),
             }
-            let worked = match self.next_claimable().await {
-                Ok(Some(id)) => {
-                    if let Err(error) = self.work_on(&id, stop.clone()).await {
-                        tracing::warn!(import = %id, %error, "import interrupted; it resumes from its checkpoint");
-                    }
-                    true
+            if look_for_jobs || last_look.elapsed() >= lease / 2 {
+                look_for_jobs = false;
+                last_look = tokio::time::Instant::now();
+                match self.next_claimable().await {
+                    Ok(Some(id)) => match self.work_on(&id, stop.clone()).await {
+                        // Over (or someone else's now): the next one may be waiting.
+                        Ok(true) => look_for_jobs = true,
+                        // Waiting for the catalog: tried again after a pause.
+                        Ok(false) => {}
+                        Err(error) => {
+                            tracing::warn!(import = %id, %error, "import interrupted; it resumes from its checkpoint");
+                        }
+                    },
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "imports could not be listed"),
                 }
-                Ok(None) => false,
-                Err(error) => {
-                    tracing::warn!(%error, "imports could not be listed");
-                    false
+                if look_for_jobs {
+                    continue;
                 }
-            };
-            if !worked {
-                tokio::select! {
-                    _ = stop.changed() => {}
-                    () = self.queued.notified() => {}
-                    () = tokio::time::sleep(poll) => {}
-                }
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = self.queued.notified() => look_for_jobs = true,
+                () = tokio::time::sleep(poll) => {}
             }
         }
     }
@@ -278,16 +291,16 @@ impl Imports {
     /// Claims the job and imports it from its checkpoint to the end (or until `stop`, or
     /// until the catalog is unavailable: the job then waits, held, and is tried again).
     #[tracing::instrument(name = "import.run", skip(self, stop), fields(import = %id))]
-    async fn work_on(&self, id: &str, stop: watch::Receiver<bool>) -> Result<(), ImportError> {
+    async fn work_on(&self, id: &str, stop: watch::Receiver<bool>) -> Result<bool, ImportError> {
         let (mut job, etag) = self.read(id).await?;
         if !job.claimable_by(&self.instance, now_ms()) {
-            return Ok(());
+            return Ok(true);
         }
         let Some(mut etag) = self.save(&mut job, &etag).await? else {
-            return Ok(());
+            return Ok(true);
         };
         let Some(format) = job.format else {
-            return Ok(());
+            return Ok(true);
         };
         if job.total.is_none() {
             match self.count(&job, format).await {
@@ -295,7 +308,7 @@ impl Imports {
                 Err(FeedError::NotAFeed(reason)) => {
                     job.fail(reason, now_ms());
                     self.finish(&mut job, &etag).await?;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(FeedError::Io(error)) => {
                     return Err(ImportError::Files(FileError::Source(error.to_string())));
@@ -303,20 +316,20 @@ impl Imports {
             }
             etag = match self.save(&mut job, &etag).await? {
                 Some(etag) => etag,
-                None => return Ok(()),
+                None => return Ok(true),
             };
         }
         let mut batches = self.read_batches(&job, format).await?;
         while let Some(batch) = batches.recv().await {
             if *stop.borrow() {
-                return Ok(());
+                return Ok(false);
             }
             let (rows, checkpoint) = match batch {
                 Ok(batch) => batch,
                 Err(FeedError::NotAFeed(reason)) => {
                     job.fail(reason, now_ms());
                     self.finish(&mut job, &etag).await?;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(FeedError::Io(error)) => {
                     return Err(ImportError::Files(FileError::Source(error.to_string())));
@@ -326,22 +339,23 @@ impl Imports {
                 Ok(outcomes) => outcomes.into_iter().for_each(|o| job.record(o)),
                 Err(CatalogCallError::Unavailable(reason)) => {
                     tracing::warn!(%reason, "the catalog is unavailable; the import waits");
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(CatalogCallError::Refused(reason)) => {
                     job.fail(format!("the catalog refused a batch: {reason}"), now_ms());
                     self.finish(&mut job, &etag).await?;
-                    return Ok(());
+                    return Ok(true);
                 }
             }
             job.checkpoint = Some(checkpoint);
             etag = match self.save(&mut job, &etag).await? {
                 Some(etag) => etag,
-                None => return Ok(()),
+                None => return Ok(true),
             };
         }
         job.complete(now_ms());
-        self.finish(&mut job, &etag).await
+        self.finish(&mut job, &etag).await?;
+        Ok(true)
     }
 
     async fn finish(&self, job: &mut ImportJob, etag: &ETag) -> Result<(), ImportError> {
