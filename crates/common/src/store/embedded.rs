@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::clock::now_ms;
 
@@ -65,14 +65,14 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
     connection.execute_batch(EXPIRY_SCHEMA).map_err(backend)
 }
 
-fn purge_expired(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "DELETE FROM documents WHERE (container, pk, id) IN (
+/// Removes a few expired items; run once per write transaction.
+fn purge_rows(connection: &Connection) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "DELETE FROM documents WHERE (container, pk, id) IN (
             SELECT container, pk, id FROM documents WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
-    )
-    .map_err(backend)?
-    .execute(params![now_ms(), PURGE_PER_WRITE])
-    .map_err(backend)?;
+        )?
+        .execute(params![now_ms(), PURGE_PER_WRITE])?;
     Ok(())
 }
 
@@ -94,11 +94,102 @@ pub struct EmbeddedStore {
 struct Inner {
     path: PathBuf,
     durability: Durability,
-    writer: Mutex<Connection>,
+    /// The writer thread's queue (see [`group_commit`]).
+    writer: Mutex<std::sync::mpsc::Sender<WriteJob>>,
     readers: Mutex<Vec<Connection>>,
     /// Set when a write failed for lack of room or access, until a write succeeds again:
     /// readiness then tries a write itself, and reports why it fails.
-    writes_failing: std::sync::atomic::AtomicBool,
+    writes_failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a queued write does once its transaction has ended: hands its result, or the
+/// commit's failure, to the caller.
+type Deliver = Box<dyn FnOnce(Option<StoreError>) + Send>;
+/// A write, run by the writer thread inside the group's transaction: whether it succeeded
+/// (else its savepoint is rolled back), and how to deliver its outcome.
+type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, Deliver) + Send>;
+
+/// Writes queued at once share one transaction (each in its own savepoint, so one that
+/// fails leaves the others); one commit, one WAL append, for all of them.
+const GROUP_LIMIT: usize = 256;
+
+/// An error for every write of a group whose transaction did not commit.
+fn group_error(error: &rusqlite::Error) -> impl Fn() -> StoreError + '_ {
+    move || match error {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            backend(rusqlite::Error::SqliteFailure(*code, message.clone()))
+        }
+        other => StoreError::Backend((format!("the write's transaction failed: {other}")).into()),
+    }
+}
+
+/// The writer thread: takes what is queued, runs it in one transaction, commits, and only
+/// then answers each write (so an answered write is committed).
+fn group_commit(connection: Connection, queue: std::sync::mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP_LIMIT {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut waiting: Vec<Deliver> = Vec::with_capacity(jobs.len());
+        let mut open = false;
+        for job in jobs {
+            if !open {
+                if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
+                    let (_, deliver) = job(&connection);
+                    deliver(Some(group_error(&error)()));
+                    continue;
+                }
+                open = true;
+            }
+            let savepoint = connection.execute_batch("SAVEPOINT job");
+            let (ok, deliver) = job(&connection);
+            if connection.is_autocommit() {
+                // The failure rolled the whole transaction back (SQLite does on a full
+                // disk or an I/O error): the group's earlier writes are gone with it.
+                let error = rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("the transaction was rolled back by a failed write".into()),
+                );
+                for earlier in waiting.drain(..) {
+                    earlier(Some(group_error(&error)()));
+                }
+                deliver(if ok {
+                    Some(group_error(&error)())
+                } else {
+                    None
+                });
+                open = false;
+                continue;
+            }
+            if savepoint.is_ok() {
+                let end = if ok {
+                    "RELEASE job"
+                } else {
+                    "ROLLBACK TO job; RELEASE job"
+                };
+                let _ = connection.execute_batch(end);
+            }
+            waiting.push(deliver);
+        }
+        if !open {
+            continue;
+        }
+        let commit = match purge_rows(&connection).and_then(|_| connection.execute_batch("COMMIT"))
+        {
+            Ok(()) => None,
+            Err(error) => {
+                let _ = connection.execute_batch("ROLLBACK");
+                Some(error)
+            }
+        };
+        for deliver in waiting {
+            deliver(commit.as_ref().map(|error| group_error(error)()));
+        }
+    }
 }
 
 /// Whether a write's failure says the storage itself cannot take writes now.
@@ -114,38 +205,59 @@ impl EmbeddedStore {
         })?;
         let writer = open_connection(path, durability, false)?;
         migrate(&writer)?;
+        let (queue, jobs) = std::sync::mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name(format!(
+                "store-writer-{}",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("db")
+            ))
+            .spawn(move || group_commit(writer, jobs))
+            .map_err(|e| StoreError::Unavailable(Cause::new(e)))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 durability,
-                writer: Mutex::new(writer),
+                writer: Mutex::new(queue),
                 readers: Mutex::new(Vec::new()),
-                writes_failing: std::sync::atomic::AtomicBool::new(false),
+                writes_failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             }),
         })
     }
 
+    /// Runs `work` on the writer thread, inside a transaction it may share with other writes
+    /// queued at the same time (in a savepoint of its own), and answers once that has
+    /// committed.
     async fn with_writer<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let inner = self.inner.clone();
-        run_blocking(move || {
-            let mut connection = inner
-                .writer
-                .lock()
-                .map_err(|_| StoreError::Backend(("writer connection poisoned").into()))?;
-            let result = work(&mut connection);
-            // Only readiness clears this, once a write of its own (a page's worth) goes
-            // through: a small write that still fits says little about the room left.
-            if result.as_ref().is_err_and(storage_failure) {
-                inner
-                    .writes_failing
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            result
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let failing = self.inner.writes_failing.clone();
+        let job: WriteJob = Box::new(move |connection: &Connection| {
+            let result = work(connection);
+            let ok = result.is_ok();
+            let deliver: Deliver = Box::new(move |commit_error: Option<StoreError>| {
+                let outcome = match (commit_error, result) {
+                    (Some(error), Ok(_)) => Err(error),
+                    (_, result) => result,
+                };
+                // Only readiness clears this, once a write of its own (a page's worth)
+                // goes through: a small write that still fits says little about the room.
+                if outcome.as_ref().is_err_and(storage_failure) {
+                    failing.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                let _ = reply.send(outcome);
+            });
+            (ok, deliver)
+        });
+        let stopped = || StoreError::Backend(("the store's writer has stopped").into());
+        self.inner
+            .writer
+            .lock()
+            .map_err(|_| stopped())?
+            .send(job)
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Caps the file at `bytes` (rounded down to whole pages), or lifts the cap: writes
@@ -298,7 +410,7 @@ fn serialize(body: &Json) -> Result<String, StoreError> {
     serde_json::to_string(body).map_err(|e| StoreError::Serialization(e.into()))
 }
 
-fn next_seq(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
+fn next_seq(tx: &Connection) -> Result<i64, StoreError> {
     tx.query_row(
         "UPDATE sequence SET value = value + 1 WHERE name = 'documents' RETURNING value",
         [],
@@ -308,7 +420,7 @@ fn next_seq(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
 }
 
 fn current_seq(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     container: &str,
     pk: &str,
     id: &str,
@@ -343,19 +455,14 @@ enum WriteMode<'a> {
 }
 
 fn write(
-    connection: &mut Connection,
+    connection: &Connection,
     container: &str,
     pk: &str,
     id: &str,
     body: &Json,
     mode: WriteMode<'_>,
 ) -> Result<Document, StoreError> {
-    let tx = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend)?;
-    let etag = write_in(&tx, container, pk, id, body, mode)?;
-    purge_expired(&tx)?;
-    tx.commit().map_err(backend)?;
+    let etag = write_in(connection, container, pk, id, body, mode)?;
     Ok(Document {
         id: id.to_owned(),
         partition_key: pk.to_owned(),
@@ -365,7 +472,7 @@ fn write(
 }
 
 fn delete_in(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     container: &str,
     pk: &str,
     id: &str,
@@ -384,7 +491,7 @@ fn delete_in(
 }
 
 fn write_in(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     container: &str,
     pk: &str,
     id: &str,
@@ -535,12 +642,7 @@ impl DocumentStore for EmbeddedStore {
         let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
         let if_match = if_match.cloned();
         self.with_writer(move |connection| {
-            let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            delete_in(&tx, &container, &pk, &id, if_match.as_ref())?;
-            purge_expired(&tx)?;
-            tx.commit().map_err(backend)
+            delete_in(connection, &container, &pk, &id, if_match.as_ref())
         })
         .await
     }
@@ -554,23 +656,20 @@ impl DocumentStore for EmbeddedStore {
         check_batch_size(&operations)?;
         super::check_batch_bytes(&operations)?;
         let (container, pk) = (container.to_owned(), pk.to_owned());
-        self.with_writer(move |connection| {
-            // Dropping the transaction on an early return rolls every operation back.
-            let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+        // An early return fails the job, whose savepoint then rolls every operation back.
+        self.with_writer(move |tx| {
             let mut etags = Vec::with_capacity(operations.len());
             for operation in &operations {
                 let etag = match operation {
                     BatchOp::Create { id, body } => {
-                        Some(write_in(&tx, &container, &pk, id, body, WriteMode::Create)?)
+                        Some(write_in(tx, &container, &pk, id, body, WriteMode::Create)?)
                     }
                     BatchOp::CreateExpiring {
                         id,
                         body,
                         ttl_seconds,
                     } => Some(write_in(
-                        &tx,
+                        tx,
                         &container,
                         &pk,
                         id,
@@ -578,7 +677,7 @@ impl DocumentStore for EmbeddedStore {
                         WriteMode::CreateExpiring(*ttl_seconds),
                     )?),
                     BatchOp::Replace { id, body, if_match } => Some(write_in(
-                        &tx,
+                        tx,
                         &container,
                         &pk,
                         id,
@@ -586,17 +685,15 @@ impl DocumentStore for EmbeddedStore {
                         WriteMode::Replace(if_match.as_ref()),
                     )?),
                     BatchOp::Upsert { id, body } => {
-                        Some(write_in(&tx, &container, &pk, id, body, WriteMode::Upsert)?)
+                        Some(write_in(tx, &container, &pk, id, body, WriteMode::Upsert)?)
                     }
                     BatchOp::Delete { id, if_match } => {
-                        delete_in(&tx, &container, &pk, id, if_match.as_ref())?;
+                        delete_in(tx, &container, &pk, id, if_match.as_ref())?;
                         None
                     }
                 };
                 etags.push(etag);
             }
-            purge_expired(&tx)?;
-            tx.commit().map_err(backend)?;
             Ok(etags)
         })
         .await
@@ -760,14 +857,12 @@ impl DocumentStore for EmbeddedStore {
                 connection
                     .execute_batch(
                         "CREATE TABLE IF NOT EXISTS space_probe (filler BLOB);
-                         BEGIN IMMEDIATE;
-                         INSERT INTO space_probe VALUES (zeroblob(8192));
-                         COMMIT;",
+                         INSERT INTO space_probe VALUES (zeroblob(8192));",
                     )
-                    .map_err(|error| {
-                        let _ = connection.execute_batch("ROLLBACK");
-                        backend(error)
-                    })?;
+                    .map_err(backend)
+            })
+            .await?;
+            self.with_writer(|connection| {
                 connection
                     .execute_batch("DELETE FROM space_probe")
                     .map_err(backend)
@@ -791,7 +886,7 @@ mod tests {
     use super::*;
 
     fn rows(store: &EmbeddedStore) -> i64 {
-        let connection = store.inner.writer.lock().unwrap();
+        let connection = open_connection(&store.inner.path, Durability::Normal, true).unwrap();
         connection
             .query_row("SELECT COUNT(*) FROM documents", [], |row| row.get(0))
             .unwrap()
