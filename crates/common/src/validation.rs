@@ -370,6 +370,18 @@ impl Fields {
     }
 }
 
+/// `limit` of a list request: 1 to 100, 20 when absent.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(20),
+        Some(limit @ 1..=100) => Ok(limit),
+        Some(_) => Err(ApiError::validation(vec![FieldError::new(
+            "limit",
+            "must be between 1 and 100",
+        )])),
+    }
+}
+
 /// A JSON number that is a whole number: `3`, and also `3.0`, which JSON Schema counts as
 /// an integer too (a client's float serializer may write it so). `3.5` or exponents are not.
 fn whole_number(text: &str) -> Result<i64, ()> {

@@ -13,30 +13,10 @@ pub struct OrdersSettings {
 }
 
 /// Where and how orders calls the catalog's versioned API.
-#[derive(Debug, Clone, Deserialize)]
-pub struct CatalogPeer {
-    pub url: String,
-    pub timeout_ms: u64,
-    pub attempts: u32,
-}
+pub type CatalogPeer = common::outbound::PeerSettings;
 
 impl OrdersSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.catalog.url.starts_with("http://") && !self.catalog.url.starts_with("https://") {
-            return Err(ConfigError::key(
-                "catalog.url",
-                "must be an http:// or https:// URL",
-            ));
-        }
-        if self.catalog.attempts == 0 {
-            return Err(ConfigError::key("catalog.attempts", "must be at least 1"));
-        }
-        if self.catalog.timeout_ms == 0 {
-            return Err(ConfigError::key(
-                "catalog.timeout_ms",
-                "must be greater than 0",
-            ));
-        }
-        Ok(())
+        self.catalog.validate("catalog")
     }
 }

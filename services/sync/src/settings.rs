@@ -35,12 +35,7 @@ pub struct ConnectorSettings {
 }
 
 /// Where and how sync calls the catalog.
-#[derive(Debug, Clone, Deserialize)]
-pub struct CatalogPeer {
-    pub url: String,
-    pub timeout_ms: u64,
-    pub attempts: u32,
-}
+pub type CatalogPeer = common::outbound::PeerSettings;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct FilesSettings {
@@ -68,21 +63,7 @@ pub struct ImportSettings {
 
 impl SyncSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.catalog.url.starts_with("http://") && !self.catalog.url.starts_with("https://") {
-            return Err(ConfigError::key(
-                "catalog.url",
-                "must be an http:// or https:// URL",
-            ));
-        }
-        if self.catalog.attempts == 0 {
-            return Err(ConfigError::key("catalog.attempts", "must be at least 1"));
-        }
-        if self.catalog.timeout_ms == 0 {
-            return Err(ConfigError::key(
-                "catalog.timeout_ms",
-                "must be greater than 0",
-            ));
-        }
+        self.catalog.validate("catalog")?;
         if !(1..=1000).contains(&self.imports.batch_size) {
             return Err(ConfigError::key("imports.batch_size", "must be 1 to 1000"));
         }

@@ -128,6 +128,42 @@ impl ServiceTokens {
     }
 }
 
+/// Where and how a service calls a peer's versioned API (a service's own section, e.g.
+/// orders' and sync's `[catalog]`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PeerSettings {
+    pub url: String,
+    /// Per attempt.
+    pub timeout_ms: u64,
+    pub attempts: u32,
+}
+
+impl PeerSettings {
+    /// Checks the section named `section`.
+    pub fn validate(&self, section: &str) -> Result<(), crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
+            return Err(ConfigError::key(
+                &format!("{section}.url"),
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.attempts == 0 {
+            return Err(ConfigError::key(
+                &format!("{section}.attempts"),
+                "must be at least 1",
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::key(
+                &format!("{section}.timeout_ms"),
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The pause before attempt `attempt` (2, 3, ...): exponential from 50 ms, capped at 3.2 s,
 /// with up to half again of jitter so that retrying callers spread out.
 pub fn backoff(attempt: u32) -> Duration {

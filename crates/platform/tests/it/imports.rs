@@ -92,28 +92,14 @@ async fn a_feed_reaches_the_catalog_and_bad_rows_are_reported_by_line() {
     assert_eq!(errors, [(252, "sku"), (253, "price"), (254, "onHand")]);
 
     // In the catalog, with the stock counted.
-    let product: Value = platform
-        .http
-        .get(format!("{}/v2/products/IMP-42", platform.catalog_url))
-        .bearer_auth(&platform.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let product = platform
+        .get_json(format!("{}/v2/products/IMP-42", platform.catalog_url))
+        .await;
     assert_eq!(product["price"]["amount"], "43.50");
     assert_eq!(product["description"], "Made, with care");
-    let stock: Value = platform
-        .http
-        .get(format!("{}/v2/products/IMP-42/stock", platform.catalog_url))
-        .bearer_auth(&platform.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stock = platform
+        .get_json(format!("{}/v2/products/IMP-42/stock", platform.catalog_url))
+        .await;
     assert_eq!(stock["onHand"], 0);
 
     // The same feed again changes nothing, and says so.
@@ -131,16 +117,9 @@ async fn a_feed_reaches_the_catalog_and_bad_rows_are_reported_by_line() {
     );
 
     // Newest first.
-    let list: Value = platform
-        .http
-        .get(format!("{}/v1/imports?limit=1", platform.sync_url))
-        .bearer_auth(&platform.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = platform
+        .get_json(format!("{}/v1/imports?limit=1", platform.sync_url))
+        .await;
     assert_eq!(list["items"][0]["id"], again["id"]);
     assert!(list["continuation"].is_string());
     platform.stop().await;
@@ -159,16 +138,9 @@ async fn dropped_feeds_are_imported_and_what_is_no_feed_fails_with_its_reason() 
     std::fs::write(incoming.join("notes.txt"), "hello").unwrap();
     std::fs::write(incoming.join("wrong.csv"), "id,title\n1,x\n").unwrap();
     let all_ended = eventually(Duration::from_secs(30), || async {
-        let list: Value = platform
-            .http
-            .get(format!("{}/v1/imports", platform.sync_url))
-            .bearer_auth(&platform.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = platform
+            .get_json(format!("{}/v1/imports", platform.sync_url))
+            .await;
         let items = list["items"].as_array().cloned().unwrap_or_default();
         items.len() == 3
             && items
@@ -177,16 +149,9 @@ async fn dropped_feeds_are_imported_and_what_is_no_feed_fails_with_its_reason() 
     })
     .await;
     assert!(all_ended, "the dropped files were not all imported");
-    let list: Value = platform
-        .http
-        .get(format!("{}/v1/imports", platform.sync_url))
-        .bearer_auth(&platform.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = platform
+        .get_json(format!("{}/v1/imports", platform.sync_url))
+        .await;
     let by_name = |name: &str| {
         list["items"]
             .as_array()
@@ -215,16 +180,9 @@ async fn dropped_feeds_are_imported_and_what_is_no_feed_fails_with_its_reason() 
     );
     // Taken files leave the watched folder.
     assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
-    let yen: Value = platform
-        .http
-        .get(format!("{}/v2/products/J-2", platform.catalog_url))
-        .bearer_auth(&platform.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let yen = platform
+        .get_json(format!("{}/v2/products/J-2", platform.catalog_url))
+        .await;
     assert_eq!(
         yen["price"],
         serde_json::json!({"amount": "3", "currency": "JPY"})

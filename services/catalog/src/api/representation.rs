@@ -1,7 +1,7 @@
 //! How products look on the wire in each API version, and how drafts are read from bodies.
 
+use common::ApiError;
 use common::validation::{Fields, JsonObject};
-use common::{ApiError, FieldError};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
@@ -340,14 +340,4 @@ pub fn path_sku(text: &str) -> Result<Sku, ApiError> {
     Sku::parse(text).map_err(|_| ApiError::not_found(format!("product {text}")))
 }
 
-/// `limit` for lists: 1..=100, 20 when absent.
-pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
-    match limit {
-        None => Ok(20),
-        Some(limit @ 1..=100) => Ok(limit),
-        Some(_) => Err(ApiError::validation(vec![FieldError::new(
-            "limit",
-            "must be between 1 and 100",
-        )])),
-    }
-}
+pub use common::validation::page_limit;

@@ -276,16 +276,7 @@ pub async fn list(
             )])
         })?),
     };
-    let limit = match limit {
-        None => 20,
-        Some(limit @ 1..=100) => limit,
-        Some(_) => {
-            return Err(ApiError::validation(vec![FieldError::new(
-                "limit",
-                "must be between 1 and 100",
-            )]));
-        }
-    };
+    let limit = common::validation::page_limit(limit)?;
     let page = orders
         .list(customer_id.as_deref(), status, limit, continuation)
         .await?;

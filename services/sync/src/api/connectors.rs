@@ -258,10 +258,7 @@ pub async fn pause(
     connectors: web::Data<Connectors>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require(ADMIN_SCOPE)?;
-    known_id(&id)?;
-    let (connector, etag) = connectors.set_paused(&id, true).await?;
-    Ok(answer(StatusCode::OK, &connector, &etag))
+    set_paused(principal, connectors, id, true).await
 }
 
 /// Deliver to a connector again, starting with what was queued meanwhile.
@@ -273,9 +270,18 @@ pub async fn resume(
     connectors: web::Data<Connectors>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    set_paused(principal, connectors, id, false).await
+}
+
+async fn set_paused(
+    principal: Principal,
+    connectors: web::Data<Connectors>,
+    id: web::Path<String>,
+    paused: bool,
+) -> Result<HttpResponse, ApiError> {
     principal.require(ADMIN_SCOPE)?;
     known_id(&id)?;
-    let (connector, etag) = connectors.set_paused(&id, false).await?;
+    let (connector, etag) = connectors.set_paused(&id, paused).await?;
     Ok(answer(StatusCode::OK, &connector, &etag))
 }
 
@@ -382,16 +388,7 @@ pub async fn reconciliations(
         limit,
         continuation,
     } = params.into_inner();
-    let limit = match limit {
-        None => 20,
-        Some(limit @ 1..=100) => limit,
-        Some(_) => {
-            return Err(ApiError::validation(vec![FieldError::new(
-                "limit",
-                "must be between 1 and 100",
-            )]));
-        }
-    };
+    let limit = common::validation::page_limit(limit)?;
     let (reports, continuation) = reconciler
         .reports(limit, continuation)
         .await

@@ -251,16 +251,7 @@ pub async fn list(
         limit,
         continuation,
     } = params.into_inner();
-    let limit = match limit {
-        None => 20,
-        Some(limit @ 1..=100) => limit,
-        Some(_) => {
-            return Err(ApiError::validation(vec![FieldError::new(
-                "limit",
-                "must be between 1 and 100",
-            )]));
-        }
-    };
+    let limit = common::validation::page_limit(limit)?;
     let page = imports.list(limit, continuation).await?;
     Ok(HttpResponse::Ok().json(ImportPage {
         items: page.jobs.iter().map(view).collect(),
