@@ -89,7 +89,7 @@ pub async fn run(target: &Target, file: &Path, progress: bool) -> anyhow::Result
         ProgressBar::hidden()
     };
     bar.set_style(ProgressStyle::with_template(
-        "importing {bar:40} {pos}/{len} rows {per_sec} eta {eta} {msg}",
+        "importing {bar:40} {human_pos}/{human_len} rows  {msg}  eta {eta}",
     )?);
     loop {
         let job: Value = http
@@ -103,8 +103,14 @@ pub async fn run(target: &Target, file: &Path, progress: bool) -> anyhow::Result
         if let Some(total) = job["total"].as_u64() {
             bar.set_length(total);
         }
-        bar.set_position(job["processed"].as_u64().unwrap_or(0));
-        bar.set_message(format!("({} failed)", job["failed"].as_u64().unwrap_or(0)));
+        let processed = job["processed"].as_u64().unwrap_or(0);
+        bar.set_position(processed);
+        let seconds = bar.elapsed().as_secs_f64().max(0.001);
+        bar.set_message(format!(
+            "{:.0} rows/s, {} failed",
+            processed as f64 / seconds,
+            job["failed"].as_u64().unwrap_or(0)
+        ));
         if matches!(job["state"].as_str(), Some("completed" | "failed")) {
             bar.finish_and_clear();
             return Ok(job);
