@@ -158,36 +158,11 @@ impl Catalog {
                 Err(other) => return Err(other.into()),
             }
         }
-        for _ in 0..ATTEMPTS {
-            let (current, etag) = self.stock_record(sku).await?;
-            if current.on_hand == on_hand {
-                return Ok(false);
-            }
-            let counted = current.count(on_hand)?;
-            let body = to_json(&counted)?;
-            let written = match &etag {
-                Some(etag) => {
-                    self.store()
-                        .replace(STOCK, STOCK_PARTITION, sku.as_str(), body, Some(etag))
-                        .await
-                }
-                None => {
-                    self.store()
-                        .create(STOCK, STOCK_PARTITION, sku.as_str(), body)
-                        .await
-                }
-            };
-            match written {
-                Ok(_) => {
-                    self.notify_views();
-                    return Ok(true);
-                }
-                Err(
-                    StoreError::PreconditionFailed | StoreError::Conflict | StoreError::NotFound,
-                ) => {}
-                Err(other) => return Err(other.into()),
-            }
+        let (current, _) = self.stock_record(sku).await?;
+        if current.on_hand == on_hand {
+            return Ok(false);
         }
-        Err(CatalogError::Contended(sku.as_str().to_owned()))
+        self.record_count(sku, on_hand, None).await?;
+        Ok(true)
     }
 }

@@ -320,6 +320,17 @@ impl Catalog {
         expected: Option<&ETag>,
     ) -> Result<(Stock, ETag), CatalogError> {
         self.product(sku).await?;
+        self.record_count(sku, on_hand, expected).await
+    }
+
+    /// Writes a stock count on the SKU's stock record (whose product is known to exist):
+    /// with `expected`, only over that version; without, again after losing a race.
+    pub(crate) async fn record_count(
+        &self,
+        sku: &Sku,
+        on_hand: i64,
+        expected: Option<&ETag>,
+    ) -> Result<(Stock, ETag), CatalogError> {
         for _ in 0..STOCK_UPDATE_ATTEMPTS {
             let (current, etag) = self.stock_record(sku).await?;
             if expected.is_some_and(|expected| Some(expected) != etag.as_ref()) {

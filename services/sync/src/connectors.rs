@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::bus::CloudEvent;
+use common::clock::now_ms;
 use common::outbound::targets::{self, TargetError};
 use common::store::{ETag, Query, QueryScope, SharedStore, StoreError};
 use hmac::Mac;
@@ -46,10 +47,6 @@ pub enum ConnectorError {
     Target(#[from] TargetError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 fn now_us() -> i64 {

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::clock::now_ms;
 use common::files::{ByteStream, FileError, SharedFiles};
 use common::store::{ETag, Query, QueryScope, SharedStore, StoreError};
 use futures::TryStreamExt;
 use serde_json::Value;
-use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -38,10 +38,6 @@ pub enum ImportError {
     Files(#[from] FileError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 fn to_json(job: &ImportJob) -> Result<Value, ImportError> {

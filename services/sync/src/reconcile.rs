@@ -8,11 +8,11 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use common::clock::now_ms;
 use common::outbound::targets;
 use common::store::{Query, QueryScope, SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::catalog_client::{CatalogCallError, CatalogClient};
@@ -33,10 +33,6 @@ pub enum ReconcileError {
     Connectors(#[from] ConnectorError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 /// A SKU whose stock differed between a source and the catalog.
@@ -363,14 +359,7 @@ pub async fn run_timer(
 
 /// The document a report is shown as.
 pub fn report_view(report: &Report) -> Value {
-    let at = |ms: i64| {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .ok()
-            .and_then(|at| {
-                at.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-    };
+    let at = common::clock::rfc3339;
     serde_json::json!({
         "id": report.id,
         "trigger": report.trigger,

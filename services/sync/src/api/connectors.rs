@@ -342,11 +342,7 @@ pub async fn status(
         serde_json::json!({
             "eventId": event_id,
             "type": figures.last_event_type,
-            "at": figures.last_delivered_at.and_then(|ms| {
-                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                    .ok()
-                    .and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok())
-            }),
+            "at": figures.last_delivered_at.and_then(common::clock::rfc3339),
         })
     });
     Ok(HttpResponse::Ok().json(StatusView {

@@ -9,8 +9,6 @@ use common::files::FileError;
 use common::{ApiError, ErrorCode, FieldError};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
 use super::ADMIN_SCOPE;
@@ -66,10 +64,7 @@ pub struct ImportView {
 }
 
 fn timestamp(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|at| at.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    common::clock::rfc3339(ms).unwrap_or_default()
 }
 
 fn view(job: &ImportJob) -> ImportView {
