@@ -41,13 +41,15 @@ pub type CatalogPeer = common::outbound::PeerSettings;
 pub struct FilesSettings {
     pub kind: FilesKind,
     pub folder: String,
+    pub blob: common::files::blob::BlobSettings,
 }
 
-/// Where files live. (Azure Blob Storage is the next adapter of the file port.)
+/// Where files live: a folder, or an Azure Blob Storage container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FilesKind {
     Folder,
+    Blob,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +91,9 @@ impl SyncSettings {
                 format!("is not a cron expression: {reason}"),
             ));
         }
+        if self.files.kind == FilesKind::Blob {
+            self.check_blob()?;
+        }
         for (column, field) in &self.imports.columns {
             if !FIELDS.contains(&field.as_str()) {
                 return Err(ConfigError::key(
@@ -98,5 +103,75 @@ impl SyncSettings {
             }
         }
         Ok(())
+    }
+
+    fn check_blob(&self) -> Result<(), ConfigError> {
+        use common::files::blob::BlobCredentialKind;
+        let blob = &self.files.blob;
+        if url::Url::parse(&blob.endpoint).is_err() {
+            return Err(ConfigError::key(
+                "files.blob.endpoint",
+                "must be the account's blob endpoint, e.g. https://<account>.blob.core.windows.net",
+            ));
+        }
+        // Container names: 3-63 lower-case letters, digits and single hyphens.
+        let name_ok = (3..=63).contains(&blob.container.len())
+            && blob
+                .container
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !blob.container.starts_with('-')
+            && !blob.container.ends_with('-')
+            && !blob.container.contains("--");
+        if !name_ok {
+            return Err(ConfigError::key(
+                "files.blob.container",
+                "must be 3 to 63 lower-case letters, digits and single hyphens",
+            ));
+        }
+        if blob.credential == BlobCredentialKind::Sas && blob.sas.is_none() {
+            return Err(ConfigError::key(
+                "files.blob.sas",
+                "must be set (SYNC__FILES__BLOB__SAS) when files.blob.credential is `sas`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use common::config::Sources;
+    use common::runtime::Service;
+
+    use crate::startup::SyncService;
+
+    fn load_file(contents: &str) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sync.toml"), contents).unwrap();
+        let mut sources = Sources::defaults_only();
+        sources.config_dir = dir.path().to_path_buf();
+        SyncService::load(&sources)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_blob_sas_is_a_secret_and_the_blob_settings_are_checked() {
+        let error = load_file("[files.blob]\nsas = \"sv=2021&sig=leaked\"\n").unwrap_err();
+        assert!(
+            error.contains("files.blob.sas") && error.contains("environment"),
+            "{error}"
+        );
+        let error = load_file("[files]\nkind = \"blob\"\n[files.blob]\ncredential = \"sas\"\n")
+            .unwrap_err();
+        assert!(error.contains("files.blob.sas"), "{error}");
+        let error =
+            load_file("[files]\nkind = \"blob\"\n[files.blob]\ncontainer = \"Feeds_1\"\n").unwrap_err();
+        assert!(error.contains("files.blob.container"), "{error}");
+        let error = load_file("[files.blob]\ncontainr = \"feeds\"\n").unwrap_err();
+        assert!(error.contains("files.blob.container"), "{error}");
+        assert!(load_file("[files]\nkind = \"blob\"\n").is_ok());
     }
 }

@@ -11,6 +11,7 @@ use common::events::{
     ProductChanged, ProductDeleted, StockChanged,
 };
 use common::files::SharedFiles;
+use common::files::blob::BlobFiles;
 use common::files::folder::FolderFiles;
 use common::http::ServiceHandle;
 use common::runtime::{Dispatcher, Launch, Runtime, Service, ServiceDescriptor, SubscriptionSpec};
@@ -80,6 +81,7 @@ impl Service for SyncService {
     type Settings = SyncSettings;
     const DESCRIPTOR: &'static ServiceDescriptor = &DESCRIPTOR;
     const OWN_DEFAULTS: &'static str = DEFAULTS;
+    const OWN_SECRETS: &'static [&'static str] = &["files.blob.sas"];
 
     fn validate(own: &SyncSettings) -> Result<(), ConfigError> {
         own.validate()
@@ -126,6 +128,7 @@ pub async fn start(
             )?;
             Arc::new(folder)
         }
+        FilesKind::Blob => Arc::new(BlobFiles::connect(&own.files.blob).await?),
     };
     let mut runtime = Runtime::open(&DESCRIPTOR, settings, launch.bus).await?;
     let catalog = CatalogClient::from_settings(

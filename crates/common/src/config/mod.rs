@@ -284,14 +284,16 @@ impl Sources {
 impl Settings {
     /// Loads and validates the shared settings of a service that has none of its own.
     pub fn load(service: &str, sources: &Sources) -> Result<Settings, ConfigError> {
-        Ok(Self::load_with::<NoOwnSettings>(service, "", sources)?.0)
+        Ok(Self::load_with::<NoOwnSettings>(service, "", &[], sources)?.0)
     }
 
     /// Loads and validates one service's settings: the shared sections, and the service's
-    /// own (`S`, whose defaults are `own_defaults`). A key known to neither stops it here.
+    /// own (`S`, whose defaults are `own_defaults` and whose secrets, from the environment
+    /// only, are `own_secrets`). A key known to neither stops it here.
     pub fn load_with<S: DeserializeOwned>(
         service: &str,
         own_defaults: &str,
+        own_secrets: &[&str],
         sources: &Sources,
     ) -> Result<(Settings, S), ConfigError> {
         let mut shared_keys = KnownKeys::from_defaults(DEFAULTS)?;
@@ -299,6 +301,9 @@ impl Settings {
             shared_keys.add_leaf(secret);
         }
         let mut service_keys = KnownKeys::from_defaults(own_defaults)?;
+        for secret in own_secrets {
+            service_keys.add_leaf(secret);
+        }
         service_keys.merge(&shared_keys);
 
         let mut service_defaults = Config::builder();
@@ -320,7 +325,7 @@ impl Settings {
                 )
             })?;
             service_keys.check_table(&table, &file_path.display().to_string())?;
-            refuse_secrets_in_file(&file_path)?;
+            refuse_secrets_in_file(&file_path, own_secrets)?;
             builder = builder.add_source(File::from(file_path.as_path()).format(FileFormat::Toml));
         }
         if sources.environment {
@@ -532,11 +537,11 @@ fn environment(prefix: &str) -> Environment {
         .with_list_parse_key("bus.retry_backoff_ms")
 }
 
-fn refuse_secrets_in_file(path: &Path) -> Result<(), ConfigError> {
+fn refuse_secrets_in_file(path: &Path, own_secrets: &[&str]) -> Result<(), ConfigError> {
     let file = Config::builder()
         .add_source(File::from(path).format(FileFormat::Toml))
         .build()?;
-    for key in SECRET_KEYS {
+    for key in SECRET_KEYS.iter().chain(own_secrets) {
         if file.get_string(key).is_ok() {
             return Err(ConfigError::key(
                 key,
@@ -673,10 +678,10 @@ mod tests {
             overrides: vec![],
         };
         let own_defaults = "[peer]\nurl = \"http://default\"\n";
-        let (_, own) = Settings::load_with::<Own>("svc", own_defaults, &sources).unwrap();
+        let (_, own) = Settings::load_with::<Own>("svc", own_defaults, &[], &sources).unwrap();
         assert_eq!(own.peer.url, "http://x");
         std::fs::write(dir.path().join("svc.toml"), "[peer]\nurls = \"http://x\"\n").unwrap();
-        let error = Settings::load_with::<Own>("svc", own_defaults, &sources)
+        let error = Settings::load_with::<Own>("svc", own_defaults, &[], &sources)
             .unwrap_err()
             .to_string();
         assert!(

@@ -5,6 +5,7 @@
 //! Adapters: a folder on the embedded default ([`folder::FolderFiles`]), an Azure Blob
 //! Storage container on Azure. Names are `/`-separated relative paths of plain segments.
 
+pub mod blob;
 pub mod folder;
 
 use std::sync::Arc;

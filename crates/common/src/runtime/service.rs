@@ -17,6 +17,8 @@ pub trait Service: Send + Sync + 'static {
     const DESCRIPTOR: &'static ServiceDescriptor;
     /// Defaults of its own settings, as commented TOML.
     const OWN_DEFAULTS: &'static str;
+    /// Its own settings that hold secrets: taken from the environment only.
+    const OWN_SECRETS: &'static [&'static str] = &[];
 
     /// Opens the adapters, starts the background work and serves HTTP.
     fn start(
@@ -44,6 +46,7 @@ pub trait Service: Send + Sync + 'static {
         let (settings, own) = Settings::load_with::<Self::Settings>(
             Self::DESCRIPTOR.name,
             Self::OWN_DEFAULTS,
+            Self::OWN_SECRETS,
             &sources,
         )?;
         Self::validate(&own)?;

@@ -3,6 +3,7 @@
 // Test support: a broken fixture should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod azurite;
 pub mod fake_servicebus;
 
 use std::future::Future;

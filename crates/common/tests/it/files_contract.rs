@@ -1,5 +1,5 @@
 //! The file port's contract, run against every adapter: the folder here, Azure Blob Storage
-//! (on Azurite) where it is available.
+//! on Azurite, which the tests install and start themselves.
 
 use bytes::Bytes;
 use common::files::{ByteStream, FileError, FileStore, SharedFiles};
@@ -17,6 +17,24 @@ pub(crate) fn folder() -> FilesSubject {
     FilesSubject {
         files: Arc::new(files),
         _dir: Some(dir),
+    }
+}
+
+/// A fresh container in the process's Azurite, signed in with an account SAS.
+pub(crate) async fn blob() -> FilesSubject {
+    let azurite = common::testing::azurite::azurite();
+    let settings = common::files::blob::BlobSettings {
+        endpoint: azurite.endpoint.clone(),
+        container: format!("contract-{}", uuid::Uuid::new_v4().simple()),
+        credential: common::files::blob::BlobCredentialKind::Sas,
+        sas: Some(common::testing::azurite::account_sas().into()),
+    };
+    let files = common::files::blob::BlobFiles::connect(&settings)
+        .await
+        .unwrap();
+    FilesSubject {
+        files: Arc::new(files),
+        _dir: None,
     }
 }
 
@@ -40,6 +58,9 @@ macro_rules! files_contract {
     ($($name:ident),+ $(,)?) => {
         mod folder_adapter {
             $(#[tokio::test] async fn $name() { super::$name(super::folder().files.as_ref()).await; })+
+        }
+        mod blob_adapter {
+            $(#[tokio::test] async fn $name() { super::$name(super::blob().await.files.as_ref()).await; })+
         }
     };
 }

@@ -327,3 +327,83 @@ async fn a_killed_import_resumes_from_its_checkpoint_and_counts_every_row_once()
     assert!(resent <= 50, "more than one batch was sent again: {done}");
     assert_eq!(done["failed"], 0);
 }
+
+/// Sync keeping its feeds in an Azure Blob Storage container (on Azurite): a feed dropped
+/// under `incoming/` and an upload both reach the catalog, and the dropped blob is taken.
+#[tokio::test]
+async fn feeds_in_a_blob_container_are_imported() {
+    use common::files::FileStore;
+    use common::files::blob::{BlobCredentialKind, BlobFiles, BlobSettings};
+    use futures::StreamExt;
+
+    let azurite = common::testing::azurite::azurite();
+    let blob = BlobSettings {
+        endpoint: azurite.endpoint.clone(),
+        container: format!("feeds-{}", std::process::id()),
+        credential: BlobCredentialKind::Sas,
+        sas: Some(common::testing::azurite::account_sas().into()),
+    };
+    let mut overrides = import_overrides();
+    overrides.extend([
+        ("files.kind", "blob".to_owned()),
+        ("files.blob.endpoint", blob.endpoint.clone()),
+        ("files.blob.container", blob.container.clone()),
+        ("files.blob.credential", "sas".to_owned()),
+        ("files.blob.sas", common::testing::azurite::account_sas()),
+    ]);
+    let platform = Platform::launch(&["catalog", "sync"], &overrides, |_| {}, None).await;
+    let container = BlobFiles::connect(&blob).await.unwrap();
+    let dropped = bytes::Bytes::from(feed(120, "EUR"));
+    container
+        .put(
+            "incoming/erp.csv",
+            futures::stream::iter([Ok(dropped)]).boxed(),
+        )
+        .await
+        .unwrap();
+    let uploaded = upload(&platform, "shop.csv", "text/csv", feed(3, "USD")).await;
+    let uploaded = finished(
+        &platform.http,
+        &platform.sync_url,
+        &platform.token,
+        uploaded["id"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(uploaded["state"], "completed", "{uploaded}");
+
+    let taken = eventually(Duration::from_secs(30), || async {
+        let list = platform
+            .get_json(format!("{}/v1/imports", platform.sync_url))
+            .await;
+        list["items"].as_array().is_some_and(|items| {
+            items
+                .iter()
+                .any(|i| i["fileName"] == "erp.csv" && i["state"] == "completed")
+        })
+    })
+    .await;
+    assert!(taken, "the dropped blob was not imported");
+    let list = platform
+        .get_json(format!("{}/v1/imports", platform.sync_url))
+        .await;
+    let erp = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["fileName"] == "erp.csv")
+        .cloned()
+        .unwrap();
+    assert_eq!((&erp["total"], &erp["failed"]), (&120.into(), &0.into()));
+    assert_eq!(container.list("incoming/").await.unwrap(), []);
+    let product = platform
+        .get_json(format!("{}/v2/products/IMP-119", platform.catalog_url))
+        .await;
+    assert_eq!(product["price"]["amount"], "30.50");
+    // Feeds are deleted once their import ends.
+    let cleaned = eventually(Duration::from_secs(10), || async {
+        container.list("uploads/").await.unwrap().is_empty()
+    })
+    .await;
+    assert!(cleaned, "the imported feeds were kept");
+    platform.stop().await;
+}
