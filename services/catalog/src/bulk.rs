@@ -3,7 +3,8 @@
 //! nothing and says `unchanged`, so a caller that lost the answer sends the batch again.
 
 use common::store::StoreError;
-use futures::StreamExt;
+use std::collections::HashSet;
+
 use time::OffsetDateTime;
 
 use crate::catalog::{
@@ -11,8 +12,6 @@ use crate::catalog::{
 };
 use crate::domain::{Product, ProductDraft, Sku, Stock};
 
-/// Items written at once within a batch; each is a handful of store operations.
-const CONCURRENT_ITEMS: usize = 16;
 /// How often an item is tried again after losing a race to another writer of its SKU.
 const ATTEMPTS: usize = 16;
 
@@ -39,19 +38,174 @@ pub struct ItemRefused {
 }
 
 impl Catalog {
-    /// Upserts every item, in order of the answer (not of writing), several at once. An
+    /// Upserts every item, answering in the order given. The batch is read in one go,
+    /// written in one go (the store groups the writes), and only items that lost a race
+    /// with another writer, or repeat an earlier item's SKU, take the one-by-one path. An
     /// item's rule failures come back as its `Err`; a failure of the store ends the call:
     /// what was applied stays, and applying the batch again is safe.
     pub async fn upsert_products(
         &self,
         items: Vec<UpsertItem>,
     ) -> Result<Vec<Result<UpsertOutcome, ItemRefused>>, CatalogError> {
-        let outcomes: Vec<_> = futures::stream::iter(items)
-            .map(|item| self.upsert_product(item))
-            .buffered(CONCURRENT_ITEMS)
-            .collect()
-            .await;
-        outcomes.into_iter().collect()
+        // A SKU met again goes after the rest, in order, so that the last row wins.
+        let mut seen = HashSet::new();
+        let (first, repeats): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .enumerate()
+            .partition(|(_, item)| seen.insert(item.draft.sku.clone()));
+        let mut outcomes = vec![Ok(UpsertOutcome::Unchanged); first.len() + repeats.len()];
+        let products = self.put_products(&first).await?;
+        let stocks = self.put_stocks(&first, &products).await?;
+        for (((index, _), product), stock) in first.iter().zip(products).zip(stocks) {
+            outcomes[*index] = stock.map(|stock_changed| combine(product, stock_changed));
+        }
+        for (index, item) in repeats {
+            outcomes[index] = self.upsert_product(item).await?;
+        }
+        self.notify_views();
+        Ok(outcomes)
+    }
+
+    /// The products of `items` (distinct SKUs), each created, revised or left alone.
+    async fn put_products(
+        &self,
+        items: &[(usize, UpsertItem)],
+    ) -> Result<Vec<UpsertOutcome>, CatalogError> {
+        let keys: Vec<(String, String)> = items
+            .iter()
+            .map(|(_, item)| {
+                let sku = item.draft.sku.as_str().to_owned();
+                (sku.clone(), sku)
+            })
+            .collect();
+        let current = self.store().read_many(PRODUCTS, &keys).await?;
+        let now = OffsetDateTime::now_utc();
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut writes = Vec::new();
+        for ((index, (_, item)), document) in items.iter().enumerate().zip(current) {
+            let sku = item.draft.sku.as_str();
+            let planned = match document {
+                None => {
+                    let body = to_json(&Product::create(item.draft.clone(), now))?;
+                    Some((UpsertOutcome::Created, body, None))
+                }
+                Some(document) if is_tombstone(&document) => {
+                    let body = to_json(&Product::create(item.draft.clone(), now))?;
+                    Some((UpsertOutcome::Created, body, Some(document.etag)))
+                }
+                Some(document) => {
+                    let (product, etag): (Product, _) = document.into_model()?;
+                    if product.matches(&item.draft) {
+                        None
+                    } else {
+                        let body = to_json(&product.revise(item.draft.clone(), now))?;
+                        Some((UpsertOutcome::Updated, body, Some(etag)))
+                    }
+                }
+            };
+            match planned {
+                None => outcomes.push(UpsertOutcome::Unchanged),
+                Some((outcome, body, etag)) => {
+                    outcomes.push(outcome);
+                    let store = self.store();
+                    writes.push(async move {
+                        let written = match etag {
+                            None => store.create(PRODUCTS, sku, sku, body).await,
+                            Some(etag) => {
+                                store
+                                    .replace(PRODUCTS, sku, sku, body, Some(&etag))
+                                    .await
+                            }
+                        };
+                        (index, written)
+                    });
+                }
+            }
+        }
+        for (index, written) in futures::future::join_all(writes).await {
+            match written {
+                Ok(_) => {}
+                Err(StoreError::Conflict | StoreError::PreconditionFailed | StoreError::NotFound) => {
+                    // Another writer got in between: from a fresh read, on its own.
+                    outcomes[index] = self.put_product(items[index].1.draft.clone()).await?;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// The stock counts of `items` (distinct SKUs) whose feed gives one; per item, whether
+    /// the count changed, or why it was refused.
+    async fn put_stocks(
+        &self,
+        items: &[(usize, UpsertItem)],
+        products: &[UpsertOutcome],
+    ) -> Result<Vec<Result<bool, ItemRefused>>, CatalogError> {
+        let refused = |rule: crate::domain::StockError| ItemRefused {
+            field: "onHand",
+            reason: rule.to_string(),
+        };
+        let mut changed = vec![Ok(false); items.len()];
+        // A product just created has no stock record (a deleted one's went with it): one
+        // create each. Those found there after all, and the existing products' records,
+        // are read together and counted where the count differs.
+        let mut creates = Vec::new();
+        let mut to_read = Vec::new();
+        for (index, ((_, item), product)) in items.iter().zip(products).enumerate() {
+            let Some(on_hand) = item.on_hand else {
+                continue;
+            };
+            if *product != UpsertOutcome::Created {
+                to_read.push(index);
+                continue;
+            }
+            match Stock::empty(item.draft.sku.clone()).count(on_hand) {
+                Ok(counted) => {
+                    let body = to_json(&counted)?;
+                    let (store, sku) = (self.store(), item.draft.sku.as_str());
+                    creates.push(async move {
+                        (index, store.create(STOCK, STOCK_PARTITION, sku, body).await)
+                    });
+                }
+                Err(rule) => changed[index] = Err(refused(rule)),
+            }
+        }
+        for (index, created) in futures::future::join_all(creates).await {
+            match created {
+                Ok(_) => changed[index] = Ok(true),
+                Err(StoreError::Conflict) => to_read.push(index),
+                Err(other) => return Err(other.into()),
+            }
+        }
+        let keys: Vec<(String, String)> = to_read
+            .iter()
+            .map(|&index| {
+                let sku = items[index].1.draft.sku.as_str().to_owned();
+                (STOCK_PARTITION.to_owned(), sku)
+            })
+            .collect();
+        let current = self.store().read_many(STOCK, &keys).await?;
+        let mut counts = Vec::new();
+        for (&index, document) in to_read.iter().zip(current) {
+            let on_hand = items[index].1.on_hand.unwrap_or_default();
+            let counted = match document {
+                Some(document) => document.into_model::<Stock>()?.0.on_hand,
+                None => 0,
+            };
+            if counted != on_hand {
+                let sku = &items[index].1.draft.sku;
+                counts.push(async move { (index, self.record_count(sku, on_hand, None).await) });
+            }
+        }
+        for (index, counted) in futures::future::join_all(counts).await {
+            changed[index] = match counted {
+                Ok(_) => Ok(true),
+                Err(CatalogError::Stock(rule)) => Err(refused(rule)),
+                Err(other) => return Err(other),
+            };
+        }
+        Ok(changed)
     }
 
     async fn upsert_product(
@@ -77,11 +231,7 @@ impl Catalog {
             },
             None => false,
         };
-        Ok(Ok(match (product, stock_changed) {
-            (UpsertOutcome::Created, _) => UpsertOutcome::Created,
-            (UpsertOutcome::Unchanged, false) => UpsertOutcome::Unchanged,
-            _ => UpsertOutcome::Updated,
-        }))
+        Ok(Ok(combine(product, stock_changed)))
     }
 
     /// Writes the product unless it already says the same; races with other writers of the
@@ -164,5 +314,14 @@ impl Catalog {
         }
         self.record_count(sku, on_hand, None).await?;
         Ok(true)
+    }
+}
+
+/// An item's outcome from its product's and whether its stock count changed.
+fn combine(product: UpsertOutcome, stock_changed: bool) -> UpsertOutcome {
+    match (product, stock_changed) {
+        (UpsertOutcome::Created, _) => UpsertOutcome::Created,
+        (UpsertOutcome::Unchanged, false) => UpsertOutcome::Unchanged,
+        _ => UpsertOutcome::Updated,
     }
 }

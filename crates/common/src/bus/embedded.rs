@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS published (
     published_at INTEGER NOT NULL,
     PRIMARY KEY (topic, message_id)
 );
+-- Expired ids are found by age: without it each publish scans every id in the window.
+CREATE INDEX IF NOT EXISTS published_expiry ON published (published_at);
 CREATE TABLE IF NOT EXISTS deliveries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -201,7 +203,9 @@ fn decode(text: &str) -> Result<Message, BusError> {
     })
 }
 
-/// Applies a settlement to the delivery holding `lock`, if the lock is still held.
+/// Applies a settlement to the delivery holding `lock`, if the lock is still held. `sql`
+/// names the lock index (`INDEXED BY deliveries_lock`): left to itself SQLite prefers the
+/// subscription's index and walks every delivery the subscription holds.
 fn settle(
     connection: &Connection,
     topic: &str,
@@ -214,10 +218,10 @@ fn settle(
     let mut values: Vec<&dyn rusqlite::ToSql> = vec![&topic, &subscription, &lock.0, &now];
     values.extend_from_slice(extra);
     let changed = connection
-        .execute(
-            &format!("{sql} WHERE topic = ?1 AND subscription = ?2 AND lock_token = ?3 AND locked_until > ?4 AND dead = 0"),
-            values.as_slice(),
-        )
+        .prepare_cached(&format!(
+            "{sql} WHERE topic = ?1 AND subscription = ?2 AND lock_token = ?3 AND locked_until > ?4 AND dead = 0"
+        ))
+        .and_then(|mut statement| statement.execute(values.as_slice()))
         .map_err(backend)?;
     if changed == 1 {
         Ok(())
@@ -291,34 +295,34 @@ impl EventBus for EmbeddedBus {
                 let window_start = now - millis(inner.duplicate_window);
                 let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
                 let seen: Option<i64> = tx
-                    .query_row(
-                        "SELECT published_at FROM published WHERE topic = ?1 AND message_id = ?2",
-                        params![topic, id],
-                        |row| row.get(0),
-                    )
-                    .optional()
+                    .prepare_cached("SELECT published_at FROM published WHERE topic = ?1 AND message_id = ?2")
+                    .and_then(|mut statement| {
+                        statement.query_row(params![topic, id], |row| row.get(0)).optional()
+                    })
                     .map_err(backend)?;
                 if seen.is_some_and(|at| at > window_start) {
                     return Ok(false);
                 }
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO published (topic, message_id, published_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT (topic, message_id) DO UPDATE SET published_at = excluded.published_at",
-                    params![topic, id, now],
                 )
+                .and_then(|mut statement| statement.execute(params![topic, id, now]))
                 .map_err(backend)?;
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR IGNORE INTO deliveries (topic, subscription, message_id, message, available_at)
                      SELECT topic, name, ?2, ?3, ?4 FROM subscriptions WHERE topic = ?1
                        AND (event_types IS NULL OR EXISTS (SELECT 1 FROM json_each(event_types) WHERE value = ?5))",
-                    params![topic, id, text, available_at, event_type],
                 )
+                .and_then(|mut statement| {
+                    statement.execute(params![topic, id, text, available_at, event_type])
+                })
                 .map_err(backend)?;
                 // Forget ids that left the window, a few at a time.
-                tx.execute(
+                tx.prepare_cached(
                     "DELETE FROM published WHERE rowid IN (SELECT rowid FROM published WHERE published_at < ?1 LIMIT 100)",
-                    params![window_start],
                 )
+                .and_then(|mut statement| statement.execute(params![window_start]))
                 .map_err(backend)?;
                 tx.commit().map_err(backend)?;
                 Ok(true)
@@ -370,10 +374,10 @@ impl EventBus for EmbeddedBus {
                     continue;
                 }
                 let token = uuid::Uuid::new_v4().to_string();
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE deliveries SET delivery_count = delivery_count + 1, lock_token = ?2, locked_until = ?3 WHERE seq = ?1",
-                    params![seq, token, now + lock_ms],
                 )
+                .and_then(|mut statement| statement.execute(params![seq, token, now + lock_ms]))
                 .map_err(backend)?;
                 deliveries.push(Delivery {
                     message: decode(&text)?,
@@ -400,7 +404,7 @@ impl EventBus for EmbeddedBus {
                 &topic,
                 &subscription,
                 &lock,
-                "DELETE FROM deliveries",
+                "DELETE FROM deliveries INDEXED BY deliveries_lock",
                 &[],
             )
         })
@@ -423,7 +427,7 @@ impl EventBus for EmbeddedBus {
                 &topic,
                 &subscription,
                 &lock,
-                "UPDATE deliveries SET lock_token = NULL, locked_until = NULL, available_at = ?5",
+                "UPDATE deliveries INDEXED BY deliveries_lock SET lock_token = NULL, locked_until = NULL, available_at = ?5",
                 &[&available_at],
             )
         })
@@ -448,7 +452,7 @@ impl EventBus for EmbeddedBus {
                 &topic,
                 &subscription,
                 &lock,
-                "UPDATE deliveries SET dead = 1, lock_token = NULL, locked_until = NULL, dead_reason = ?5, dead_description = ?6",
+                "UPDATE deliveries INDEXED BY deliveries_lock SET dead = 1, lock_token = NULL, locked_until = NULL, dead_reason = ?5, dead_description = ?6",
                 &[&reason, &description],
             )
         })

@@ -561,6 +561,38 @@ impl DocumentStore for EmbeddedStore {
         .await
     }
 
+    async fn read_many(
+        &self,
+        container: &str,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Option<Document>>, StoreError> {
+        let container = container.to_owned();
+        let keys = keys.to_vec();
+        // One hop to a reader for the lot, one prepared statement.
+        self.with_reader(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT body, seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3
+                     AND (expires_at IS NULL OR expires_at > ?4)",
+                )
+                .map_err(backend)?;
+            let now = now_ms();
+            keys.into_iter()
+                .map(|(pk, id)| {
+                    let row = statement
+                        .query_row(params![container, pk, id, now], |row| {
+                            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                        })
+                        .optional()
+                        .map_err(backend)?;
+                    row.map(|(body, seq)| to_document(pk, id, body, seq))
+                        .transpose()
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn find_by_id(&self, container: &str, id: &str) -> Result<Option<Document>, StoreError> {
         let (container, id) = (container.to_owned(), id.to_owned());
         self.with_reader(move |connection| {

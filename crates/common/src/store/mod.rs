@@ -317,6 +317,9 @@ impl BatchOp {
     }
 }
 
+/// Point reads in flight at once in the default [`DocumentStore::read_many`].
+const READ_MANY_CONCURRENCY: usize = 32;
+
 /// Most operations one batch may hold (Cosmos DB's transactional batch limit).
 pub const MAX_BATCH_OPERATIONS: usize = 100;
 
@@ -471,6 +474,26 @@ pub trait DocumentStore: Send + Sync + 'static {
         pk: &str,
         id: &str,
     ) -> Result<Option<Document>, StoreError>;
+
+    /// Point reads of many items at once (`(pk, id)` each), answered in the order asked;
+    /// `None` where an item does not exist. Not a snapshot: each read is a point read.
+    async fn read_many(
+        &self,
+        container: &str,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Option<Document>>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(READ_MANY_CONCURRENCY) {
+            let mut reads = Vec::with_capacity(chunk.len());
+            for (pk, id) in chunk {
+                reads.push(self.read(container, pk, id));
+            }
+            for read in futures::future::join_all(reads).await {
+                found.push(read?);
+            }
+        }
+        Ok(found)
+    }
 
     /// The item with this id in whichever partition holds it (ids unique across the
     /// container by the caller's convention); the first found otherwise.

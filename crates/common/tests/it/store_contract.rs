@@ -166,6 +166,7 @@ contract!(
     create_then_read_round_trips,
     create_twice_conflicts,
     read_of_missing_is_none,
+    read_many_answers_in_the_order_asked,
     replace_with_current_etag_succeeds_and_changes_etag,
     replace_with_stale_etag_fails,
     replace_of_missing_is_not_found,
@@ -222,6 +223,33 @@ async fn read_of_missing_is_none(store: &SharedStore) {
         store.read(THINGS, "p1", &unique("missing")).await.unwrap(),
         None
     );
+}
+
+async fn read_many_answers_in_the_order_asked(store: &SharedStore) {
+    let (a, b) = (unique("a"), unique("b"));
+    let created_a = store.create(THINGS, "p1", &a, json!({"n": 1})).await.unwrap();
+    let created_b = store.create(THINGS, "p2", &b, json!({"n": 2})).await.unwrap();
+    let keys = [
+        ("p2".to_owned(), b.clone()),
+        ("p1".to_owned(), unique("missing")),
+        ("p2".to_owned(), a.clone()),
+        ("p1".to_owned(), a.clone()),
+    ];
+    let found = store.read_many(THINGS, &keys).await.unwrap();
+    let summary: Vec<Option<(String, serde_json::Value, common::store::ETag)>> = found
+        .into_iter()
+        .map(|d| d.map(|d| (d.id, d.body, d.etag)))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            Some((b, json!({"n": 2}), created_b.etag)),
+            None,
+            None,
+            Some((a, json!({"n": 1}), created_a.etag)),
+        ]
+    );
+    assert_eq!(store.read_many(THINGS, &[]).await.unwrap(), []);
 }
 
 async fn replace_with_current_etag_succeeds_and_changes_etag(store: &SharedStore) {
