@@ -5,7 +5,7 @@
 //! same event to duplicate detection and to idempotent consumers.
 
 use async_trait::async_trait;
-use common::bus::{BusError, CloudEvent, Message, SharedBus};
+use common::bus::{CloudEvent, Message, SharedBus};
 use common::events::{
     EventType, PriceV1, ProductChanged, ProductChangedV1, ProductDeleted, ProductDeletedV1,
     StockChanged, StockChangedV1,
@@ -88,18 +88,24 @@ async fn publish_all(
     changes: Vec<Document>,
     event_of: fn(&Document) -> Result<Option<CloudEvent>, FeedError>,
 ) -> Result<(), FeedError> {
+    let mut skus = Vec::with_capacity(changes.len());
+    let mut messages = Vec::with_capacity(changes.len());
     for document in &changes {
-        let Some(event) = event_of(document)? else {
-            continue;
-        };
-        let topic = common::bus::topics::CATALOG;
-        let message = Message::new(event).with_correlation_id(document.id.clone());
-        match bus.publish(topic, message).await {
-            Ok(()) => {}
-            Err(BusError::Rejected(reason)) => {
-                tracing::error!(sku = %document.id, %reason, "a change event was refused by the bus; it is skipped");
-            }
-            Err(other) => return Err(FeedError::Transient(other.to_string())),
+        if let Some(event) = event_of(document)? {
+            skus.push(document.id.as_str());
+            messages.push(Message::new(event).with_correlation_id(document.id.clone()));
+        }
+    }
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let outcomes = bus
+        .publish_many(common::bus::topics::CATALOG, messages)
+        .await
+        .map_err(|e| FeedError::Transient(e.to_string()))?;
+    for (sku, outcome) in skus.into_iter().zip(outcomes) {
+        if let Err(reason) = outcome {
+            tracing::error!(%sku, %reason, "a change event was refused by the bus; it is skipped");
         }
     }
     Ok(())

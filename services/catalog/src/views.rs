@@ -29,6 +29,8 @@ const LOCATOR_ID: &str = "locator";
 const LOCATOR_KIND: &str = "view-locator";
 /// Attempts of one refresh that keeps losing races to other writers.
 const ATTEMPTS: usize = 16;
+/// SKUs a rebuild refreshes at once (and reports progress after).
+const REBUILD_CHUNK: usize = 1000;
 
 fn locator_partition(sku: &str) -> String {
     format!("locator:{sku}")
@@ -80,6 +82,16 @@ pub struct RebuildReport {
     pub views: usize,
 }
 
+/// What a view is built from, read for one refresh.
+struct ViewSources {
+    /// The category of the product when first read: where the view's version was read.
+    category: String,
+    existing: Option<Document>,
+    /// The product read again after the view's version (`None`: deleted meanwhile).
+    product: Option<Product>,
+    stock: Option<Stock>,
+}
+
 pub struct ProductViews {
     store: SharedStore,
     signal: FeedSignal,
@@ -103,50 +115,134 @@ impl ProductViews {
         }
     }
 
-    async fn product(&self, sku: &str) -> Result<Option<Product>, StoreError> {
-        match self.store.read(PRODUCTS, sku, sku).await? {
-            Some(document) if document.body.get("kind").is_none() => {
-                Ok(Some(document.into_model::<Product>()?.0))
-            }
-            // Absent, or the tombstone of a deleted product.
-            _ => Ok(None),
-        }
+    /// The products of `skus`, `None` where absent or deleted (a tombstone).
+    async fn products(&self, skus: &[&str]) -> Result<Vec<Option<Product>>, StoreError> {
+        let keys: Vec<(String, String)> = skus
+            .iter()
+            .map(|sku| ((*sku).to_owned(), (*sku).to_owned()))
+            .collect();
+        self.store
+            .read_many(PRODUCTS, &keys)
+            .await?
+            .into_iter()
+            .map(|found| match found {
+                Some(document) if document.body.get("kind").is_none() => {
+                    Ok(Some(document.into_model::<Product>()?.0))
+                }
+                _ => Ok(None),
+            })
+            .collect()
     }
 
-    async fn stock(&self, sku: &str) -> Result<Option<Stock>, StoreError> {
-        match self.store.read(STOCK, STOCK_PARTITION, sku).await? {
-            Some(document) => Ok(Some(document.into_model::<Stock>()?.0)),
-            None => Ok(None),
-        }
+    async fn stocks(&self, skus: &[&str]) -> Result<Vec<Option<Stock>>, StoreError> {
+        let keys: Vec<(String, String)> = skus
+            .iter()
+            .map(|sku| (STOCK_PARTITION.to_owned(), (*sku).to_owned()))
+            .collect();
+        self.store
+            .read_many(STOCK, &keys)
+            .await?
+            .into_iter()
+            .map(|found| {
+                found
+                    .map(|document| Ok(document.into_model::<Stock>()?.0))
+                    .transpose()
+            })
+            .collect()
     }
 
     /// Builds the view of `sku` again from its product and stock.
     pub async fn refresh(&self, sku: &str) -> Result<(), StoreError> {
+        self.refresh_many(&[sku.to_owned()]).await
+    }
+
+    /// Builds the views of `skus` again from their products and stock: read together,
+    /// written together; a SKU whose view lost a race with another writer is built again
+    /// on its own.
+    pub async fn refresh_many(&self, skus: &[String]) -> Result<(), StoreError> {
         let _one_at_a_time = self.refreshing.lock().await;
+        let mut pending: Vec<&str> = skus.iter().map(String::as_str).collect();
         for _ in 0..ATTEMPTS {
-            match self.try_refresh(sku).await {
-                Ok(()) => return Ok(()),
-                Err(StoreError::PreconditionFailed | StoreError::Conflict) => continue,
+            if pending.is_empty() {
+                return Ok(());
+            }
+            pending = self.try_refresh(&pending).await?;
+        }
+        match pending.first() {
+            None => Ok(()),
+            Some(sku) => Err(StoreError::Unavailable(
+                (format!("the view of {sku} kept changing under the refresh")).into(),
+            )),
+        }
+    }
+
+    /// One attempt for every SKU; returns those that lost a race.
+    async fn try_refresh<'a>(&self, skus: &[&'a str]) -> Result<Vec<&'a str>, StoreError> {
+        let locator_keys: Vec<(String, String)> = skus
+            .iter()
+            .map(|sku| (locator_partition(sku), LOCATOR_ID.to_owned()))
+            .collect();
+        let locators = self.store.read_many(PRODUCT_VIEWS, &locator_keys).await?;
+        let probes = self.products(skus).await?;
+        // The versions the writes will be guarded by, read before the sources they are
+        // built from.
+        let present: Vec<(usize, String)> = probes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, probe)| probe.as_ref().map(|p| (index, p.category.clone())))
+            .collect();
+        let view_keys: Vec<(String, String)> = present
+            .iter()
+            .map(|(index, category)| (category.clone(), skus[*index].to_owned()))
+            .collect();
+        let existing = self.store.read_many(PRODUCT_VIEWS, &view_keys).await?;
+        let present_skus: Vec<&str> = present.iter().map(|(index, _)| skus[*index]).collect();
+        let products = self.products(&present_skus).await?;
+        let stocks = self.stocks(&present_skus).await?;
+        let mut sources: Vec<Option<ViewSources>> = (0..skus.len()).map(|_| None).collect();
+        for ((((index, category), existing), product), stock) in
+            present.into_iter().zip(existing).zip(products).zip(stocks)
+        {
+            sources[index] = Some(ViewSources {
+                category,
+                existing,
+                product,
+                stock,
+            });
+        }
+        let writes = skus
+            .iter()
+            .zip(locators)
+            .zip(sources)
+            .map(|((sku, locator), sources)| async move {
+                (*sku, self.write_view(sku, locator, sources).await)
+            });
+        let mut raced = Vec::new();
+        for (sku, written) in futures::future::join_all(writes).await {
+            match written {
+                Ok(()) => {}
+                Err(StoreError::PreconditionFailed | StoreError::Conflict) => raced.push(sku),
                 Err(other) => return Err(other),
             }
         }
-        Err(StoreError::Unavailable(
-            (format!("the view of {sku} kept changing under the refresh")).into(),
-        ))
+        Ok(raced)
     }
 
-    async fn try_refresh(&self, sku: &str) -> Result<(), StoreError> {
+    /// Writes the view of `sku` from what was read (`sources`: `None` when the product
+    /// is absent), and moves it when its category changed.
+    async fn write_view(
+        &self,
+        sku: &str,
+        locator: Option<Document>,
+        sources: Option<ViewSources>,
+    ) -> Result<(), StoreError> {
         let locator_pk = locator_partition(sku);
-        let locator = self
-            .store
-            .read(PRODUCT_VIEWS, &locator_pk, LOCATOR_ID)
-            .await?;
         let old_category = locator
             .as_ref()
             .and_then(|l| l.body.get("category"))
             .and_then(|c| c.as_str())
             .map(str::to_owned);
-        let Some(probe) = self.product(sku).await? else {
+        let Some(sources) = sources else {
             if let Some(category) = &old_category {
                 ignore_missing(self.store.delete(PRODUCT_VIEWS, category, sku, None).await)?;
             }
@@ -159,16 +255,19 @@ impl ProductViews {
             }
             return Ok(());
         };
-        let category = probe.category;
-        // The version the write will be guarded by, read before the sources it is built from.
-        let existing = self.store.read(PRODUCT_VIEWS, &category, sku).await?;
-        let Some(product) = self.product(sku).await? else {
+        let ViewSources {
+            category,
+            existing,
+            product,
+            stock,
+        } = sources;
+        let Some(product) = product else {
             return Err(StoreError::PreconditionFailed);
         };
         if product.category != category {
             return Err(StoreError::PreconditionFailed);
         }
-        let view = ProductView::of(&product, self.stock(sku).await?.as_ref());
+        let view = ProductView::of(&product, stock.as_ref());
         let body = serde_json::to_value(&view).map_err(serialization)?;
         match existing {
             Some(current) if current.body == body => {}
@@ -220,18 +319,21 @@ impl ProductViews {
             }
         })
         .await?;
-        for (done, sku) in skus.iter().enumerate() {
-            self.refresh(sku).await?;
-            if (done + 1) % 1000 == 0 {
-                progress(done + 1);
-            }
+        let skus: Vec<String> = skus.into_iter().collect();
+        let mut done = 0;
+        for chunk in skus.chunks(REBUILD_CHUNK) {
+            self.refresh_many(chunk).await?;
+            done += chunk.len();
+            progress(done);
         }
         // Views under a category their product is not in (or of no product at all) that
         // no locator leads to: removed, unless they changed since they were read.
         for view in written {
             let belongs = self
-                .product(&view.id)
+                .products(&[view.id.as_str()])
                 .await?
+                .pop()
+                .flatten()
                 .is_some_and(|p| p.category == view.partition_key);
             if !belongs {
                 match self
@@ -328,14 +430,11 @@ async fn refresh_all(
     views: &ProductViews,
     skus: impl IntoIterator<Item = String>,
 ) -> Result<(), FeedError> {
-    let distinct: BTreeSet<String> = skus.into_iter().collect();
-    for sku in distinct {
-        views
-            .refresh(&sku)
-            .await
-            .map_err(|e| FeedError::Transient(format!("refreshing the view of {sku}: {e}")))?;
-    }
-    Ok(())
+    let distinct: Vec<String> = skus.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+    views
+        .refresh_many(&distinct)
+        .await
+        .map_err(|e| FeedError::Transient(format!("refreshing the views: {e}")))
 }
 
 /// Follows `products`: every item there is a product or its tombstone, id = SKU.

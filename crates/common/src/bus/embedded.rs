@@ -230,6 +230,100 @@ fn settle(
     }
 }
 
+/// A message ready to be stored: checked for size, serialized, its delivery time known.
+struct Outgoing {
+    id: String,
+    event_type: String,
+    text: String,
+    available_at: i64,
+}
+
+impl Outgoing {
+    fn of(message: Message) -> Result<Self, BusError> {
+        let text = serde_json::to_string(&StoredMessage {
+            event: message.event.clone(),
+            correlation_id: message.correlation_id.clone(),
+            properties: message.properties.clone(),
+        })
+        .map_err(|e| BusError::Backend((e.to_string()).into()))?;
+        if text.len() > super::MAX_MESSAGE_BYTES {
+            return Err(BusError::Rejected(
+                (format!(
+                    "the message is {} bytes; at most {} are accepted",
+                    text.len(),
+                    super::MAX_MESSAGE_BYTES
+                ))
+                .into(),
+            ));
+        }
+        let available_at = message
+            .scheduled_for
+            // Rounded up: a scheduled message is never delivered early.
+            .map(|at| {
+                let nanos = (at - OffsetDateTime::UNIX_EPOCH).whole_nanoseconds();
+                i64::try_from((nanos + 999_999) / 1_000_000).unwrap_or(i64::MAX)
+            })
+            .unwrap_or_else(now_ms);
+        Ok(Self {
+            id: message.event.id,
+            event_type: message.event.event_type,
+            text,
+            available_at,
+        })
+    }
+}
+
+/// Stores `outgoing` for every subscription of `topic` within `tx`; false when its id was
+/// published within the duplicate-detection window (it is dropped).
+fn publish_in(
+    tx: &rusqlite::Transaction<'_>,
+    inner: &Inner,
+    topic: &str,
+    outgoing: &Outgoing,
+) -> Result<bool, BusError> {
+    let now = now_ms();
+    let window_start = now - millis(inner.duplicate_window);
+    let seen: Option<i64> = tx
+        .prepare_cached("SELECT published_at FROM published WHERE topic = ?1 AND message_id = ?2")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![topic, outgoing.id], |row| row.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    if seen.is_some_and(|at| at > window_start) {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "INSERT INTO published (topic, message_id, published_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (topic, message_id) DO UPDATE SET published_at = excluded.published_at",
+    )
+    .and_then(|mut statement| statement.execute(params![topic, outgoing.id, now]))
+    .map_err(backend)?;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO deliveries (topic, subscription, message_id, message, available_at)
+         SELECT topic, name, ?2, ?3, ?4 FROM subscriptions WHERE topic = ?1
+           AND (event_types IS NULL OR EXISTS (SELECT 1 FROM json_each(event_types) WHERE value = ?5))",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![
+            topic,
+            outgoing.id,
+            outgoing.text,
+            outgoing.available_at,
+            outgoing.event_type
+        ])
+    })
+    .map_err(backend)?;
+    // Forget ids that left the window, a few at a time.
+    tx.prepare_cached(
+        "DELETE FROM published WHERE rowid IN (SELECT rowid FROM published WHERE published_at < ?1 LIMIT 100)",
+    )
+    .and_then(|mut statement| statement.execute(params![window_start]))
+    .map_err(backend)?;
+    Ok(true)
+}
+
 #[async_trait]
 impl EventBus for EmbeddedBus {
     async fn ensure_subscription(
@@ -262,76 +356,59 @@ impl EventBus for EmbeddedBus {
     }
 
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
+        let outgoing = Outgoing::of(message)?;
         let topic = topic.to_owned();
-        let text = serde_json::to_string(&StoredMessage {
-            event: message.event.clone(),
-            correlation_id: message.correlation_id.clone(),
-            properties: message.properties.clone(),
-        })
-        .map_err(|e| BusError::Backend((e.to_string()).into()))?;
-        if text.len() > super::MAX_MESSAGE_BYTES {
-            return Err(BusError::Rejected(
-                (format!(
-                    "the message is {} bytes; at most {} are accepted",
-                    text.len(),
-                    super::MAX_MESSAGE_BYTES
-                ))
-                .into(),
-            ));
-        }
-        let available_at = message
-            .scheduled_for
-            // Rounded up: a scheduled message is never delivered early.
-            .map(|at| {
-                let nanos = (at - OffsetDateTime::UNIX_EPOCH).whole_nanoseconds();
-                i64::try_from((nanos + 999_999) / 1_000_000).unwrap_or(i64::MAX)
-            })
-            .unwrap_or_else(now_ms);
-        let id = message.event.id.clone();
-        let event_type = message.event.event_type.clone();
         let published = self
             .run(move |connection, inner| {
-                let now = now_ms();
-                let window_start = now - millis(inner.duplicate_window);
-                let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-                let seen: Option<i64> = tx
-                    .prepare_cached("SELECT published_at FROM published WHERE topic = ?1 AND message_id = ?2")
-                    .and_then(|mut statement| {
-                        statement.query_row(params![topic, id], |row| row.get(0)).optional()
-                    })
+                let tx = connection
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                if seen.is_some_and(|at| at > window_start) {
-                    return Ok(false);
-                }
-                tx.prepare_cached(
-                    "INSERT INTO published (topic, message_id, published_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (topic, message_id) DO UPDATE SET published_at = excluded.published_at",
-                )
-                .and_then(|mut statement| statement.execute(params![topic, id, now]))
-                .map_err(backend)?;
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO deliveries (topic, subscription, message_id, message, available_at)
-                     SELECT topic, name, ?2, ?3, ?4 FROM subscriptions WHERE topic = ?1
-                       AND (event_types IS NULL OR EXISTS (SELECT 1 FROM json_each(event_types) WHERE value = ?5))",
-                )
-                .and_then(|mut statement| {
-                    statement.execute(params![topic, id, text, available_at, event_type])
-                })
-                .map_err(backend)?;
-                // Forget ids that left the window, a few at a time.
-                tx.prepare_cached(
-                    "DELETE FROM published WHERE rowid IN (SELECT rowid FROM published WHERE published_at < ?1 LIMIT 100)",
-                )
-                .and_then(|mut statement| statement.execute(params![window_start]))
-                .map_err(backend)?;
+                let published = publish_in(&tx, inner, &topic, &outgoing)?;
                 tx.commit().map_err(backend)?;
-                Ok(true)
+                Ok(published)
             })
             .await?;
         if published {
             self.inner.wake();
         }
         Ok(())
+    }
+
+    async fn publish_many(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Result<(), BusError>>, BusError> {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut accepted = Vec::with_capacity(messages.len());
+        for message in messages {
+            match Outgoing::of(message) {
+                Ok(outgoing) => {
+                    accepted.push(outgoing);
+                    outcomes.push(Ok(()));
+                }
+                Err(refused) => outcomes.push(Err(refused)),
+            }
+        }
+        let topic = topic.to_owned();
+        // One transaction for the lot: one commit in place of one per message.
+        let published = self
+            .run(move |connection, inner| {
+                let tx = connection
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                let mut any = false;
+                for outgoing in &accepted {
+                    any |= publish_in(&tx, inner, &topic, outgoing)?;
+                }
+                tx.commit().map_err(backend)?;
+                Ok(any)
+            })
+            .await?;
+        if published {
+            self.inner.wake();
+        }
+        Ok(outcomes)
     }
 
     async fn receive(
@@ -407,6 +484,32 @@ impl EventBus for EmbeddedBus {
                 "DELETE FROM deliveries INDEXED BY deliveries_lock",
                 &[],
             )
+        })
+        .await
+    }
+
+    async fn complete_many(
+        &self,
+        topic: &str,
+        subscription: &str,
+        locks: &[LockToken],
+    ) -> Result<Vec<Result<(), BusError>>, BusError> {
+        let (topic, subscription, locks) = (topic.to_owned(), subscription.to_owned(), locks.to_vec());
+        // One transaction for the lot: one commit in place of one per message.
+        self.run(move |connection, _| {
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let mut outcomes = Vec::with_capacity(locks.len());
+            for lock in &locks {
+                match settle(&tx, &topic, &subscription, lock, "DELETE FROM deliveries INDEXED BY deliveries_lock", &[]) {
+                    Err(BusError::LockLost) => outcomes.push(Err(BusError::LockLost)),
+                    Err(other) => return Err(other),
+                    Ok(()) => outcomes.push(Ok(())),
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(outcomes)
         })
         .await
     }

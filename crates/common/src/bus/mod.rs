@@ -147,6 +147,25 @@ pub trait EventBus: Send + Sync + 'static {
     /// duplicate-detection window is accepted and dropped.
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError>;
 
+    /// Publishes each message as [`EventBus::publish`] would, in order; each message's
+    /// refusal ([`BusError::Rejected`]) is its own. Any other error ends the call: some
+    /// messages may be published, and publishing them again is safe (duplicate detection).
+    async fn publish_many(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Result<(), BusError>>, BusError> {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            match self.publish(topic, message).await {
+                Err(BusError::Rejected(reason)) => outcomes.push(Err(BusError::Rejected(reason))),
+                Err(other) => return Err(other),
+                Ok(()) => outcomes.push(Ok(())),
+            }
+        }
+        Ok(outcomes)
+    }
+
     /// Up to `max` messages, each locked for the subscription's lock duration.
     async fn receive(
         &self,
@@ -162,6 +181,25 @@ pub trait EventBus: Send + Sync + 'static {
         subscription: &str,
         lock: &LockToken,
     ) -> Result<(), BusError>;
+
+    /// Completes each message, in order; each answer is its own (a lost lock is that
+    /// message's [`BusError::LockLost`]). Any other error ends the call.
+    async fn complete_many(
+        &self,
+        topic: &str,
+        subscription: &str,
+        locks: &[LockToken],
+    ) -> Result<Vec<Result<(), BusError>>, BusError> {
+        let mut outcomes = Vec::with_capacity(locks.len());
+        for lock in locks {
+            match self.complete(topic, subscription, lock).await {
+                Err(BusError::LockLost) => outcomes.push(Err(BusError::LockLost)),
+                Err(other) => return Err(other),
+                Ok(()) => outcomes.push(Ok(())),
+            }
+        }
+        Ok(outcomes)
+    }
 
     /// Releases the lock; the message is delivered again after `delay`.
     async fn abandon(

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::{Delivery, Message, SharedBus};
+use super::{Delivery, LockToken, Message, SharedBus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -92,9 +92,13 @@ pub fn spawn_worker(
             match received {
                 Ok(deliveries) if !deliveries.is_empty() => {
                     failures = 0;
+                    let mut handled = Vec::with_capacity(deliveries.len());
                     for delivery in deliveries {
-                        handle_one(&bus, &settings, handler.as_ref(), delivery).await;
+                        if let Some(lock) = handle_one(&bus, &settings, handler.as_ref(), delivery).await {
+                            handled.push(lock);
+                        }
                     }
+                    complete_all(&bus, &settings, &handled).await;
                 }
                 Ok(_) => {
                     // Another process may publish too: the poll interval bounds the wait.
@@ -126,12 +130,35 @@ pub fn spawn_worker(
     })
 }
 
+/// Completes the messages of a received batch that were handled, together.
+async fn complete_all(bus: &SharedBus, settings: &WorkerSettings, locks: &[LockToken]) {
+    if locks.is_empty() {
+        return;
+    }
+    let (topic, subscription) = (&settings.topic, &settings.subscription);
+    match bus.complete_many(topic, subscription, locks).await {
+        Ok(outcomes) => {
+            let lost = outcomes.iter().filter(|o| o.is_err()).count();
+            if lost > 0 {
+                // Their locks expired while the batch was handled: they come again, and
+                // handlers are idempotent.
+                tracing::warn!(lost, %topic, %subscription, "could not complete some handled messages");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, %topic, %subscription, "could not complete the handled messages; they come again");
+        }
+    }
+}
+
+/// Handles one message and settles it unless it was handled: then its lock is returned,
+/// to be completed with the rest of the batch.
 async fn handle_one(
     bus: &SharedBus,
     settings: &WorkerSettings,
     handler: &dyn MessageHandler,
     delivery: Delivery,
-) {
+) -> Option<LockToken> {
     let event = &delivery.message.event;
     let span = tracing::info_span!(
         "bus.handle",
@@ -166,7 +193,7 @@ async fn handle_one(
         let settled = match outcome {
             Ok(Ok(())) => {
                 tracing::Span::current().record("outcome", "completed");
-                bus.complete(topic, subscription, lock).await
+                return Some(lock.clone());
             }
             Ok(Err(HandlerError::Permanent(reason))) => {
                 tracing::Span::current().record("outcome", "dead-lettered");
@@ -202,7 +229,8 @@ async fn handle_one(
             // are idempotent.
             tracing::warn!(%error, "could not settle the message");
         }
+        None
     }
     .instrument(span)
-    .await;
+    .await
 }

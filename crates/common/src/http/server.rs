@@ -163,6 +163,10 @@ where
                 |_| AppConfig::default(),
             ));
         fn_service(|stream: TcpStream| async move {
+            // Nagle's algorithm holds the tail of a large answer until the client's delayed
+            // ACK (40 ms on Linux): every bulk answer paid it. actix-http would set this on
+            // its own listener; this one is ours.
+            let _ = stream.set_nodelay(true);
             let peer = stream.peer_addr().ok();
             Ok((ProblemConnection::new(stream), Protocol::Http1, peer))
         })

@@ -146,6 +146,8 @@ macro_rules! contract {
 }
 
 contract!(
+    publish_many_publishes_each_and_refuses_each_on_its_own,
+    complete_many_completes_each_and_reports_a_lost_lock_on_its_own,
     every_subscription_gets_a_copy,
     completed_messages_are_gone,
     duplicate_ids_are_dropped,
@@ -280,6 +282,65 @@ async fn a_message_over_the_size_limit_is_rejected(bus: &SharedBus, topic: &str)
     }
     bus.publish(topic, event(1)).await.unwrap();
     assert_eq!(bus.receive(topic, "a", 10).await.unwrap().len(), 1);
+}
+
+async fn publish_many_publishes_each_and_refuses_each_on_its_own(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "a", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let huge = Message::new(CloudEvent::new(
+        "tests",
+        "tests.thing.happened.v1",
+        "huge",
+        json!({"blob": "x".repeat(common::bus::MAX_MESSAGE_BYTES)}),
+    ));
+    // The repeat of event 1 is dropped as a duplicate, within the call as across calls.
+    let (one, two) = (event(1), event(2));
+    let outcomes = bus
+        .publish_many(topic, vec![one.clone(), huge, two.clone(), one])
+        .await
+        .unwrap();
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok() && outcomes[3].is_ok());
+    assert!(matches!(outcomes[1], Err(BusError::Rejected(_))));
+    bus.publish_many(topic, vec![two]).await.unwrap();
+    assert!(bus.publish_many(topic, vec![]).await.unwrap().is_empty());
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < until {
+        for delivery in bus.receive(topic, "a", 10).await.unwrap() {
+            seen.push(delivery.message.event.subject.clone().unwrap_or_default());
+            bus.complete(topic, "a", &delivery.lock).await.unwrap();
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["thing-1", "thing-2"]);
+    assert!(bus.receive(topic, "a", 10).await.unwrap().is_empty());
+}
+
+async fn complete_many_completes_each_and_reports_a_lost_lock_on_its_own(
+    bus: &SharedBus,
+    topic: &str,
+) {
+    bus.ensure_subscription(topic, "a", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish_many(topic, vec![event(1), event(2), event(3)])
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while held.len() < 3 && Instant::now() < until {
+        held.extend(bus.receive(topic, "a", 10).await.unwrap());
+    }
+    assert_eq!(held.len(), 3);
+    // The second one's lock is gone (completed already): only it says so.
+    bus.complete(topic, "a", &held[1].lock).await.unwrap();
+    let locks: Vec<_> = held.iter().map(|d| d.lock.clone()).collect();
+    let outcomes = bus.complete_many(topic, "a", &locks).await.unwrap();
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+    assert!(matches!(outcomes[1], Err(BusError::LockLost)), "{outcomes:?}");
+    assert!(bus.complete_many(topic, "a", &[]).await.unwrap().is_empty());
+    assert!(bus.receive(topic, "a", 10).await.unwrap().is_empty());
 }
 
 async fn every_subscription_gets_a_copy(bus: &SharedBus, topic: &str) {
