@@ -145,7 +145,8 @@ fn group_commit(connection: Connection, queue: std::sync::mpsc::Receiver<WriteJo
                 }
                 open = true;
             }
-            let savepoint = connection.execute_batch("SAVEPOINT job");
+            // Cached statements: the writer runs these for every job.
+            let savepoint = run_cached(&connection, "SAVEPOINT job");
             let (ok, deliver) = job(&connection);
             if connection.is_autocommit() {
                 // The failure rolled the whole transaction back (SQLite does on a full
@@ -166,12 +167,11 @@ fn group_commit(connection: Connection, queue: std::sync::mpsc::Receiver<WriteJo
                 continue;
             }
             if savepoint.is_ok() {
-                let end = if ok {
-                    "RELEASE job"
+                let _ = if ok {
+                    run_cached(&connection, "RELEASE job")
                 } else {
-                    "ROLLBACK TO job; RELEASE job"
+                    connection.execute_batch("ROLLBACK TO job; RELEASE job")
                 };
-                let _ = connection.execute_batch(end);
             }
             waiting.push(deliver);
         }
@@ -411,12 +411,17 @@ fn serialize(body: &Json) -> Result<String, StoreError> {
 }
 
 fn next_seq(tx: &Connection) -> Result<i64, StoreError> {
-    tx.query_row(
-        "UPDATE sequence SET value = value + 1 WHERE name = 'documents' RETURNING value",
-        [],
-        |row| row.get(0),
-    )
-    .map_err(backend)
+    tx.prepare_cached("UPDATE sequence SET value = value + 1 WHERE name = 'documents' RETURNING value")
+        .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+        .map_err(backend)
+}
+
+/// Runs a statement without parameters, kept prepared.
+fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([]))
+        .map(|_| ())
 }
 
 fn current_seq(
@@ -426,12 +431,14 @@ fn current_seq(
     id: &str,
 ) -> Result<Option<i64>, StoreError> {
     let found: Option<(i64, Option<i64>)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT seq, expires_at FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
-            params![container, pk, id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
         )
-        .optional()
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![container, pk, id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        })
         .map_err(backend)?;
     match found {
         Some((_, Some(expires_at))) if expires_at <= now_ms() => {
