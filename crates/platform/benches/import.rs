@@ -72,7 +72,7 @@ async fn import(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let rows = env_number("IMPORT_ROWS", 100_000);
-    let batch = env_number("IMPORT_BATCH", 500);
+    let batch = env_number("IMPORT_BATCH", 1000);
     let dir = tempfile::tempdir()?;
     let feed = dir.path().join("feed.csv");
     {

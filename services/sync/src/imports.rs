@@ -5,7 +5,7 @@
 //! Container `imports`: one item per job, id = partition key = job id (jobs are few and
 //! written by one instance at a time; listing them is a cross-partition query by time).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,22 @@ pub const IMPORTS: &str = "imports";
 pub const INCOMING: &str = "incoming/";
 /// Where accepted feeds are kept while they are imported.
 const UPLOADS: &str = "uploads/";
+
+/// A batch sent to the catalog, not yet recorded.
+struct InFlight {
+    answer: tokio::task::JoinHandle<Result<Vec<RowOutcome>, CatalogCallError>>,
+    checkpoint: Checkpoint,
+    skus: HashSet<String>,
+}
+
+/// What recording a batch's answer led to.
+enum Recorded {
+    /// Saved with the job, now at this version.
+    Saved(ETag),
+    /// The import stops here: `true` when it is over (ended, or another instance holds
+    /// it), `false` when it waits for the catalog.
+    Over(bool),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -316,42 +332,119 @@ impl Imports {
             };
         }
         let mut batches = self.read_batches(&job, format).await?;
-        while let Some(batch) = batches.recv().await {
+        // Several batches in flight (`imports.batches_in_flight`): the catalog works on some
+        // while the answers to others are recorded. Answers are taken in order, so the checkpoint only ever moves past
+        // batches that were applied; a batch that shares a SKU with one in flight waits for
+        // it, so that the later row still wins.
+        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(self.settings.batches_in_flight);
+        let mut exhausted = false;
+        loop {
             if *stop.borrow() {
                 return Ok(false);
             }
-            let (rows, checkpoint) = match batch {
-                Ok(batch) => batch,
-                Err(FeedError::NotAFeed(reason)) => {
-                    job.fail(reason, now_ms());
-                    self.finish(&mut job, &etag).await?;
-                    return Ok(true);
-                }
-                Err(FeedError::Io(error)) => {
-                    return Err(ImportError::Files(FileError::Source(error.to_string())));
-                }
-            };
-            match self.apply(rows).await {
-                Ok(outcomes) => outcomes.into_iter().for_each(|o| job.record(o)),
-                Err(CatalogCallError::Unavailable(reason)) => {
-                    tracing::warn!(%reason, "the catalog is unavailable; the import waits");
-                    return Ok(false);
-                }
-                Err(CatalogCallError::Refused(reason)) => {
-                    job.fail(format!("the catalog refused a batch: {reason}"), now_ms());
-                    self.finish(&mut job, &etag).await?;
-                    return Ok(true);
+            if !exhausted && in_flight.len() < self.settings.batches_in_flight {
+                match batches.recv().await {
+                    Some(Ok((rows, checkpoint))) => {
+                        let skus: HashSet<String> =
+                            rows.iter().filter_map(|row| row.sku.clone()).collect();
+                        // Sent once those before it are answered.
+                        if in_flight.iter().any(|batch| !batch.skus.is_disjoint(&skus))
+                            && let Some(over) =
+                                self.record_all(&mut job, &mut etag, &mut in_flight).await?
+                        {
+                            return Ok(over);
+                        }
+                        let imports = self.clone();
+                        in_flight.push_back(InFlight {
+                            answer: tokio::spawn(async move { imports.apply(rows).await }),
+                            checkpoint,
+                            skus,
+                        });
+                        continue;
+                    }
+                    Some(Err(error)) => {
+                        // What was sent is recorded first.
+                        if let Some(over) =
+                            self.record_all(&mut job, &mut etag, &mut in_flight).await?
+                        {
+                            return Ok(over);
+                        }
+                        match error {
+                            FeedError::NotAFeed(reason) => {
+                                job.fail(reason, now_ms());
+                                self.finish(&mut job, &etag).await?;
+                                return Ok(true);
+                            }
+                            FeedError::Io(error) => {
+                                return Err(ImportError::Files(FileError::Source(
+                                    error.to_string(),
+                                )));
+                            }
+                        }
+                    }
+                    None => exhausted = true,
                 }
             }
-            job.checkpoint = Some(checkpoint);
-            etag = match self.save(&mut job, &etag).await? {
-                Some(etag) => etag,
-                None => return Ok(true),
+            let Some(batch) = in_flight.pop_front() else {
+                break;
             };
+            match self.record(&mut job, &etag, batch).await? {
+                Recorded::Saved(saved) => etag = saved,
+                Recorded::Over(over) => return Ok(over),
+            }
         }
         job.complete(now_ms());
         self.finish(&mut job, &etag).await?;
         Ok(true)
+    }
+
+    /// Takes the catalog's answer to a batch: its rows' outcomes and its checkpoint are
+    /// saved with the job.
+    async fn record(
+        &self,
+        job: &mut ImportJob,
+        etag: &ETag,
+        batch: InFlight,
+    ) -> Result<Recorded, ImportError> {
+        let answer = batch.answer.await.unwrap_or_else(|error| {
+            Err(CatalogCallError::Unavailable(format!(
+                "the batch was lost: {error}"
+            )))
+        });
+        match answer {
+            Ok(outcomes) => outcomes.into_iter().for_each(|o| job.record(o)),
+            Err(CatalogCallError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "the catalog is unavailable; the import waits");
+                return Ok(Recorded::Over(false));
+            }
+            Err(CatalogCallError::Refused(reason)) => {
+                job.fail(format!("the catalog refused a batch: {reason}"), now_ms());
+                self.finish(job, etag).await?;
+                return Ok(Recorded::Over(true));
+            }
+        }
+        job.checkpoint = Some(batch.checkpoint);
+        Ok(match self.save(job, etag).await? {
+            Some(etag) => Recorded::Saved(etag),
+            None => Recorded::Over(true),
+        })
+    }
+
+    /// Records every batch in flight, in order; `Some` when the import stops (see
+    /// [`Recorded::Over`]).
+    async fn record_all(
+        &self,
+        job: &mut ImportJob,
+        etag: &mut ETag,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<Option<bool>, ImportError> {
+        while let Some(batch) = in_flight.pop_front() {
+            match self.record(job, etag, batch).await? {
+                Recorded::Saved(saved) => *etag = saved,
+                Recorded::Over(over) => return Ok(Some(over)),
+            }
+        }
+        Ok(None)
     }
 
     async fn finish(&self, job: &mut ImportJob, etag: &ETag) -> Result<(), ImportError> {

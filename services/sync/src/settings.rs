@@ -55,6 +55,7 @@ pub enum FilesKind {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImportSettings {
     pub batch_size: usize,
+    pub batches_in_flight: usize,
     pub poll_interval_ms: u64,
     pub settle_ms: u64,
     pub lease_seconds: u64,
@@ -68,6 +69,12 @@ impl SyncSettings {
         self.catalog.validate("catalog")?;
         if !(1..=1000).contains(&self.imports.batch_size) {
             return Err(ConfigError::key("imports.batch_size", "must be 1 to 1000"));
+        }
+        if !(1..=16).contains(&self.imports.batches_in_flight) {
+            return Err(ConfigError::key(
+                "imports.batches_in_flight",
+                "must be 1 to 16",
+            ));
         }
         for (key, value) in [
             ("imports.poll_interval_ms", self.imports.poll_interval_ms),
