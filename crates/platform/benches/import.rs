@@ -2,7 +2,7 @@
 //! in one process: rows per second from the upload to the import's end, and the process's
 //! peak memory, for a fresh import and for the same feed again (every row unchanged).
 //!
-//! `cargo bench -p platform --bench import` (IMPORT_ROWS, IMPORT_BATCH to tune).
+//! `cargo bench -p platform --bench import` (IMPORT_ROWS, IMPORT_BATCH, IMPORT_IN_FLIGHT to tune).
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,7 @@ async fn import(
 async fn main() -> anyhow::Result<()> {
     let rows = env_number("IMPORT_ROWS", 100_000);
     let batch = env_number("IMPORT_BATCH", 1000);
+    let in_flight = env_number("IMPORT_IN_FLIGHT", 4);
     let dir = tempfile::tempdir()?;
     let feed = dir.path().join("feed.csv");
     {
@@ -97,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         .with_override("data_dir", dir.path().display().to_string())
         .with_override("http.port", "0")
         .with_override("imports.batch_size", batch.to_string())
+        .with_override("imports.batches_in_flight", in_flight.to_string())
         .with_override("imports.poll_interval_ms", "20");
     let selected = platform::registry::select(&["catalog".to_owned(), "sync".to_owned()])?;
     let mut loaded = platform::registry::load(&selected, &sources)?;
@@ -121,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     let (again, again_time) = import(&http, &sync, &token, &feed).await?;
     let size_mib = std::fs::metadata(&feed)?.len() as f64 / (1024.0 * 1024.0);
     println!(
-        "feed import through sync into the catalog, embedded store, one process, 2 cores; {rows} rows ({size_mib:.1} MiB), batches of {batch}"
+        "feed import through sync into the catalog, embedded store, one process, 2 cores; {rows} rows ({size_mib:.1} MiB), batches of {batch}, {in_flight} in flight"
     );
     for (label, job, time) in [
         ("fresh", &fresh, fresh_time),

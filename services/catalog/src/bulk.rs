@@ -54,8 +54,8 @@ impl Catalog {
             .enumerate()
             .partition(|(_, item)| seen.insert(item.draft.sku.clone()));
         let mut outcomes = vec![Ok(UpsertOutcome::Unchanged); first.len() + repeats.len()];
-        let products = self.put_products(&first).await?;
-        let stocks = self.put_stocks(&first, &products).await?;
+        let (products, counted) = self.put_products(&first).await?;
+        let stocks = self.put_stocks(&first, counted).await?;
         for (((index, _), product), stock) in first.iter().zip(products).zip(stocks) {
             outcomes[*index] = stock.map(|stock_changed| combine(product, stock_changed));
         }
@@ -66,11 +66,14 @@ impl Catalog {
         Ok(outcomes)
     }
 
-    /// The products of `items` (distinct SKUs), each created, revised or left alone.
+    /// The products of `items` (distinct SKUs), each created, revised or left alone. A
+    /// product about to be created has no stock record (a deleted one's went with it): its
+    /// count is created in the same round, and said in the second answer (`None`: not
+    /// settled here).
     async fn put_products(
         &self,
         items: &[(usize, UpsertItem)],
-    ) -> Result<Vec<UpsertOutcome>, CatalogError> {
+    ) -> Result<(Vec<UpsertOutcome>, Vec<Option<StockCounted>>), CatalogError> {
         let keys: Vec<(String, String)> = items
             .iter()
             .map(|(_, item)| {
@@ -81,7 +84,9 @@ impl Catalog {
         let current = self.store().read_many(PRODUCTS, &keys).await?;
         let now = OffsetDateTime::now_utc();
         let mut outcomes = Vec::with_capacity(items.len());
+        let mut counted: Vec<Option<StockCounted>> = vec![None; items.len()];
         let mut writes = Vec::new();
+        let mut stock_creates = Vec::new();
         for ((index, (_, item)), document) in items.iter().enumerate().zip(current) {
             let sku = item.draft.sku.as_str();
             let planned = match document {
@@ -107,6 +112,20 @@ impl Catalog {
                 None => outcomes.push(UpsertOutcome::Unchanged),
                 Some((outcome, body, etag)) => {
                     outcomes.push(outcome);
+                    if let Some(on_hand) = item.on_hand {
+                        match Stock::empty(item.draft.sku.clone()).count(on_hand) {
+                            Ok(stock) => {
+                                let (store, stock_body) = (self.store(), to_json(&stock)?);
+                                stock_creates.push(async move {
+                                    let created = store
+                                        .create(STOCK, STOCK_PARTITION, sku, stock_body)
+                                        .await;
+                                    (index, created)
+                                });
+                            }
+                            Err(rule) => counted[index] = Some(Err(refused(rule))),
+                        }
+                    }
                     let store = self.store();
                     writes.push(async move {
                         let written = match etag {
@@ -122,7 +141,19 @@ impl Catalog {
                 }
             }
         }
-        for (index, written) in futures::future::join_all(writes).await {
+        let (written, created) = futures::join!(
+            futures::future::join_all(writes),
+            futures::future::join_all(stock_creates)
+        );
+        for (index, created) in created {
+            match created {
+                Ok(_) => counted[index] = Some(Ok(true)),
+                // There after all: counted from a read with the others.
+                Err(StoreError::Conflict) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        for (index, written) in written {
             match written {
                 Ok(_) => {}
                 Err(StoreError::Conflict | StoreError::PreconditionFailed | StoreError::NotFound) => {
@@ -132,51 +163,29 @@ impl Catalog {
                 Err(other) => return Err(other.into()),
             }
         }
-        Ok(outcomes)
+        Ok((outcomes, counted))
     }
 
-    /// The stock counts of `items` (distinct SKUs) whose feed gives one; per item, whether
-    /// the count changed, or why it was refused.
+    /// The stock counts of `items` (distinct SKUs) whose feed gives one and that
+    /// [`Catalog::put_products`] did not settle; per item, whether the count changed, or
+    /// why it was refused. Those records are read together and counted where the count
+    /// differs.
     async fn put_stocks(
         &self,
         items: &[(usize, UpsertItem)],
-        products: &[UpsertOutcome],
-    ) -> Result<Vec<Result<bool, ItemRefused>>, CatalogError> {
-        let refused = |rule: crate::domain::StockError| ItemRefused {
-            field: "onHand",
-            reason: rule.to_string(),
-        };
+        counted: Vec<Option<StockCounted>>,
+    ) -> Result<Vec<StockCounted>, CatalogError> {
         let mut changed = vec![Ok(false); items.len()];
-        // A product just created has no stock record (a deleted one's went with it): one
-        // create each. Those found there after all, and the existing products' records,
-        // are read together and counted where the count differs.
-        let mut creates = Vec::new();
         let mut to_read = Vec::new();
-        for (index, ((_, item), product)) in items.iter().zip(products).enumerate() {
-            let Some(on_hand) = item.on_hand else {
-                continue;
-            };
-            if *product != UpsertOutcome::Created {
-                to_read.push(index);
-                continue;
-            }
-            match Stock::empty(item.draft.sku.clone()).count(on_hand) {
-                Ok(counted) => {
-                    let body = to_json(&counted)?;
-                    let (store, sku) = (self.store(), item.draft.sku.as_str());
-                    creates.push(async move {
-                        (index, store.create(STOCK, STOCK_PARTITION, sku, body).await)
-                    });
-                }
-                Err(rule) => changed[index] = Err(refused(rule)),
+        for (index, ((_, item), settled)) in items.iter().zip(counted).enumerate() {
+            match settled {
+                Some(settled) => changed[index] = settled,
+                None if item.on_hand.is_some() => to_read.push(index),
+                None => {}
             }
         }
-        for (index, created) in futures::future::join_all(creates).await {
-            match created {
-                Ok(_) => changed[index] = Ok(true),
-                Err(StoreError::Conflict) => to_read.push(index),
-                Err(other) => return Err(other.into()),
-            }
+        if to_read.is_empty() {
+            return Ok(changed);
         }
         let keys: Vec<(String, String)> = to_read
             .iter()
@@ -221,12 +230,7 @@ impl Catalog {
                 .await
             {
                 Ok(changed) => changed,
-                Err(CatalogError::Stock(rule)) => {
-                    return Ok(Err(ItemRefused {
-                        field: "onHand",
-                        reason: rule.to_string(),
-                    }));
-                }
+                Err(CatalogError::Stock(rule)) => return Ok(Err(refused(rule))),
                 Err(other) => return Err(other),
             },
             None => false,
@@ -314,6 +318,16 @@ impl Catalog {
         }
         self.record_count(sku, on_hand, None).await?;
         Ok(true)
+    }
+}
+
+/// Whether an item's stock count changed, or why it was refused.
+type StockCounted = Result<bool, ItemRefused>;
+
+fn refused(rule: crate::domain::StockError) -> ItemRefused {
+    ItemRefused {
+        field: "onHand",
+        reason: rule.to_string(),
     }
 }
 
