@@ -105,6 +105,16 @@ fn event(n: i64) -> Message {
     ))
 }
 
+/// A message larger than any bus takes.
+fn over_the_size_limit() -> Message {
+    Message::new(CloudEvent::new(
+        "tests",
+        "tests.thing.happened.v1",
+        "huge",
+        json!({"blob": "x".repeat(common::bus::MAX_MESSAGE_BYTES)}),
+    ))
+}
+
 fn options(max_delivery_count: u32, lock: Duration) -> SubscriptionOptions {
     SubscriptionOptions {
         max_delivery_count,
@@ -270,12 +280,7 @@ async fn a_message_over_the_size_limit_is_rejected(bus: &SharedBus, topic: &str)
     bus.ensure_subscription(topic, "a", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    let huge = Message::new(CloudEvent::new(
-        "tests",
-        "tests.thing.happened.v1",
-        "huge",
-        json!({"blob": "x".repeat(common::bus::MAX_MESSAGE_BYTES)}),
-    ));
+    let huge = over_the_size_limit();
     match bus.publish(topic, huge).await {
         Err(BusError::Rejected(_)) => {}
         other => panic!("expected a rejection, got {other:?}"),
@@ -288,12 +293,7 @@ async fn publish_many_publishes_each_and_refuses_each_on_its_own(bus: &SharedBus
     bus.ensure_subscription(topic, "a", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    let huge = Message::new(CloudEvent::new(
-        "tests",
-        "tests.thing.happened.v1",
-        "huge",
-        json!({"blob": "x".repeat(common::bus::MAX_MESSAGE_BYTES)}),
-    ));
+    let huge = over_the_size_limit();
     // The repeat of event 1 is dropped as a duplicate, within the call as across calls.
     let (one, two) = (event(1), event(2));
     let outcomes = bus
