@@ -117,9 +117,8 @@ impl Catalog {
                             Ok(stock) => {
                                 let (store, stock_body) = (self.store(), to_json(&stock)?);
                                 stock_creates.push(async move {
-                                    let created = store
-                                        .create(STOCK, STOCK_PARTITION, sku, stock_body)
-                                        .await;
+                                    let created =
+                                        store.create(STOCK, STOCK_PARTITION, sku, stock_body).await;
                                     (index, created)
                                 });
                             }
@@ -131,9 +130,7 @@ impl Catalog {
                         let written = match etag {
                             None => store.create(PRODUCTS, sku, sku, body).await,
                             Some(etag) => {
-                                store
-                                    .replace(PRODUCTS, sku, sku, body, Some(&etag))
-                                    .await
+                                store.replace(PRODUCTS, sku, sku, body, Some(&etag)).await
                             }
                         };
                         (index, written)
@@ -156,7 +153,9 @@ impl Catalog {
         for (index, written) in written {
             match written {
                 Ok(_) => {}
-                Err(StoreError::Conflict | StoreError::PreconditionFailed | StoreError::NotFound) => {
+                Err(
+                    StoreError::Conflict | StoreError::PreconditionFailed | StoreError::NotFound,
+                ) => {
                     // Another writer got in between: from a fresh read, on its own.
                     outcomes[index] = self.put_product(items[index].1.draft.clone()).await?;
                 }

@@ -210,13 +210,13 @@ impl ProductViews {
                 stock,
             });
         }
-        let writes = skus
-            .iter()
-            .zip(locators)
-            .zip(sources)
-            .map(|((sku, locator), sources)| async move {
-                (*sku, self.write_view(sku, locator, sources).await)
-            });
+        let writes =
+            skus.iter()
+                .zip(locators)
+                .zip(sources)
+                .map(|((sku, locator), sources)| async move {
+                    (*sku, self.write_view(sku, locator, sources).await)
+                });
         let mut raced = Vec::new();
         for (sku, written) in futures::future::join_all(writes).await {
             match written {
@@ -430,7 +430,11 @@ async fn refresh_all(
     views: &ProductViews,
     skus: impl IntoIterator<Item = String>,
 ) -> Result<(), FeedError> {
-    let distinct: Vec<String> = skus.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+    let distinct: Vec<String> = skus
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     views
         .refresh_many(&distinct)
         .await

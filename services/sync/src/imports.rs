@@ -336,7 +336,8 @@ impl Imports {
         // while the answers to others are recorded. Answers are taken in order, so the checkpoint only ever moves past
         // batches that were applied; a batch that shares a SKU with one in flight waits for
         // it, so that the later row still wins.
-        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(self.settings.batches_in_flight);
+        let mut in_flight: VecDeque<InFlight> =
+            VecDeque::with_capacity(self.settings.batches_in_flight);
         let mut exhausted = false;
         loop {
             if *stop.borrow() {

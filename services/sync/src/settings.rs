@@ -174,8 +174,8 @@ mod tests {
         let error = load_file("[files]\nkind = \"blob\"\n[files.blob]\ncredential = \"sas\"\n")
             .unwrap_err();
         assert!(error.contains("files.blob.sas"), "{error}");
-        let error =
-            load_file("[files]\nkind = \"blob\"\n[files.blob]\ncontainer = \"Feeds_1\"\n").unwrap_err();
+        let error = load_file("[files]\nkind = \"blob\"\n[files.blob]\ncontainer = \"Feeds_1\"\n")
+            .unwrap_err();
         assert!(error.contains("files.blob.container"), "{error}");
         let error = load_file("[files.blob]\ncontainr = \"feeds\"\n").unwrap_err();
         assert!(error.contains("files.blob.container"), "{error}");

@@ -494,7 +494,8 @@ impl EventBus for EmbeddedBus {
         subscription: &str,
         locks: &[LockToken],
     ) -> Result<Vec<Result<(), BusError>>, BusError> {
-        let (topic, subscription, locks) = (topic.to_owned(), subscription.to_owned(), locks.to_vec());
+        let (topic, subscription, locks) =
+            (topic.to_owned(), subscription.to_owned(), locks.to_vec());
         // One transaction for the lot: one commit in place of one per message.
         self.run(move |connection, _| {
             let tx = connection
@@ -502,7 +503,14 @@ impl EventBus for EmbeddedBus {
                 .map_err(backend)?;
             let mut outcomes = Vec::with_capacity(locks.len());
             for lock in &locks {
-                match settle(&tx, &topic, &subscription, lock, "DELETE FROM deliveries INDEXED BY deliveries_lock", &[]) {
+                match settle(
+                    &tx,
+                    &topic,
+                    &subscription,
+                    lock,
+                    "DELETE FROM deliveries INDEXED BY deliveries_lock",
+                    &[],
+                ) {
                     Err(BusError::LockLost) => outcomes.push(Err(BusError::LockLost)),
                     Err(other) => return Err(other),
                     Ok(()) => outcomes.push(Ok(())),

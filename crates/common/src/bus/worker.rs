@@ -94,7 +94,9 @@ pub fn spawn_worker(
                     failures = 0;
                     let mut handled = Vec::with_capacity(deliveries.len());
                     for delivery in deliveries {
-                        if let Some(lock) = handle_one(&bus, &settings, handler.as_ref(), delivery).await {
+                        if let Some(lock) =
+                            handle_one(&bus, &settings, handler.as_ref(), delivery).await
+                        {
                             handled.push(lock);
                         }
                     }

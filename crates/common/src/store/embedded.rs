@@ -411,9 +411,11 @@ fn serialize(body: &Json) -> Result<String, StoreError> {
 }
 
 fn next_seq(tx: &Connection) -> Result<i64, StoreError> {
-    tx.prepare_cached("UPDATE sequence SET value = value + 1 WHERE name = 'documents' RETURNING value")
-        .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
-        .map_err(backend)
+    tx.prepare_cached(
+        "UPDATE sequence SET value = value + 1 WHERE name = 'documents' RETURNING value",
+    )
+    .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+    .map_err(backend)
 }
 
 /// Runs a statement without parameters, kept prepared.
@@ -436,7 +438,9 @@ fn current_seq(
         )
         .and_then(|mut statement| {
             statement
-                .query_row(params![container, pk, id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .query_row(params![container, pk, id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
                 .optional()
         })
         .map_err(backend)?;

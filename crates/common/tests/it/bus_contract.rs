@@ -338,7 +338,10 @@ async fn complete_many_completes_each_and_reports_a_lost_lock_on_its_own(
     let locks: Vec<_> = held.iter().map(|d| d.lock.clone()).collect();
     let outcomes = bus.complete_many(topic, "a", &locks).await.unwrap();
     assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
-    assert!(matches!(outcomes[1], Err(BusError::LockLost)), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[1], Err(BusError::LockLost)),
+        "{outcomes:?}"
+    );
     assert!(bus.complete_many(topic, "a", &[]).await.unwrap().is_empty());
     assert!(bus.receive(topic, "a", 10).await.unwrap().is_empty());
 }

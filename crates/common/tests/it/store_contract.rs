@@ -227,8 +227,14 @@ async fn read_of_missing_is_none(store: &SharedStore) {
 
 async fn read_many_answers_in_the_order_asked(store: &SharedStore) {
     let (a, b) = (unique("a"), unique("b"));
-    let created_a = store.create(THINGS, "p1", &a, json!({"n": 1})).await.unwrap();
-    let created_b = store.create(THINGS, "p2", &b, json!({"n": 2})).await.unwrap();
+    let created_a = store
+        .create(THINGS, "p1", &a, json!({"n": 1}))
+        .await
+        .unwrap();
+    let created_b = store
+        .create(THINGS, "p2", &b, json!({"n": 2}))
+        .await
+        .unwrap();
     let keys = [
         ("p2".to_owned(), b.clone()),
         ("p1".to_owned(), unique("missing")),

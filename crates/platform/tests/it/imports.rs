@@ -325,7 +325,10 @@ async fn a_killed_import_resumes_from_its_checkpoint_and_counts_every_row_once()
     let created = done["created"].as_u64().unwrap();
     let resent = done["unchanged"].as_u64().unwrap() + done["updated"].as_u64().unwrap();
     assert_eq!(created + resent, rows as u64, "{done}");
-    assert!(resent <= 100, "more than the batches in flight were sent again: {done}");
+    assert!(
+        resent <= 100,
+        "more than the batches in flight were sent again: {done}"
+    );
     assert_eq!(done["failed"], 0);
 }
 
@@ -422,7 +425,9 @@ async fn with_batches_in_flight_the_last_row_of_a_sku_wins() {
     let platform = Platform::launch(&["catalog", "sync"], &overrides, |_| {}, None).await;
     let mut text = String::from("sku,name,category,price,currency,onHand\n");
     for round in 1..=5 {
-        text.push_str(&format!("RACE-1,Round {round},race,{round}.00,EUR,{round}\n"));
+        text.push_str(&format!(
+            "RACE-1,Round {round},race,{round}.00,EUR,{round}\n"
+        ));
         text.push_str(&format!("RACE-{},Other,race,1.00,EUR,1\n", round + 1));
     }
     let queued = upload(&platform, "race.csv", "text/csv", text).await;
@@ -433,8 +438,15 @@ async fn with_batches_in_flight_the_last_row_of_a_sku_wins() {
         queued["id"].as_str().unwrap(),
     )
     .await;
-    assert_eq!((&done["processed"], &done["failed"]), (&10.into(), &0.into()));
-    assert_eq!((&done["created"], &done["updated"]), (&6.into(), &4.into()), "{done}");
+    assert_eq!(
+        (&done["processed"], &done["failed"]),
+        (&10.into(), &0.into())
+    );
+    assert_eq!(
+        (&done["created"], &done["updated"]),
+        (&6.into(), &4.into()),
+        "{done}"
+    );
     let product = platform
         .get_json(format!("{}/v2/products/RACE-1", platform.catalog_url))
         .await;
