@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -87,7 +88,26 @@ struct Inner {
     connection: Mutex<Connection>,
     duplicate_window: Duration,
     published: watch::Sender<u64>,
+    /// Operations through this connection that may have changed what a subscription holds.
+    changes: AtomicU64,
+    /// Subscriptions a receive found nothing ready in, and until when that holds.
+    idle: Mutex<HashMap<(String, String), Idle>>,
 }
+
+/// A subscription with nothing ready to deliver, as one receive saw it: while no operation
+/// ran through this connection (`changes`), no other connection committed (SQLite's
+/// `data_version`) and `until` (the first locked or scheduled message's time) has not come,
+/// a receive finds nothing again and is answered without a transaction. An idle platform
+/// polls every subscription several times a second: this is most of what it did.
+#[derive(Clone, Copy)]
+struct Idle {
+    changes: u64,
+    data_version: i64,
+    until: i64,
+}
+
+/// However a subscription looks, a receive runs in full at least this often.
+const IDLE_RECHECK_MS: i64 = 5_000;
 
 impl Inner {
     fn wake(&self) {
@@ -133,31 +153,22 @@ impl EmbeddedBus {
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(Self { inner });
         }
-        crate::private_files::ensure_private_file(path)
-            .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))?;
-        let connection = Connection::open(path)
-            .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))?;
-        connection
-            .busy_timeout(Duration::from_secs(10))
-            .map_err(backend)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        connection
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
-        migrate(&connection)?;
-        let inner = Arc::new(Inner {
-            connection: Mutex::new(connection),
-            duplicate_window,
-            published: watch::channel(0).0,
-        });
+        let inner = Arc::new(connect(path, duplicate_window)?);
         open.insert(key, Arc::downgrade(&inner));
         Ok(Self { inner })
     }
 
+    /// Runs `work` on the connection; it counts as a change of what subscriptions hold.
     async fn run<T: Send + 'static>(
         &self,
+        work: impl FnOnce(&mut Connection, &Inner) -> Result<T, BusError> + Send + 'static,
+    ) -> Result<T, BusError> {
+        self.run_counted(true, work).await
+    }
+
+    async fn run_counted<T: Send + 'static>(
+        &self,
+        counts_as_change: bool,
         work: impl FnOnce(&mut Connection, &Inner) -> Result<T, BusError> + Send + 'static,
     ) -> Result<T, BusError> {
         let inner = self.inner.clone();
@@ -166,11 +177,85 @@ impl EmbeddedBus {
                 .connection
                 .lock()
                 .map_err(|_| BusError::Backend(("bus connection poisoned").into()))?;
-            work(&mut connection, &inner)
+            let result = work(&mut connection, &inner);
+            // Counted once done, the connection still held: a receive that reads the count
+            // afterwards also sees what was written.
+            if counts_as_change {
+                inner.changes.fetch_add(1, Ordering::SeqCst);
+            }
+            result
         })
         .await
         .map_err(|e| BusError::Backend((format!("bus task failed: {e}")).into()))?
     }
+
+    /// Whether a receive on the subscription is sure to find nothing (see [`Idle`]). Never
+    /// waits: a connection in use by another operation means "not sure".
+    fn known_idle(&self, topic: &str, subscription: &str) -> bool {
+        let key = (topic.to_owned(), subscription.to_owned());
+        let Some(idle) = self
+            .inner
+            .idle
+            .lock()
+            .ok()
+            .and_then(|idle| idle.get(&key).copied())
+        else {
+            return false;
+        };
+        if idle.changes != self.inner.changes.load(Ordering::SeqCst) || now_ms() >= idle.until {
+            return false;
+        }
+        let Ok(connection) = self.inner.connection.try_lock() else {
+            return false;
+        };
+        data_version(&connection).is_ok_and(|version| version == idle.data_version)
+    }
+}
+
+/// A connection of its own to the bus file at `path`.
+fn connect(path: &Path, duplicate_window: Duration) -> Result<Inner, BusError> {
+    crate::private_files::ensure_private_file(path)
+        .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))?;
+    let connection = Connection::open(path)
+        .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))?;
+    connection
+        .busy_timeout(Duration::from_secs(10))
+        .map_err(backend)?;
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    connection
+        .pragma_update(None, "synchronous", "NORMAL")
+        .map_err(backend)?;
+    migrate(&connection)?;
+    Ok(Inner {
+        connection: Mutex::new(connection),
+        duplicate_window,
+        published: watch::channel(0).0,
+        changes: AtomicU64::new(0),
+        idle: Mutex::new(HashMap::new()),
+    })
+}
+
+fn data_version(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row("PRAGMA data_version", [], |row| row.get(0))
+}
+
+/// When the subscription's first locked or scheduled message becomes ready, bounded by
+/// [`IDLE_RECHECK_MS`].
+fn idle_until(tx: &Connection, topic: &str, subscription: &str, now: i64) -> Result<i64, BusError> {
+    let next: Option<i64> = tx
+        .prepare_cached(
+            "SELECT MIN(MAX(available_at, COALESCE(locked_until, 0))) FROM deliveries
+             WHERE topic = ?1 AND subscription = ?2 AND dead = 0",
+        )
+        .and_then(|mut statement| {
+            statement.query_row(params![topic, subscription], |row| row.get(0))
+        })
+        .map_err(backend)?;
+    Ok(next.map_or(now + IDLE_RECHECK_MS, |next| {
+        next.min(now + IDLE_RECHECK_MS)
+    }))
 }
 
 fn subscription_exists(
@@ -417,10 +502,18 @@ impl EventBus for EmbeddedBus {
         subscription: &str,
         max: usize,
     ) -> Result<Vec<Delivery>, BusError> {
+        if self.known_idle(topic, subscription) {
+            return Ok(Vec::new());
+        }
         let (topic, subscription) = (topic.to_owned(), subscription.to_owned());
         let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
-        self.run(move |connection, _| {
+        // A receive changes only the locks of its own subscription's messages.
+        self.run_counted(false, move |connection, inner| {
+            let changes = inner.changes.load(Ordering::SeqCst);
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            // Inside the write transaction no other connection commits: what this receive
+            // reads is what the version says.
+            let version = data_version(&tx).map_err(backend)?;
             let (max_deliveries, lock_ms) = subscription_exists(&tx, &topic, &subscription)?;
             let now = now_ms();
             let candidates: Vec<(i64, String, i64)> = {
@@ -436,6 +529,11 @@ impl EventBus for EmbeddedBus {
                     .query_map(params![topic, subscription, now, max], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
                     .map_err(backend)?;
                 rows.collect::<Result<_, _>>().map_err(backend)?
+            };
+            let idle = if candidates.is_empty() {
+                Some(idle_until(&tx, &topic, &subscription, now)?)
+            } else {
+                None
             };
             let mut deliveries = Vec::new();
             for (seq, text, count) in candidates {
@@ -463,6 +561,17 @@ impl EventBus for EmbeddedBus {
                 });
             }
             tx.commit().map_err(backend)?;
+            let key = (topic, subscription);
+            if let Ok(mut known) = inner.idle.lock() {
+                match idle {
+                    Some(until) => {
+                        known.insert(key, Idle { changes, data_version: version, until });
+                    }
+                    None => {
+                        known.remove(&key);
+                    }
+                }
+            }
             Ok(deliveries)
         })
         .await
@@ -652,5 +761,50 @@ impl EventBus for EmbeddedBus {
 
     fn wake_ups(&self) -> Option<watch::Receiver<u64>> {
         Some(self.inner.published.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A receive that found nothing is answered from memory only while nothing changed:
+    /// a publish through another connection (another process) is seen at once.
+    #[tokio::test]
+    async fn an_idle_subscription_sees_what_another_process_publishes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.db");
+        let here = EmbeddedBus::open(&path).unwrap();
+        let elsewhere = EmbeddedBus {
+            inner: Arc::new(connect(&path, DEFAULT_DUPLICATE_WINDOW).unwrap()),
+        };
+        here.ensure_subscription("t", "s", SubscriptionOptions::default())
+            .await
+            .unwrap();
+        assert!(here.receive("t", "s", 10).await.unwrap().is_empty());
+        assert!(
+            here.known_idle("t", "s"),
+            "the empty answer was not remembered"
+        );
+        let event = CloudEvent::new(
+            "tests",
+            "tests.thing.happened.v1",
+            "x",
+            serde_json::json!({}),
+        );
+        elsewhere.publish("t", Message::new(event)).await.unwrap();
+        assert!(!here.known_idle("t", "s"));
+        assert_eq!(here.receive("t", "s", 10).await.unwrap().len(), 1);
+        // Through this connection: counted, not read from SQLite's version.
+        let event = CloudEvent::new(
+            "tests",
+            "tests.thing.happened.v1",
+            "y",
+            serde_json::json!({}),
+        );
+        assert!(here.receive("t", "s", 10).await.unwrap().is_empty());
+        here.publish("t", Message::new(event)).await.unwrap();
+        assert_eq!(here.receive("t", "s", 10).await.unwrap().len(), 1);
     }
 }
