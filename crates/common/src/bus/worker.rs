@@ -3,6 +3,7 @@
 //! on a permanent one. A handler that keeps failing reaches the subscription's maximum
 //! delivery count and is dead-lettered by the bus.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,14 +93,7 @@ pub fn spawn_worker(
             match received {
                 Ok(deliveries) if !deliveries.is_empty() => {
                     failures = 0;
-                    let mut handled = Vec::with_capacity(deliveries.len());
-                    for delivery in deliveries {
-                        if let Some(lock) =
-                            handle_one(&bus, &settings, handler.as_ref(), delivery).await
-                        {
-                            handled.push(lock);
-                        }
-                    }
+                    let handled = handle_batch(&bus, &settings, handler.as_ref(), deliveries).await;
                     complete_all(&bus, &settings, &handled).await;
                 }
                 Ok(_) => {
@@ -130,6 +124,44 @@ pub fn spawn_worker(
             }
         }
     })
+}
+
+/// Handles a received batch: messages about one subject (an order, a SKU) one after
+/// another in the order received, different subjects at once. Returns the locks of those
+/// handled, to complete.
+async fn handle_batch(
+    bus: &SharedBus,
+    settings: &WorkerSettings,
+    handler: &dyn MessageHandler,
+    deliveries: Vec<Delivery>,
+) -> Vec<LockToken> {
+    let mut groups: Vec<Vec<Delivery>> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for delivery in deliveries {
+        let event = &delivery.message.event;
+        let key = event.subject.clone().unwrap_or_else(|| event.id.clone());
+        match group_of.get(&key) {
+            Some(&group) => groups[group].push(delivery),
+            None => {
+                group_of.insert(key, groups.len());
+                groups.push(vec![delivery]);
+            }
+        }
+    }
+    let handled = groups.into_iter().map(|group| async move {
+        let mut locks = Vec::with_capacity(group.len());
+        for delivery in group {
+            if let Some(lock) = handle_one(bus, settings, handler, delivery).await {
+                locks.push(lock);
+            }
+        }
+        locks
+    });
+    futures::future::join_all(handled)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Completes the messages of a received batch that were handled, together.

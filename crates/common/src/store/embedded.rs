@@ -105,9 +105,19 @@ struct Inner {
 /// What a queued write does once its transaction has ended: hands its result, or the
 /// commit's failure, to the caller.
 type Deliver = Box<dyn FnOnce(Option<StoreError>) + Send>;
-/// A write, run by the writer thread inside the group's transaction: whether it succeeded
-/// (else its savepoint is rolled back), and how to deliver its outcome.
-type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, Deliver) + Send>;
+/// A write, run by the writer thread inside the group's transaction: how it went (a failed
+/// one's savepoint is rolled back), and how to deliver its outcome.
+type WriteJob = Box<dyn FnOnce(&Connection) -> (Ran, Deliver) + Send>;
+
+/// How a queued write went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Ok,
+    Failed,
+    /// Failed for lack of room: when SQLite rolled the group back for it, the group's other
+    /// writes failed for the same reason.
+    OutOfRoom,
+}
 
 /// Writes queued at once share one transaction (each in its own savepoint, so one that
 /// fails leaves the others); one commit, one WAL append, for all of them.
@@ -147,7 +157,8 @@ fn group_commit(connection: Connection, queue: std::sync::mpsc::Receiver<WriteJo
             }
             // Cached statements: the writer runs these for every job.
             let savepoint = run_cached(&connection, "SAVEPOINT job");
-            let (ok, deliver) = job(&connection);
+            let (ran, deliver) = job(&connection);
+            let ok = ran == Ran::Ok;
             if connection.is_autocommit() {
                 // The failure rolled the whole transaction back (SQLite does on a full
                 // disk or an I/O error): the group's earlier writes are gone with it.
@@ -155,14 +166,17 @@ fn group_commit(connection: Connection, queue: std::sync::mpsc::Receiver<WriteJo
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
                     Some("the transaction was rolled back by a failed write".into()),
                 );
+                let failure = || match ran {
+                    Ran::OutOfRoom => StoreError::Full(Cause::new(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                        Some("the group's transaction was rolled back: the store is full".into()),
+                    ))),
+                    _ => group_error(&error)(),
+                };
                 for earlier in waiting.drain(..) {
-                    earlier(Some(group_error(&error)()));
+                    earlier(Some(failure()));
                 }
-                deliver(if ok {
-                    Some(group_error(&error)())
-                } else {
-                    None
-                });
+                deliver(if ok { Some(failure()) } else { None });
                 open = false;
                 continue;
             }
@@ -235,7 +249,11 @@ impl EmbeddedStore {
         let failing = self.inner.writes_failing.clone();
         let job: WriteJob = Box::new(move |connection: &Connection| {
             let result = work(connection);
-            let ok = result.is_ok();
+            let ran = match &result {
+                Ok(_) => Ran::Ok,
+                Err(StoreError::Full(_)) => Ran::OutOfRoom,
+                Err(_) => Ran::Failed,
+            };
             let deliver: Deliver = Box::new(move |commit_error: Option<StoreError>| {
                 let outcome = match (commit_error, result) {
                     (Some(error), Ok(_)) => Err(error),
@@ -248,7 +266,7 @@ impl EmbeddedStore {
                 }
                 let _ = reply.send(outcome);
             });
-            (ok, deliver)
+            (ran, deliver)
         });
         let stopped = || StoreError::Backend(("the store's writer has stopped").into());
         self.inner
