@@ -1,5 +1,6 @@
 //! Runs a handler over a subscription: a span per message (child of the publisher's
-//! trace), complete on success, abandon with a back-off on a transient failure, dead-letter
+//! trace), a received batch handled by subject (one subject's messages in order, different
+//! subjects at once), complete on success (the batch's together), abandon with a back-off on a transient failure, dead-letter
 //! on a permanent one. A handler that keeps failing reaches the subscription's maximum
 //! delivery count and is dead-lettered by the bus.
 
@@ -70,7 +71,7 @@ impl WorkerSettings {
     }
 }
 
-/// Starts the worker; it stops after the message in hand when `shutdown` turns true.
+/// Starts the worker; it stops after the batch in hand when `shutdown` turns true.
 pub fn spawn_worker(
     bus: SharedBus,
     settings: WorkerSettings,
