@@ -1,8 +1,8 @@
 //! Runs a handler over a subscription: a span per message (child of the publisher's
 //! trace), a received batch handled by subject (one subject's messages in order, different
-//! subjects at once), complete on success (the batch's together), abandon with a back-off on a transient failure, dead-letter
-//! on a permanent one. A handler that keeps failing reaches the subscription's maximum
-//! delivery count and is dead-lettered by the bus.
+//! subjects at once), complete on success (the batch's together), abandon with a back-off
+//! on a transient failure, dead-letter on a permanent one. A handler that keeps failing
+//! reaches the subscription's maximum delivery count and is dead-lettered by the bus.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
