@@ -23,6 +23,7 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod usage;
 pub mod validation;
 
 pub use error::{ApiError, ErrorCode, FieldError};

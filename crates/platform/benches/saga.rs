@@ -147,6 +147,8 @@ async fn main() -> anyhow::Result<()> {
 
     // Many at once: throughput from the first POST to the last confirmation.
     let started = Instant::now();
+    let before = common::usage::usage();
+    let mut looks = 0u64;
     let ids: Vec<String> = futures::stream::iter(0..total)
         .map(|n| client.place(1000 + n))
         .buffer_unordered(concurrency)
@@ -157,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
     let accepted = started.elapsed();
     // Wait for the saga to drain, looking rarely so that looking is not the load.
     loop {
+        looks += 1;
         let pending: Value = client
             .http
             .get(format!(
@@ -181,6 +184,9 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let all_confirmed = started.elapsed();
+    let mut used = common::usage::usage() - before;
+    // The benchmark's own looks at the pending list are not the saga's.
+    used.queries = used.queries.saturating_sub(looks);
     let confirmed: Vec<Value> = futures::stream::iter(ids.iter())
         .map(|id| client.wait_confirmed(id))
         .buffer_unordered(concurrency)
@@ -206,6 +212,22 @@ async fn main() -> anyhow::Result<()> {
         "loaded: stored pending -> confirmed  median {:.2} ms   p99 {:.2} ms",
         percentile(&loaded, 0.5),
         percentile(&loaded, 0.99)
+    );
+    let per_order = |n: u64| n as f64 / total as f64;
+    println!(
+        "per order (loaded run, both services): store {:.1} point reads, {:.2} queries, {:.2} change-feed reads, {:.1} writes of {:.0} bytes on average",
+        per_order(used.point_reads),
+        per_order(used.queries),
+        per_order(used.change_reads),
+        per_order(used.writes),
+        used.written_bytes as f64 / used.writes.max(1) as f64
+    );
+    println!(
+        "per order (loaded run, both services): bus {:.2} messages published, {:.2} received, {:.2} settled, {:.2} empty receives",
+        per_order(used.published),
+        per_order(used.received),
+        per_order(used.settled),
+        per_order(used.empty_receives)
     );
     for handle in handles.into_iter().rev() {
         handle.stop(true).await?;

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::clock::{millis, now_ms};
+use crate::usage::{Counted, count};
 
 use super::{
     BusError, CloudEvent, DeadLetter, Delivery, EventBus, LockToken, Message, SubscriptionOptions,
@@ -309,6 +310,7 @@ fn settle(
         .and_then(|mut statement| statement.execute(values.as_slice()))
         .map_err(backend)?;
     if changed == 1 {
+        count(Counted::Settled, 1);
         Ok(())
     } else {
         Err(BusError::LockLost)
@@ -400,6 +402,7 @@ fn publish_in(
         ])
     })
     .map_err(backend)?;
+    count(Counted::Published, 1);
     // Forget ids that left the window, a few at a time.
     tx.prepare_cached(
         "DELETE FROM published WHERE rowid IN (SELECT rowid FROM published WHERE published_at < ?1 LIMIT 100)",
@@ -503,6 +506,7 @@ impl EventBus for EmbeddedBus {
         max: usize,
     ) -> Result<Vec<Delivery>, BusError> {
         if self.known_idle(topic, subscription) {
+            count(Counted::EmptyReceives, 1);
             return Ok(Vec::new());
         }
         let (topic, subscription) = (topic.to_owned(), subscription.to_owned());
@@ -561,6 +565,10 @@ impl EventBus for EmbeddedBus {
                 });
             }
             tx.commit().map_err(backend)?;
+            match deliveries.len() {
+                0 => count(Counted::EmptyReceives, 1),
+                received => count(Counted::Received, received as u64),
+            }
             let key = (topic, subscription);
             if let Ok(mut known) = inner.idle.lock() {
                 match idle {

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::clock::now_ms;
+use crate::usage::{Counted, count};
 
 use super::{
     BatchOp, Cause, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document,
@@ -507,6 +508,7 @@ fn delete_in(
     id: &str,
     if_match: Option<&ETag>,
 ) -> Result<(), StoreError> {
+    count(Counted::Writes, 1);
     let seq = current_seq(tx, container, pk, id)?.ok_or(StoreError::NotFound)?;
     if if_match.is_some_and(|expected| *expected != etag_of(seq)) {
         return Err(StoreError::PreconditionFailed);
@@ -528,6 +530,8 @@ fn write_in(
     mode: WriteMode<'_>,
 ) -> Result<ETag, StoreError> {
     let text = serialize(body)?;
+    count(Counted::Writes, 1);
+    count(Counted::WrittenBytes, text.len() as u64);
     if text.len() > super::MAX_ITEM_BYTES {
         return Err(StoreError::TooLarge(format!(
             "item {id} is {} bytes; at most {} are stored",
@@ -571,6 +575,7 @@ impl DocumentStore for EmbeddedStore {
         pk: &str,
         id: &str,
     ) -> Result<Option<Document>, StoreError> {
+        count(Counted::PointReads, 1);
         let (container, pk, id) = (container.to_owned(), pk.to_owned(), id.to_owned());
         self.with_reader(move |connection| {
             let row = connection
@@ -595,6 +600,7 @@ impl DocumentStore for EmbeddedStore {
         container: &str,
         keys: &[(String, String)],
     ) -> Result<Vec<Option<Document>>, StoreError> {
+        count(Counted::PointReads, keys.len() as u64);
         let container = container.to_owned();
         let keys = keys.to_vec();
         // One hop to a reader for the lot, one prepared statement.
@@ -623,6 +629,7 @@ impl DocumentStore for EmbeddedStore {
     }
 
     async fn find_by_id(&self, container: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        count(Counted::Queries, 1);
         let (container, id) = (container.to_owned(), id.to_owned());
         self.with_reader(move |connection| {
             let row = connection
@@ -762,6 +769,7 @@ impl DocumentStore for EmbeddedStore {
 
     async fn query(&self, container: &str, query: &Query) -> Result<Page, StoreError> {
         let position = query.validated()?;
+        count(Counted::Queries, 1);
         let container = container.to_owned();
         let query = query.clone();
         self.with_reader(move |connection| {
@@ -865,6 +873,7 @@ impl DocumentStore for EmbeddedStore {
         since: Option<&Checkpoint>,
         max: usize,
     ) -> Result<ChangeBatch, StoreError> {
+        count(Counted::ChangeReads, 1);
         let after: i64 = match since {
             None => 0,
             Some(Checkpoint(token)) => token
