@@ -1,6 +1,6 @@
 //! What this process asked of its store and bus, by kind of operation: the figures a cost
 //! estimate starts from (the saga benchmark prints them per order; `docs/cost.md` turns them
-//! into request units and money). Counted by the embedded adapters, which do one operation
+//! into request units and money). Every adapter counts: the embedded ones do one operation
 //! where Cosmos DB or Service Bus would bill one.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -22,6 +22,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::usage::{Counted, count};
+
 use async_trait::async_trait;
 use azure_core_legacy::{HttpClient, Method, Request, StatusCode};
 use azure_messaging_servicebus::service_bus::{
@@ -740,7 +742,9 @@ impl EventBus for ServiceBusBus {
 
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
         let id = message.event.id.clone();
-        self.send(topic, &message, &id, &[]).await
+        self.send(topic, &message, &id, &[]).await?;
+        count(Counted::Published, 1);
+        Ok(())
     }
 
     async fn receive(
@@ -758,8 +762,10 @@ impl EventBus for ServiceBusBus {
                 Duration::ZERO
             };
             let Some(response) = self.peek_lock(topic, subscription, wait).await? else {
+                count(Counted::EmptyReceives, 1);
                 break;
             };
+            count(Counted::Received, 1);
             let lock = received_broker_properties(&response)
                 .map(|b| b.lock_token)
                 .unwrap_or_default();
@@ -795,7 +801,7 @@ impl EventBus for ServiceBusBus {
         response
             .delete_message()
             .await
-            .map(|_| ())
+            .map(|_| count(Counted::Settled, 1))
             .map_err(|_| BusError::LockLost)
     }
 
@@ -807,6 +813,8 @@ impl EventBus for ServiceBusBus {
         delay: Duration,
     ) -> Result<(), BusError> {
         let response = self.take_lock(lock)?;
+        // One unlock, now or after the delay.
+        count(Counted::Settled, 1);
         if delay.is_zero() {
             return response
                 .unlock_message()
@@ -857,10 +865,12 @@ impl EventBus for ServiceBusBus {
             .send_message(&Self::body(&message)?, Some(options))
             .await
             .map_err(unavailable)?;
+        // A send to the dead-letter queue and the delete.
+        count(Counted::Published, 1);
         response
             .delete_message()
             .await
-            .map(|_| ())
+            .map(|_| count(Counted::Settled, 1))
             .map_err(|_| BusError::LockLost)
     }
 

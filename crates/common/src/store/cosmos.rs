@@ -25,6 +25,7 @@ use super::{
     BatchOp, Cause, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document,
     DocumentStore, ETag, Json, Page, Query, QueryScope, StoreError,
 };
+use crate::usage::{Counted, count};
 
 #[derive(Clone)]
 pub struct CosmosStore {
@@ -271,6 +272,7 @@ impl DocumentStore for CosmosStore {
         pk: &str,
         id: &str,
     ) -> Result<Option<Document>, StoreError> {
+        count(Counted::PointReads, 1);
         match self
             .container(container)?
             .read_item(pk.to_owned(), id, None)
@@ -296,6 +298,7 @@ impl DocumentStore for CosmosStore {
 
     #[tracing::instrument(name = "cosmos.find_by_id", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn find_by_id(&self, container: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        count(Counted::Queries, 1);
         let query = SqlQuery::from("SELECT TOP 1 * FROM c WHERE c.id = @id ORDER BY c.pk")
             .with_parameter("@id", id)
             .map_err(|e| StoreError::Serialization(Cause::new(e)))?;
@@ -323,7 +326,9 @@ impl DocumentStore for CosmosStore {
         id: &str,
         body: Json,
     ) -> Result<Document, StoreError> {
-        super::check_item_size(id, &body)?;
+        let size = super::check_item_size(id, &body)?;
+        count(Counted::Writes, 1);
+        count(Counted::WrittenBytes, size as u64);
         let response = self
             .container(container)?
             .create_item(pk.to_owned(), id, envelope(pk, id, body.clone()), None)
@@ -341,7 +346,9 @@ impl DocumentStore for CosmosStore {
         body: Json,
         expected: Option<&ETag>,
     ) -> Result<Document, StoreError> {
-        super::check_item_size(id, &body)?;
+        let size = super::check_item_size(id, &body)?;
+        count(Counted::Writes, 1);
+        count(Counted::WrittenBytes, size as u64);
         let response = self
             .container(container)?
             .replace_item(
@@ -363,7 +370,9 @@ impl DocumentStore for CosmosStore {
         id: &str,
         body: Json,
     ) -> Result<Document, StoreError> {
-        super::check_item_size(id, &body)?;
+        let size = super::check_item_size(id, &body)?;
+        count(Counted::Writes, 1);
+        count(Counted::WrittenBytes, size as u64);
         let response = self
             .container(container)?
             .upsert_item(pk.to_owned(), id, envelope(pk, id, body.clone()), None)
@@ -380,6 +389,7 @@ impl DocumentStore for CosmosStore {
         id: &str,
         expected: Option<&ETag>,
     ) -> Result<(), StoreError> {
+        count(Counted::Writes, 1);
         let response = self
             .container(container)?
             .delete_item(pk.to_owned(), id, if_match(expected))
@@ -391,6 +401,7 @@ impl DocumentStore for CosmosStore {
 
     #[tracing::instrument(name = "cosmos.query", skip_all, fields(container = %container, ru = tracing::field::Empty))]
     async fn query(&self, container: &str, query: &Query) -> Result<Page, StoreError> {
+        count(Counted::Queries, 1);
         let position = query.validated()?;
         let (sql, parameters) = query_sql(query, position);
         let mut sql_query = SqlQuery::from(sql);
@@ -436,6 +447,7 @@ impl DocumentStore for CosmosStore {
         since: Option<&Checkpoint>,
         max: usize,
     ) -> Result<ChangeBatch, StoreError> {
+        count(Counted::ChangeReads, 1);
         let page_size = NonZeroU32::new(u32::try_from(max.max(1)).unwrap_or(u32::MAX))
             .unwrap_or(NonZeroU32::MIN);
         let mut options =
@@ -508,6 +520,7 @@ impl DocumentStore for CosmosStore {
         pk: &str,
         operations: Vec<BatchOp>,
     ) -> Result<Vec<Option<ETag>>, StoreError> {
+        count(Counted::Writes, operations.len() as u64);
         use azure_data_cosmos::TransactionalBatch;
         use azure_data_cosmos::options::{BatchDeleteOptions, BatchReplaceOptions};
 

@@ -167,6 +167,7 @@ contract!(
     create_twice_conflicts,
     read_of_missing_is_none,
     read_many_answers_in_the_order_asked,
+    operations_are_counted_by_kind,
     replace_with_current_etag_succeeds_and_changes_etag,
     replace_with_stale_etag_fails,
     replace_of_missing_is_not_found,
@@ -223,6 +224,27 @@ async fn read_of_missing_is_none(store: &SharedStore) {
         store.read(THINGS, "p1", &unique("missing")).await.unwrap(),
         None
     );
+}
+
+/// `common::usage` counts for cost estimates; other tests run at once, hence "at least".
+async fn operations_are_counted_by_kind(store: &SharedStore) {
+    let id = unique("counted");
+    let before = common::usage::usage();
+    store
+        .create(THINGS, "p1", &id, json!({"n": 1}))
+        .await
+        .unwrap();
+    store.read(THINGS, "p1", &id).await.unwrap();
+    store
+        .read_many(
+            THINGS,
+            &[("p1".to_owned(), id.clone()), ("p1".to_owned(), id)],
+        )
+        .await
+        .unwrap();
+    let used = common::usage::usage() - before;
+    assert!(used.writes >= 1 && used.written_bytes >= 7, "{used:?}");
+    assert!(used.point_reads >= 3, "{used:?}");
 }
 
 async fn read_many_answers_in_the_order_asked(store: &SharedStore) {
