@@ -333,9 +333,9 @@ impl Imports {
         }
         let mut batches = self.read_batches(&job, format).await?;
         // Several batches in flight (`imports.batches_in_flight`): the catalog works on some
-        // while the answers to others are recorded. Answers are taken in order, so the checkpoint only ever moves past
-        // batches that were applied; a batch that shares a SKU with one in flight waits for
-        // it, so that the later row still wins.
+        // while the answers to others are recorded. Answers are taken in order, so the
+        // checkpoint only ever moves past batches that were applied; a batch that shares a
+        // SKU with one in flight waits for it, so that the later row still wins.
         let mut in_flight: VecDeque<InFlight> =
             VecDeque::with_capacity(self.settings.batches_in_flight);
         let mut exhausted = false;
