@@ -767,6 +767,17 @@ impl EventBus for EmbeddedBus {
         .await
     }
 
+    fn ready_in(&self, topic: &str, subscription: &str) -> Option<Duration> {
+        let key = (topic.to_owned(), subscription.to_owned());
+        let idle = self.inner.idle.lock().ok()?.get(&key).copied()?;
+        // Something was written since that receive: what it saw may no longer hold.
+        if idle.changes != self.inner.changes.load(Ordering::SeqCst) {
+            return None;
+        }
+        let wait = idle.until.saturating_sub(now_ms()).max(0);
+        Some(Duration::from_millis(u64::try_from(wait).unwrap_or(0)))
+    }
+
     fn wake_ups(&self) -> Option<watch::Receiver<u64>> {
         Some(self.inner.published.subscribe())
     }
@@ -814,5 +825,32 @@ mod tests {
         assert!(here.receive("t", "s", 10).await.unwrap().is_empty());
         here.publish("t", Message::new(event)).await.unwrap();
         assert_eq!(here.receive("t", "s", 10).await.unwrap().len(), 1);
+    }
+
+    /// A worker that found its subscription empty sleeps until a backed-off message comes
+    /// due, not a whole poll interval.
+    #[tokio::test]
+    async fn an_empty_subscription_says_when_its_backed_off_message_comes_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(&dir.path().join("bus.db")).unwrap();
+        bus.ensure_subscription("t", "s", SubscriptionOptions::default())
+            .await
+            .unwrap();
+        let event = CloudEvent::new(
+            "tests",
+            "tests.thing.happened.v1",
+            "x",
+            serde_json::json!({}),
+        );
+        bus.publish("t", Message::new(event)).await.unwrap();
+        let held = bus.receive("t", "s", 10).await.unwrap();
+        bus.abandon("t", "s", &held[0].lock, Duration::from_millis(300))
+            .await
+            .unwrap();
+        // Written since the last receive: the bus cannot say.
+        assert_eq!(bus.ready_in("t", "s"), None);
+        assert!(bus.receive("t", "s", 10).await.unwrap().is_empty());
+        let due = bus.ready_in("t", "s").unwrap();
+        assert!(due <= Duration::from_millis(350), "{due:?}");
     }
 }

@@ -246,6 +246,13 @@ pub trait EventBus: Send + Sync + 'static {
     fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+
+    /// How long until a message the subscription holds (locked, or delivered later after a
+    /// back-off) becomes ready, when the bus knows; a receiver that found nothing need not
+    /// look again before then, unless woken. `None` when it cannot tell.
+    fn ready_in(&self, _topic: &str, _subscription: &str) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 pub type SharedBus = Arc<dyn EventBus>;

@@ -107,9 +107,15 @@ pub fn spawn_worker(
                             None => std::future::pending::<()>().await,
                         }
                     };
+                    // A message locked or backed off here comes due on its own time.
+                    let wait = bus
+                        .ready_in(&settings.topic, &settings.subscription)
+                        .map_or(settings.poll_interval, |due| {
+                            due.min(settings.poll_interval)
+                        });
                     tokio::select! {
                         _ = published => {}
-                        _ = tokio::time::sleep(settings.poll_interval) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => {}
                     }
                 }
