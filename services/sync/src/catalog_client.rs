@@ -111,15 +111,7 @@ impl CatalogClient {
             }
             match request.send().await {
                 Ok(response) if matches!(response.status().as_u16(), 408 | 429 | 500..=599) => {
-                    let status = response.status();
-                    let detail: String = response
-                        .text()
-                        .await
-                        .unwrap_or_default()
-                        .chars()
-                        .take(300)
-                        .collect();
-                    last = CatalogCallError::Unavailable(format!("answered {status}: {detail}"));
+                    last = CatalogCallError::Unavailable(answered(response).await);
                 }
                 Ok(response) => return Ok(response),
                 Err(error) => last = CatalogCallError::Unavailable(error.to_string()),
@@ -130,20 +122,10 @@ impl CatalogClient {
 
     /// Refuses an answer that is not a success, with what it said.
     async fn success(response: reqwest::Response) -> Result<reqwest::Response, CatalogCallError> {
-        let status = response.status();
-        if status.is_success() {
+        if response.status().is_success() {
             return Ok(response);
         }
-        let detail: String = response
-            .text()
-            .await
-            .unwrap_or_default()
-            .chars()
-            .take(300)
-            .collect();
-        Err(CatalogCallError::Refused(format!(
-            "answered {status}: {detail}"
-        )))
+        Err(CatalogCallError::Refused(answered(response).await))
     }
 
     /// Upserts `items` (catalog bulk items), answering each one's outcome in order.
@@ -192,4 +174,17 @@ impl CatalogClient {
         let response = self.call(reqwest::Method::PUT, &url, Some(&body)).await?;
         Self::success(response).await.map(|_| ())
     }
+}
+
+/// What an unwelcome answer said: its status and the start of its body.
+async fn answered(response: reqwest::Response) -> String {
+    let status = response.status();
+    let detail: String = response
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    format!("answered {status}: {detail}")
 }

@@ -289,6 +289,9 @@ fn decode(text: &str) -> Result<Message, BusError> {
     })
 }
 
+/// Completing a delivery removes it (see [`settle`]).
+const COMPLETE: &str = "DELETE FROM deliveries INDEXED BY deliveries_lock";
+
 /// Applies a settlement to the delivery holding `lock`, if the lock is still held. `sql`
 /// names the lock index (`INDEXED BY deliveries_lock`): left to itself SQLite prefers the
 /// subscription's index and walks every delivery the subscription holds.
@@ -593,14 +596,7 @@ impl EventBus for EmbeddedBus {
     ) -> Result<(), BusError> {
         let (topic, subscription, lock) = (topic.to_owned(), subscription.to_owned(), lock.clone());
         self.run(move |connection, _| {
-            settle(
-                connection,
-                &topic,
-                &subscription,
-                &lock,
-                "DELETE FROM deliveries INDEXED BY deliveries_lock",
-                &[],
-            )
+            settle(connection, &topic, &subscription, &lock, COMPLETE, &[])
         })
         .await
     }
@@ -620,14 +616,7 @@ impl EventBus for EmbeddedBus {
                 .map_err(backend)?;
             let mut outcomes = Vec::with_capacity(locks.len());
             for lock in &locks {
-                match settle(
-                    &tx,
-                    &topic,
-                    &subscription,
-                    lock,
-                    "DELETE FROM deliveries INDEXED BY deliveries_lock",
-                    &[],
-                ) {
+                match settle(&tx, &topic, &subscription, lock, COMPLETE, &[]) {
                     Err(BusError::LockLost) => outcomes.push(Err(BusError::LockLost)),
                     Err(other) => return Err(other),
                     Ok(()) => outcomes.push(Ok(())),
