@@ -131,6 +131,8 @@ event_types! {
         "A product was deleted, with its stock record.";
     StockChanged = "catalog.stock.changed.v1" on topics::CATALOG, from "catalog", data StockChangedV1,
         "A SKU's stock changed: counted, reserved or released.";
+    EndpointDisabled = "notifications.endpoint.disabled.v1" on topics::NOTIFICATIONS, from "notifications", data EndpointDisabledV1,
+        "A webhook endpoint failed for too long and was disabled; nothing is sent to it until it is resumed.";
 }
 
 /// The contract of one event type, by its name.
@@ -164,6 +166,10 @@ pub struct OrderPlacedV1 {
 pub struct OrderRefV1 {
     pub order_id: String,
     pub customer_id: String,
+    /// Where the customer is told about the order (orders' events only, when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(email)]
+    pub contact_email: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -183,6 +189,10 @@ pub struct OrderRefusedV1 {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shortages: Vec<ShortageV1>,
+    /// Where the customer is told about the order (orders' events only, when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(email)]
+    pub contact_email: Option<String>,
 }
 
 /// A price in an event: exact decimal text and its ISO 4217 currency.
@@ -227,4 +237,16 @@ pub struct StockChangedV1 {
     pub reserved: i64,
     /// On hand less reserved.
     pub available: i64,
+}
+
+/// `notifications.endpoint.disabled.v1`: a webhook subscription's endpoint was disabled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointDisabledV1 {
+    pub subscription_id: String,
+    pub url: String,
+    /// Since when every attempt failed (RFC 3339).
+    pub failing_since: String,
+    /// The last failure, e.g. `answered 503 Service Unavailable`.
+    pub reason: String,
 }

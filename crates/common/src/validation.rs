@@ -262,6 +262,34 @@ impl Fields {
         }
     }
 
+    /// `true` or `false`.
+    pub fn boolean(&mut self, name: &'static str, required: bool) -> Option<bool> {
+        let raw = self.take(name, required)?;
+        match raw.get() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => {
+                self.reject(name, "must be true or false");
+                None
+            }
+        }
+    }
+
+    /// An e-mail address (RFC 5322 `addr-spec`, as mail servers take it), up to 254
+    /// characters.
+    pub fn email(&mut self, name: &'static str, required: bool) -> Option<String> {
+        let text = self.exact_string(name, required, 3..=254)?;
+        match text.parse::<email_address::EmailAddress>() {
+            Ok(address) if !address.domain().is_empty() && !text.contains(['<', '>', ' ']) => {
+                Some(text)
+            }
+            _ => {
+                self.reject(name, "must be an e-mail address such as name@example.com");
+                None
+            }
+        }
+    }
+
     /// The literal text of a JSON number, as sent.
     pub fn number_text(&mut self, name: &'static str, required: bool) -> Option<String> {
         let raw = self.take(name, required)?;

@@ -235,7 +235,7 @@ async fn up(data_dir: Option<PathBuf>, only: Vec<String>) -> anyhow::Result<()> 
     println!();
     println!("get a token:");
     println!(
-        "  TOKEN=$({exe} token --sub me --scope \"catalog.read catalog.write orders.read orders.write sync.admin\"{data_flag})"
+        "  TOKEN=$({exe} token --sub me --scope \"catalog.read catalog.write orders.read orders.write sync.admin notifications.admin\"{data_flag})"
     );
     if let Some(catalog) = handles.iter().find(|h| h.name == "catalog") {
         println!(
@@ -250,6 +250,18 @@ async fn up(data_dir: Option<PathBuf>, only: Vec<String>) -> anyhow::Result<()> 
         println!(
             "  or drop it into {}",
             data.join("sync-files").join("incoming").display()
+        );
+    }
+    if let Some(notifications) = handles.iter().find(|h| h.name == "notifications") {
+        println!();
+        println!("receive events as signed webhooks (Standard Webhooks):");
+        println!(
+            "  curl -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\\n    -d '{{\"url\": \"https://example.com/hook\", \"eventTypes\": [\"orders.*\"]}}' {}/v1/subscriptions",
+            notifications.url()
+        );
+        println!(
+            "  e-mails to orders' contactEmail are written to {}",
+            data.join("notifications-mail").display()
         );
     }
     println!();

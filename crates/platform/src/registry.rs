@@ -12,10 +12,11 @@ use common::runtime::{Host, Hosted, Launch, Loaded, Peers, ServiceDescriptor};
 static CATALOG: Host<catalog::startup::CatalogService> = Host::new();
 static ORDERS: Host<orders::startup::OrdersService> = Host::new();
 static SYNC: Host<sync::startup::SyncService> = Host::new();
+static NOTIFICATIONS: Host<notifications::startup::NotificationsService> = Host::new();
 
 /// The platform's services, in start order.
-pub fn services() -> [&'static dyn Hosted; 3] {
-    [&CATALOG, &ORDERS, &SYNC]
+pub fn services() -> [&'static dyn Hosted; 4] {
+    [&CATALOG, &ORDERS, &SYNC, &NOTIFICATIONS]
 }
 
 /// Their descriptors.

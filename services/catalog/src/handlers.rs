@@ -79,6 +79,7 @@ impl OrderEvents {
                         &OrderRefV1 {
                             order_id: placed.order_id.clone(),
                             customer_id: placed.customer_id.clone(),
+                            contact_email: None,
                         },
                     )
             }
@@ -96,6 +97,7 @@ impl OrderEvents {
                             available: s.available,
                         })
                         .collect(),
+                    contact_email: None,
                 },
             ),
         }

@@ -69,6 +69,7 @@ impl StockEvents {
                 &OrderRefV1 {
                     order_id: order.id.clone(),
                     customer_id: order.customer_id.clone(),
+                    contact_email: order.contact_email.clone(),
                 },
             ),
             Answer::Reject(reason) => effect.publish::<OrderRejected>(
@@ -78,6 +79,7 @@ impl StockEvents {
                     customer_id: order.customer_id.clone(),
                     reason: reason.clone(),
                     shortages: Vec::new(),
+                    contact_email: order.contact_email.clone(),
                 },
             ),
         }

@@ -53,6 +53,9 @@ impl From<StoreError> for OrdersError {
 pub struct PlaceOrder {
     pub customer_id: String,
     pub lines: Vec<OrderLineV1>,
+    /// Where the customer is told about the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_email: Option<String>,
 }
 
 /// What an `Idempotency-Key` was first used for by a client, and the order it makes.
@@ -83,7 +86,7 @@ fn idempotency_location(client: &str, key: &str) -> (String, String) {
 
 enum Claim {
     /// The key was used for this very request, which made this order.
-    Answered(Order, ETag),
+    Answered(Box<(Order, ETag)>),
     /// Place the order, with this id.
     Place(String),
 }
@@ -125,7 +128,10 @@ impl Orders {
         let order_id = match idempotency_key {
             None => uuid::Uuid::now_v7().to_string(),
             Some(key) => match self.claim(client, &request, key).await? {
-                Claim::Answered(order, etag) => return Ok((order, etag, true)),
+                Claim::Answered(answered) => {
+                    let (order, etag) = *answered;
+                    return Ok((order, etag, true));
+                }
                 Claim::Place(order_id) => order_id,
             },
         };
@@ -135,7 +141,8 @@ impl Orders {
             request.customer_id.clone(),
             priced,
             OffsetDateTime::now_utc(),
-        )?;
+        )?
+        .with_contact_email(request.contact_email.clone());
         let placed = OrderPlacedV1 {
             order_id: order.id.clone(),
             customer_id: order.customer_id.clone(),
@@ -197,7 +204,7 @@ impl Orders {
                 {
                     Some(order) => {
                         let (order, etag) = order.into_model::<Order>()?;
-                        Ok(Claim::Answered(order, etag))
+                        Ok(Claim::Answered(Box::new((order, etag))))
                     }
                     // Taken, but the order was never stored (a failure, or a crash): place it now.
                     None => Ok(Claim::Place(record.order_id)),
@@ -323,6 +330,7 @@ impl Orders {
         let reference = OrderRefV1 {
             order_id: order.id.clone(),
             customer_id: order.customer_id.clone(),
+            contact_email: order.contact_email.clone(),
         };
         let event = OrderCancelled::event(&order.id, &reference)
             .map_err(|e| OrdersError::Store(StoreError::Serialization(e.into())))?;

@@ -4,9 +4,8 @@
 //! the process ends.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::OnceLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -21,11 +20,8 @@ const ACCOUNT_KEY: &str =
 pub struct Azurite {
     /// The blob endpoint, `http://127.0.0.1:<port>/devstoreaccount1`.
     pub endpoint: String,
-    // Holding the pipe holds the emulator: the wrapper stops it when the pipe closes,
-    // which is when this process ends, however it ends. (A background job's own standard
-    // input is /dev/null, hence the pipe kept as descriptor 3.)
-    _lifeline: Mutex<ChildStdin>,
-    _process: Mutex<Child>,
+    // Held for the test process's life: the emulator stops when it ends.
+    _lifeline: super::process::Lifeline,
 }
 
 static AZURITE: OnceLock<Result<Azurite, String>> = OnceLock::new();
@@ -127,34 +123,14 @@ fn install() -> Result<PathBuf, String> {
 fn launch(entry: &Path) -> Result<Azurite, String> {
     let port = super::free_port().map_err(|e| e.to_string())?;
     let command = format!(
-        "exec 3<&0; node '{}' --blobHost 127.0.0.1 --blobPort {port} --inMemoryPersistence \
-         --skipApiVersionCheck --loose --silent --disableTelemetry & child=$!; \
-         (cat <&3 > /dev/null; kill $child 2> /dev/null) & wait $child",
+        "node '{}' --blobHost 127.0.0.1 --blobPort {port} --inMemoryPersistence \
+         --skipApiVersionCheck --loose --silent --disableTelemetry",
         entry.display()
     );
-    let mut process = Command::new("sh")
-        .args(["-c", &command])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("sh could not be run: {e}"))?;
-    let lifeline = process.stdin.take().ok_or("no pipe to the emulator")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(Azurite {
-                endpoint: format!("http://127.0.0.1:{port}/{ACCOUNT}"),
-                _lifeline: Mutex::new(lifeline),
-                _process: Mutex::new(process),
-            });
-        }
-        if let Ok(Some(status)) = process.try_wait() {
-            return Err(format!("Azurite exited at start ({status})"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(lifeline);
-    let _ = process.kill();
-    Err(format!("Azurite did not listen on port {port} within 60 s"))
+    let lifeline =
+        super::process::spawn_listening("Azurite", &command, port, false, &workspace_root())?;
+    Ok(Azurite {
+        endpoint: format!("http://127.0.0.1:{port}/{ACCOUNT}"),
+        _lifeline: lifeline,
+    })
 }

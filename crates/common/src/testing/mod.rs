@@ -5,6 +5,8 @@
 
 pub mod azurite;
 pub mod fake_servicebus;
+pub mod process;
+pub mod python;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -7,7 +7,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 pub const SECRET: &str = "e2e-tests-secret-0123456789abcdef0123";
-pub const ALL: &str = "catalog.read catalog.write orders.read orders.write sync.admin";
+pub const ALL: &str =
+    "catalog.read catalog.write orders.read orders.write sync.admin notifications.admin";
 
 /// What every test sets on every service it starts.
 pub fn test_settings(settings: &mut Settings) {
@@ -35,6 +36,7 @@ pub struct Platform {
     pub catalog_url: String,
     pub orders_url: String,
     pub sync_url: String,
+    pub notifications_url: String,
     pub http: reqwest::Client,
     pub token: String,
     pub settings: Settings,
@@ -111,6 +113,7 @@ impl Platform {
             catalog_url: url("catalog"),
             orders_url: url("orders"),
             sync_url: url("sync"),
+            notifications_url: url("notifications"),
             http: reqwest::Client::new(),
             token: token(&settings),
             settings,
@@ -214,11 +217,17 @@ impl Platform {
     }
 
     pub async fn place(&self, customer: &str, lines: Value, key: Option<&str>) -> Response {
+        self.place_order(json!({"customerId": customer, "lines": lines}), key)
+            .await
+    }
+
+    /// `POST /v1/orders` with `body`.
+    pub async fn place_order(&self, body: Value, key: Option<&str>) -> Response {
         let mut request = self
             .http
             .post(format!("{}/v1/orders", self.orders_url))
             .bearer_auth(&self.token)
-            .json(&json!({"customerId": customer, "lines": lines}));
+            .json(&body);
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }

@@ -6,5 +6,6 @@ mod connectors;
 mod crash;
 mod helpers;
 mod imports;
+mod notifications;
 mod saga;
 mod up;

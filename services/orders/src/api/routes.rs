@@ -36,6 +36,8 @@ pub struct OrderView {
     /// Why a rejected order was rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contact_email: Option<String>,
     lines: Vec<LineView>,
     #[schema(example = "25.00")]
     total: String,
@@ -56,6 +58,9 @@ pub struct PlaceOrderInput {
     /// 1-50 lines, one per SKU, quantity 1-10000.
     #[schema(min_items = 1, max_items = 50)]
     lines: Vec<LineInput>,
+    /// Where the customer is told that the order was confirmed, rejected or cancelled.
+    #[schema(format = Email, min_length = 3, max_length = 254)]
+    contact_email: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -120,6 +125,7 @@ fn view(order: &Order) -> Result<OrderView, ApiError> {
         customer_id: order.customer_id.clone(),
         status: order.status,
         reason: order.reason.clone(),
+        contact_email: order.contact_email.clone(),
         lines: order
             .lines
             .iter()
@@ -178,7 +184,12 @@ fn read_request(body: JsonObject) -> Result<PlaceOrder, ApiError> {
             Err(error) => fields.absorb(error),
         }
     }
-    let request = customer_id.map(|customer_id| PlaceOrder { customer_id, lines });
+    let contact_email = fields.email("contactEmail", false);
+    let request = customer_id.map(|customer_id| PlaceOrder {
+        customer_id,
+        lines,
+        contact_email,
+    });
     fields.finish(request)
 }
 

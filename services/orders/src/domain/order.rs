@@ -66,6 +66,9 @@ pub struct Order {
     pub total_minor_units: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where the customer is told about the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_email: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -128,9 +131,18 @@ impl Order {
             currency: currency.code().to_owned(),
             total_minor_units: total.minor_units(),
             reason: None,
+            contact_email: None,
             created_at: now,
             updated_at: now,
         })
+    }
+
+    /// The same order, telling the customer at `contact_email`.
+    pub fn with_contact_email(self, contact_email: Option<String>) -> Self {
+        Self {
+            contact_email,
+            ..self
+        }
     }
 
     fn become_(

@@ -1,0 +1,565 @@
+//! Notifications: signed webhooks that a Standard Webhooks verifier accepts, a receiver that
+//! was down gets everything once back, one that keeps failing ends with failed messages
+//! (and a disabled endpoint) that can be sent again by hand; e-mail over a real SMTP server;
+//! a duplicate event sends nothing twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use common::testing::python::{SmtpSink, verify_standard_webhook};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// A delivery as the receiver got it.
+#[derive(Clone, Debug)]
+pub struct Hook {
+    pub id: String,
+    pub timestamp: String,
+    pub signature: String,
+    pub body: String,
+}
+
+impl Hook {
+    pub fn event(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+
+    /// Whether the Standard Webhooks reference verifier accepts it under `secret`.
+    pub fn verifies(&self, secret: &str) -> Result<(), String> {
+        verify_standard_webhook(
+            secret,
+            &[
+                ("webhook-id", &self.id),
+                ("webhook-timestamp", &self.timestamp),
+                ("webhook-signature", &self.signature),
+            ],
+            &self.body,
+        )
+    }
+}
+
+pub const ANSWER_OK: u8 = 0;
+pub const ANSWER_DOWN: u8 = 1;
+pub const ANSWER_BROKEN: u8 = 2;
+
+/// A webhook endpoint: records what it is sent, and answers as told.
+pub struct WebhookReceiver {
+    pub url: String,
+    pub hooks: Arc<Mutex<Vec<Hook>>>,
+    pub answer: Arc<AtomicU8>,
+    _server: actix_web::dev::ServerHandle,
+}
+
+impl WebhookReceiver {
+    pub fn start() -> Self {
+        let hooks: Arc<Mutex<Vec<Hook>>> = Arc::default();
+        let answer = Arc::new(AtomicU8::new(ANSWER_OK));
+        let (state, mode) = (hooks.clone(), answer.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            let (state, mode) = (state.clone(), mode.clone());
+            App::new().route(
+                "/hooks",
+                web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                    let (state, mode) = (state.clone(), mode.clone());
+                    async move {
+                        match mode.load(Ordering::SeqCst) {
+                            ANSWER_DOWN => {
+                                return HttpResponse::ServiceUnavailable()
+                                    .insert_header(("retry-after", "0"))
+                                    .body("down for maintenance");
+                            }
+                            ANSWER_BROKEN => {
+                                return HttpResponse::InternalServerError().body("broken");
+                            }
+                            _ => {}
+                        }
+                        let header = |name: &str| {
+                            req.headers()
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned()
+                        };
+                        state.lock().unwrap().push(Hook {
+                            id: header("webhook-id"),
+                            timestamp: header("webhook-timestamp"),
+                            signature: header("webhook-signature"),
+                            body: String::from_utf8_lossy(&body).into_owned(),
+                        });
+                        HttpResponse::NoContent().finish()
+                    }
+                }),
+            )
+        })
+        .workers(2)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            url,
+            hooks,
+            answer,
+            _server: handle,
+        }
+    }
+
+    pub fn set(&self, answer: u8) {
+        self.answer.store(answer, Ordering::SeqCst);
+    }
+
+    pub fn hooks(&self) -> Vec<Hook> {
+        self.hooks.lock().unwrap().clone()
+    }
+
+    /// The deliveries of events about `order`.
+    pub fn about(&self, order: &str) -> Vec<Hook> {
+        self.hooks()
+            .into_iter()
+            .filter(|h| h.event()["subject"] == order)
+            .collect()
+    }
+}
+
+/// Notifications' settings for tests: local receivers allowed, retries in milliseconds.
+pub fn overrides(schedule: &str, smtp: Option<&SmtpSink>) -> Vec<(&'static str, String)> {
+    let mut overrides = vec![
+        ("webhooks.allow_private_targets", "true".to_owned()),
+        ("webhooks.retry_schedule_ms", schedule.to_owned()),
+        ("webhooks.jitter_percent", "0".to_owned()),
+        ("webhooks.poll_interval_ms", "50".to_owned()),
+        ("webhooks.timeout_ms", "2000".to_owned()),
+    ];
+    match smtp {
+        Some(smtp) => overrides.extend([
+            ("email.kind", "smtp".to_owned()),
+            ("email.smtp.host", "127.0.0.1".to_owned()),
+            ("email.smtp.port", smtp.port.to_string()),
+            ("email.smtp.security", "none".to_owned()),
+        ]),
+        None => overrides.push(("email.kind", "off".to_owned())),
+    }
+    overrides
+}
+
+async fn call(
+    platform: &Platform,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = platform
+        .http
+        .request(method, format!("{}{path}", platform.notifications_url))
+        .bearer_auth(&platform.token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+/// Creates a subscription; returns its id and secret.
+pub async fn subscribe(platform: &Platform, url: &str, event_types: Value) -> (String, String) {
+    let created = call(
+        platform,
+        reqwest::Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"url": url, "eventTypes": event_types, "description": "e2e"})),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    assert!(created.headers().get("etag").is_some());
+    let subscription: Value = created.json().await.unwrap();
+    let secret = subscription["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    (subscription["id"].as_str().unwrap().to_owned(), secret)
+}
+
+async fn place(platform: &Platform, customer: &str, email: Option<&str>) -> String {
+    let mut body = json!({"customerId": customer, "lines": [{"sku": "NT-1", "quantity": 1}]});
+    if let Some(email) = email {
+        body["contactEmail"] = json!(email);
+    }
+    let placed = platform.place_order(body, None).await;
+    assert_eq!(placed.status(), 202);
+    let id = placed.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    platform.settled(&id).await;
+    id
+}
+
+async fn messages(platform: &Platform, query: &str) -> Vec<Value> {
+    platform
+        .get_json(format!(
+            "{}/v1/messages?{query}",
+            platform.notifications_url
+        ))
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn orders_reach_a_webhook_receiver_signed_and_one_that_was_down_gets_everything_once_back() {
+    let receiver = WebhookReceiver::start();
+    let smtp = SmtpSink::start();
+    let platform = Platform::launch(
+        &[],
+        &overrides(
+            "[0, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50]",
+            Some(&smtp),
+        ),
+        |_| {},
+        None,
+    )
+    .await;
+    let (subscription, secret) = subscribe(&platform, &receiver.url, json!(["orders.*"])).await;
+    let shown: Value = platform
+        .get_json(format!(
+            "{}/v1/subscriptions/{subscription}",
+            platform.notifications_url
+        ))
+        .await;
+    assert_eq!(shown["status"], "active");
+    assert!(shown.get("secret").is_none(), "the secret is shown once");
+
+    platform.product("NT-1", "3.00", 1000).await;
+    let first = place(&platform, "nt-a", Some("ada@example.com")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            receiver.about(&first).len() == 2
+        })
+        .await,
+        "the order's events did not arrive"
+    );
+    let hooks = receiver.about(&first);
+    let types: BTreeSet<String> = hooks
+        .iter()
+        .map(|h| h.event()["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        BTreeSet::from([
+            "orders.order.placed.v1".to_owned(),
+            "orders.order.confirmed.v1".to_owned()
+        ])
+    );
+    for hook in &hooks {
+        assert!(hook.id.starts_with("msg_"));
+        hook.verifies(&secret).unwrap();
+        assert!(
+            hook.verifies("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .is_err()
+        );
+    }
+
+    // The confirmation went out by e-mail, over SMTP.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !smtp.messages().is_empty()
+        })
+        .await,
+        "no e-mail arrived"
+    );
+    let mail = smtp.messages().remove(0);
+    assert!(mail.contains("To: ada@example.com"), "{mail}");
+    assert!(
+        mail.contains(&format!("Subject: Your order {first} is confirmed")),
+        "{mail}"
+    );
+    assert!(mail.contains("text/html"), "{mail}");
+
+    // Down for a while: attempts are recorded, and everything arrives once it is back.
+    receiver.set(ANSWER_DOWN);
+    let mut while_down = Vec::new();
+    for n in 0..3 {
+        while_down.push(place(&platform, &format!("nt-down-{n}"), None).await);
+    }
+    let query = format!("subscriptionId={subscription}&status=pending");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            messages(&platform, &query)
+                .await
+                .iter()
+                .any(|m| m["attempts"].as_u64() >= Some(2))
+        })
+        .await,
+        "no retries were recorded"
+    );
+    receiver.set(ANSWER_OK);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            while_down
+                .iter()
+                .all(|order| receiver.about(order).len() >= 2)
+        })
+        .await,
+        "what was sent while the receiver was down did not arrive"
+    );
+    let retried = receiver.about(&while_down[0]).remove(0);
+    let attempts = platform
+        .get_json(format!(
+            "{}/v1/messages/{}/attempts",
+            platform.notifications_url, retried.id
+        ))
+        .await;
+    let attempts = attempts["items"].as_array().unwrap();
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    assert_eq!(attempts[0]["statusCode"], 503);
+    assert_eq!(attempts[0]["response"], "down for maintenance");
+    assert!(attempts[0]["latencyMs"].is_u64());
+    assert_eq!(attempts.last().unwrap()["statusCode"], 204);
+    assert_eq!(attempts.last().unwrap()["succeeded"], true);
+
+    // Every event arrived under one webhook-id, its message's.
+    let mut ids_by_event: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for hook in receiver.hooks() {
+        ids_by_event
+            .entry(hook.event()["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(hook.id.clone());
+    }
+    assert!(ids_by_event.values().all(|ids| ids.len() == 1));
+    assert_eq!(ids_by_event.len(), 8);
+
+    // A rotated secret: both sign for a day, so receivers can switch over.
+    let rotated: Value = call(
+        &platform,
+        reqwest::Method::POST,
+        &format!("/v1/subscriptions/{subscription}/rotate-secret"),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    let after = place(&platform, "nt-rotated", None).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            receiver.about(&after).len() == 2
+        })
+        .await
+    );
+    let hook = receiver.about(&after).remove(0);
+    assert_eq!(hook.signature.split(' ').count(), 2, "{}", hook.signature);
+    hook.verifies(&new_secret).unwrap();
+    hook.verifies(&secret).unwrap();
+
+    let seen = platform.stop().await;
+    assert!(seen.contains("orders.order.confirmed.v1"));
+}
+
+#[tokio::test]
+async fn a_receiver_that_keeps_failing_is_disabled_and_its_failed_messages_are_sent_again_by_hand()
+{
+    let failing = WebhookReceiver::start();
+    failing.set(ANSWER_BROKEN);
+    let watcher = WebhookReceiver::start();
+    let mut settings = overrides("[0, 20]", None);
+    // Disabled at the first failure after one that started the failing period.
+    settings.push(("webhooks.disable_after_failing_ms", "1".to_owned()));
+    let platform = Platform::launch(&[], &settings, |_| {}, None).await;
+    let started = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (subscription, secret) = subscribe(
+        &platform,
+        &failing.url,
+        json!(["orders.order.confirmed.v1"]),
+    )
+    .await;
+    let (_, watcher_secret) = subscribe(&platform, &watcher.url, json!(["notifications.*"])).await;
+    platform.product("NT-1", "3.00", 1000).await;
+
+    let first = place(&platform, "nt-fail-1", None).await;
+    let failed_query = format!("subscriptionId={subscription}&status=failed");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            messages(&platform, &failed_query).await.len() == 1
+        })
+        .await,
+        "the message did not fail after its last attempt"
+    );
+    let failed = messages(&platform, &failed_query).await.remove(0);
+    assert_eq!(failed["attempts"], 2);
+    assert_eq!(failed["lastAttempt"]["statusCode"], 500);
+    assert_eq!(failed["payload"]["subject"], first);
+
+    // Failing still: the endpoint is disabled, says why, and the platform says so.
+    let second = place(&platform, "nt-fail-2", None).await;
+    let url = format!(
+        "{}/v1/subscriptions/{subscription}",
+        platform.notifications_url
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            platform.get_json(url.clone()).await["status"] == "disabled"
+        })
+        .await,
+        "the endpoint was not disabled"
+    );
+    let shown = platform.get_json(url.clone()).await;
+    assert!(
+        shown["disabledReason"].as_str().unwrap().contains("500"),
+        "{shown}"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !watcher.hooks().is_empty()
+        })
+        .await,
+        "notifications.endpoint.disabled.v1 was not delivered"
+    );
+    let disabled = watcher.hooks().remove(0);
+    disabled.verifies(&watcher_secret).unwrap();
+    assert_eq!(
+        disabled.event()["type"],
+        "notifications.endpoint.disabled.v1"
+    );
+    assert_eq!(
+        disabled.event()["data"]["subscriptionId"],
+        subscription.as_str()
+    );
+
+    // Fixed and resumed: a failed message sent again by hand arrives with its webhook-id;
+    // recover sends the rest.
+    failing.set(ANSWER_OK);
+    let resumed = call(
+        &platform,
+        reqwest::Method::POST,
+        &format!("/v1/subscriptions/{subscription}/resume"),
+        None,
+    )
+    .await;
+    assert_eq!(resumed.status(), 200);
+    let retried = call(
+        &platform,
+        reqwest::Method::POST,
+        &format!("/v1/messages/{}/retry", failed["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(retried.status(), 202);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            failing.about(&first).len() == 1
+        })
+        .await,
+        "the retried message did not arrive"
+    );
+    let hook = failing.about(&first).remove(0);
+    assert_eq!(hook.id, failed["id"].as_str().unwrap());
+    hook.verifies(&secret).unwrap();
+    let recovered: Value = call(
+        &platform,
+        reqwest::Method::POST,
+        &format!("/v1/subscriptions/{subscription}/recover?since={started}"),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert!(recovered["recovered"].as_u64().is_some(), "{recovered}");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            failing.about(&second).len() == 1
+        })
+        .await,
+        "the second order's message did not arrive after recover"
+    );
+    let attempts = platform
+        .get_json(format!(
+            "{}/v1/messages/{}/attempts",
+            platform.notifications_url,
+            failed["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        attempts["items"].as_array().unwrap().last().unwrap()["trigger"],
+        "manual"
+    );
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_event_sends_no_second_webhook_or_mail() {
+    let receiver = WebhookReceiver::start();
+    let smtp = SmtpSink::start();
+    let platform = Platform::launch(
+        &["notifications"],
+        &overrides("[0, 50]", Some(&smtp)),
+        |_| {},
+        None,
+    )
+    .await;
+    let (_, _) = subscribe(
+        &platform,
+        &receiver.url,
+        json!(["orders.order.confirmed.v1", "orders.order.cancelled.v1"]),
+    )
+    .await;
+    // A publisher without duplicate detection, so that the event really arrives twice.
+    let mut settings = platform.settings.clone();
+    settings.bus.duplicate_window_seconds = 0;
+    let bus = common::runtime::adapters::open_bus(&settings).unwrap();
+    let data = json!({"orderId": "dup-1", "customerId": "c", "contactEmail": "bob@example.com"});
+    let confirmed =
+        common::bus::CloudEvent::new("orders", "orders.order.confirmed.v1", "dup-1", data.clone());
+    for _ in 0..2 {
+        bus.publish(
+            common::bus::topics::ORDERS,
+            common::bus::Message::new(confirmed.clone()),
+        )
+        .await
+        .unwrap();
+    }
+    // Handled after both copies (same subject, in order).
+    let cancelled =
+        common::bus::CloudEvent::new("orders", "orders.order.cancelled.v1", "dup-1", data);
+    bus.publish(
+        common::bus::topics::ORDERS,
+        common::bus::Message::new(cancelled.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let hooks = receiver.about("dup-1");
+            hooks
+                .iter()
+                .any(|h| h.event()["id"] == cancelled.id.as_str())
+                && hooks
+                    .iter()
+                    .any(|h| h.event()["id"] == confirmed.id.as_str())
+                && smtp.messages().iter().any(|m| m.contains("cancelled"))
+        })
+        .await,
+        "the events did not arrive"
+    );
+    let confirmations = receiver
+        .about("dup-1")
+        .into_iter()
+        .filter(|h| h.event()["id"] == confirmed.id.as_str())
+        .count();
+    assert_eq!(confirmations, 1, "a duplicate event was delivered twice");
+    let confirmation_mails = smtp
+        .messages()
+        .iter()
+        .filter(|m| m.contains("is confirmed"))
+        .count();
+    assert_eq!(confirmation_mails, 1, "a duplicate event was mailed twice");
+    platform.stop().await;
+}

@@ -1,0 +1,15 @@
+//! The notifications service as its own process (container or Azure Functions custom
+//! handler).
+
+use anyhow::Context;
+use common::runtime::Launch;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (mut settings, own) = notifications::startup::load_settings()?;
+    common::startup::adopt_functions_port(&mut settings);
+    let _telemetry = common::telemetry::init(&settings.telemetry, notifications::startup::SERVICE)?;
+    let listener = common::http::bind(&settings).context("binding the HTTP port")?;
+    let handle = notifications::startup::start(settings, own, Launch::on(listener)).await?;
+    common::startup::run_until_stopped(vec![handle]).await
+}

@@ -1,0 +1,165 @@
+//! The one start-up path, shared by `main`, `platform up` and the tests.
+
+use std::sync::Arc;
+
+use actix_web::web;
+use common::bus::topics;
+use common::config::{ConfigError, Settings, Sources};
+use common::events::{
+    EndpointDisabled, EventContract, EventType, OrderCancelled, OrderConfirmed, OrderPlaced,
+    OrderRejected, ProductChanged, ProductDeleted, StockChanged, StockReleased,
+    StockReservationFailed, StockReserved,
+};
+use common::http::ServiceHandle;
+use common::runtime::{Launch, Runtime, Service, ServiceDescriptor, SubscriptionSpec};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use crate::deliveries::{Deliveries, MESSAGES};
+use crate::handlers::{Fanout, dispatchers};
+use crate::mail::{EMAILS, Mailer};
+use crate::settings::{DEFAULTS, NotificationsSettings};
+use crate::subscriptions::{SUBSCRIPTIONS, Subscriptions};
+
+pub const SERVICE: &str = "notifications";
+
+pub const ORDERS_SUBSCRIPTION: &str = "notifications-orders";
+pub const CATALOG_SUBSCRIPTION: &str = "notifications-catalog";
+pub const OWN_SUBSCRIPTION: &str = "notifications-own";
+
+const ORDER_EVENTS: &[&str] = &[
+    OrderPlaced::TYPE,
+    OrderConfirmed::TYPE,
+    OrderRejected::TYPE,
+    OrderCancelled::TYPE,
+];
+const CATALOG_EVENTS: &[&str] = &[
+    StockReserved::TYPE,
+    StockReservationFailed::TYPE,
+    StockReleased::TYPE,
+    ProductChanged::TYPE,
+    ProductDeleted::TYPE,
+    StockChanged::TYPE,
+];
+const OWN_EVENTS: &[&str] = &[EndpointDisabled::TYPE];
+
+/// Every event type a webhook subscription can ask for.
+pub fn deliverable_event_types() -> Vec<&'static str> {
+    [ORDER_EVENTS, CATALOG_EVENTS, OWN_EVENTS].concat()
+}
+
+pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
+    name: SERVICE,
+    default_port: 8084,
+    containers: &[SUBSCRIPTIONS, MESSAGES, EMAILS],
+    subscriptions: &[
+        SubscriptionSpec {
+            topic: topics::ORDERS,
+            name: ORDERS_SUBSCRIPTION,
+            event_types: ORDER_EVENTS,
+        },
+        SubscriptionSpec {
+            topic: topics::CATALOG,
+            name: CATALOG_SUBSCRIPTION,
+            event_types: CATALOG_EVENTS,
+        },
+        SubscriptionSpec {
+            topic: topics::NOTIFICATIONS,
+            name: OWN_SUBSCRIPTION,
+            event_types: OWN_EVENTS,
+        },
+    ],
+    outboxes: &[SUBSCRIPTIONS],
+    publishes: || vec![EventContract::of::<EndpointDisabled>()],
+    consumes: || {
+        vec![
+            EventContract::of::<OrderPlaced>(),
+            EventContract::of::<OrderConfirmed>(),
+            EventContract::of::<OrderRejected>(),
+            EventContract::of::<OrderCancelled>(),
+            EventContract::of::<StockReserved>(),
+            EventContract::of::<StockReservationFailed>(),
+            EventContract::of::<StockReleased>(),
+            EventContract::of::<ProductChanged>(),
+            EventContract::of::<ProductDeleted>(),
+            EventContract::of::<StockChanged>(),
+            EventContract::of::<EndpointDisabled>(),
+        ]
+    },
+};
+
+/// The notifications service, as the platform hosts it.
+pub struct NotificationsService;
+
+impl Service for NotificationsService {
+    type Settings = NotificationsSettings;
+    const DESCRIPTOR: &'static ServiceDescriptor = &DESCRIPTOR;
+    const OWN_DEFAULTS: &'static str = DEFAULTS;
+    const OWN_SECRETS: &'static [&'static str] = &["email.smtp.password"];
+
+    fn validate(own: &NotificationsSettings) -> Result<(), ConfigError> {
+        own.validate()
+    }
+
+    fn start(
+        settings: Settings,
+        own: NotificationsSettings,
+        launch: Launch,
+    ) -> BoxFuture<'static, anyhow::Result<ServiceHandle>> {
+        start(settings, own, launch).boxed()
+    }
+}
+
+/// Defaults, then `config/notifications.toml`, then `PLATFORM__*` and `NOTIFICATIONS__*`.
+pub fn load_settings() -> Result<(Settings, NotificationsSettings), ConfigError> {
+    NotificationsService::load(&Sources::standard(&[]))
+}
+
+/// Opens the store and the bus, starts the deliveries and serves HTTP on the launch's
+/// listener.
+pub async fn start(
+    settings: Settings,
+    own: NotificationsSettings,
+    launch: Launch,
+) -> anyhow::Result<ServiceHandle> {
+    let mut runtime = Runtime::open(&DESCRIPTOR, settings, launch.bus).await?;
+    let subscriptions = Subscriptions::new(
+        runtime.store.clone(),
+        own.webhooks.allow_private_targets,
+        runtime.outbox_signal.clone(),
+    );
+    let deliveries = Deliveries::new(
+        runtime.store.clone(),
+        subscriptions.clone(),
+        own.webhooks.clone(),
+    )?;
+    let mailer = Arc::new(Mailer::new(
+        runtime.store.clone(),
+        &own.email,
+        &runtime.settings.data_dir,
+    )?);
+    let scan = deliveries.clone();
+    runtime.run_beside(Box::new(move |stop| tokio::spawn(scan.run_scan(stop))));
+    let (orders, catalog, own_events) = dispatchers(Arc::new(Fanout {
+        deliveries: deliveries.clone(),
+        mailer,
+    }));
+    let handlers = vec![
+        (ORDERS_SUBSCRIPTION, orders),
+        (CATALOG_SUBSCRIPTION, catalog),
+        (OWN_SUBSCRIPTION, own_events),
+    ];
+    let subscriptions = web::Data::new(subscriptions);
+    let deliveries = web::Data::new(deliveries);
+    runtime.serve(
+        handlers,
+        launch.listener,
+        crate::api::openapi::document(),
+        move |config| {
+            config
+                .app_data(subscriptions.clone())
+                .app_data(deliveries.clone())
+                .configure(crate::api::configure);
+        },
+    )
+}
