@@ -11,6 +11,8 @@ use super::ConfigError;
 pub struct KnownKeys {
     leaves: BTreeSet<String>,
     open_tables: BTreeSet<String>,
+    /// Keys whose values are lists (given comma separated in the environment).
+    lists: BTreeSet<String>,
 }
 
 impl KnownKeys {
@@ -32,6 +34,10 @@ impl KnownKeys {
             let path = join(prefix, name);
             match value {
                 toml::Value::Table(inner) => self.add_table(&path, inner),
+                toml::Value::Array(_) => {
+                    self.lists.insert(path.clone());
+                    self.leaves.insert(path);
+                }
                 _ => {
                     self.leaves.insert(path);
                 }
@@ -46,6 +52,12 @@ impl KnownKeys {
     pub fn merge(&mut self, other: &KnownKeys) {
         self.leaves.extend(other.leaves.iter().cloned());
         self.open_tables.extend(other.open_tables.iter().cloned());
+        self.lists.extend(other.lists.iter().cloned());
+    }
+
+    /// The keys whose values are lists.
+    pub fn lists(&self) -> impl Iterator<Item = &str> {
+        self.lists.iter().map(String::as_str)
     }
 
     fn is_leaf(&self, path: &str) -> bool {

@@ -334,8 +334,8 @@ impl Settings {
             shared_keys.check_environment("PLATFORM", std::env::vars())?;
             service_keys.check_environment(&prefix, std::env::vars())?;
             builder = builder
-                .add_source(environment("PLATFORM"))
-                .add_source(environment(&prefix));
+                .add_source(environment("PLATFORM", &service_keys))
+                .add_source(environment(&prefix, &service_keys));
         }
         for (key, value) in &sources.overrides {
             builder = match list_value(value) {
@@ -527,14 +527,16 @@ impl Settings {
     }
 }
 
-fn environment(prefix: &str) -> Environment {
-    Environment::with_prefix(prefix)
+fn environment(prefix: &str, keys: &KnownKeys) -> Environment {
+    let environment = Environment::with_prefix(prefix)
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true)
         // Lists come comma separated, e.g. PLATFORM__BUS__RETRY_BACKOFF_MS=100,500,2000.
-        .list_separator(",")
-        .with_list_parse_key("bus.retry_backoff_ms")
+        .list_separator(",");
+    keys.lists().fold(environment, |environment, key| {
+        environment.with_list_parse_key(key)
+    })
 }
 
 fn refuse_secrets_in_file(path: &Path, own_secrets: &[&str]) -> Result<(), ConfigError> {

@@ -12,22 +12,28 @@ use crate::helpers::*;
 
 const ON_HAND: i64 = 20;
 
-struct Up {
-    child: Child,
-    catalog: String,
-    orders: String,
+pub struct Up {
+    pub child: Child,
+    pub catalog: String,
+    pub orders: String,
+    pub notifications: String,
 }
 
-async fn up(data: &std::path::Path) -> Up {
-    let (catalog_port, orders_port) = (
+/// `platform up` as its own process on `data`, with `extra` environment variables; ready
+/// when it returns.
+pub async fn up(data: &std::path::Path, extra: &[(&str, String)]) -> Up {
+    let (catalog_port, orders_port, notifications_port) = (
+        common::testing::free_port().unwrap(),
         common::testing::free_port().unwrap(),
         common::testing::free_port().unwrap(),
     );
     let child = Command::new(env!("CARGO_BIN_EXE_platform"))
         .args(["up", "--data-dir"])
         .arg(data)
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
         .env("CATALOG__HTTP__PORT", catalog_port.to_string())
         .env("ORDERS__HTTP__PORT", orders_port.to_string())
+        .env("NOTIFICATIONS__HTTP__PORT", notifications_port.to_string())
         .env("SYNC__HTTP__PORT", "0")
         .env("PLATFORM__AUTH__HS256_SECRET", SECRET)
         .env("PLATFORM__RATE_LIMIT__ENABLED", "false")
@@ -44,16 +50,21 @@ async fn up(data: &std::path::Path) -> Up {
         child,
         catalog: format!("http://127.0.0.1:{catalog_port}"),
         orders: format!("http://127.0.0.1:{orders_port}"),
+        notifications: format!("http://127.0.0.1:{notifications_port}"),
     };
     let client = reqwest::Client::new();
     let ready = eventually(Duration::from_secs(60), || {
-        let (catalog, orders) = (
+        let (catalog, orders, notifications) = (
             client.get(format!("{}/health/ready", up.catalog)).send(),
             client.get(format!("{}/health/ready", up.orders)).send(),
+            client
+                .get(format!("{}/health/ready", up.notifications))
+                .send(),
         );
         async move {
             catalog.await.is_ok_and(|r| r.status() == 200)
                 && orders.await.is_ok_and(|r| r.status() == 200)
+                && notifications.await.is_ok_and(|r| r.status() == 200)
         }
     })
     .await;
@@ -61,7 +72,7 @@ async fn up(data: &std::path::Path) -> Up {
     up
 }
 
-async fn all_orders(client: &reqwest::Client, orders_url: &str, token: &str) -> Vec<Value> {
+pub async fn all_orders(client: &reqwest::Client, orders_url: &str, token: &str) -> Vec<Value> {
     let mut items = Vec::new();
     let mut continuation: Option<String> = None;
     loop {
@@ -92,7 +103,7 @@ async fn no_order_is_lost_or_confirmed_twice_across_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let token = token(&common::config::Settings::defaults());
     let client = reqwest::Client::new();
-    let mut first = up(dir.path()).await;
+    let mut first = up(dir.path(), &[]).await;
     let skus = ["K-A", "K-B", "K-C"];
     for sku in skus {
         let created = client
@@ -165,7 +176,7 @@ async fn no_order_is_lost_or_confirmed_twice_across_kill_9() {
     let acknowledged = placing.await.unwrap();
     assert!(acknowledged.len() >= 15);
 
-    let mut second = up(dir.path()).await;
+    let mut second = up(dir.path(), &[]).await;
     let settled = eventually(Duration::from_secs(120), || {
         let (client, url, token) = (client.clone(), second.orders.clone(), token.clone());
         async move {

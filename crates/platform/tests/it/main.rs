@@ -3,7 +3,7 @@
 
 mod change_events;
 mod connectors;
-mod crash;
+pub mod crash;
 mod helpers;
 mod imports;
 mod notifications;

@@ -45,6 +45,8 @@ impl Hook {
 pub const ANSWER_OK: u8 = 0;
 pub const ANSWER_DOWN: u8 = 1;
 pub const ANSWER_BROKEN: u8 = 2;
+/// Takes its time (100 ms) before taking a delivery.
+pub const ANSWER_SLOW: u8 = 3;
 
 /// A webhook endpoint: records what it is sent, and answers as told.
 pub struct WebhookReceiver {
@@ -76,6 +78,9 @@ impl WebhookReceiver {
                             }
                             ANSWER_BROKEN => {
                                 return HttpResponse::InternalServerError().body("broken");
+                            }
+                            ANSWER_SLOW => {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
                             }
                             _ => {}
                         }
@@ -562,4 +567,170 @@ async fn a_duplicate_event_sends_no_second_webhook_or_mail() {
         .count();
     assert_eq!(confirmation_mails, 1, "a duplicate event was mailed twice");
     platform.stop().await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_delivery_loses_no_webhook_or_mail() {
+    let receiver = WebhookReceiver::start();
+    receiver.set(ANSWER_SLOW);
+    let smtp = SmtpSink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "NOTIFICATIONS__WEBHOOKS__ALLOW_PRIVATE_TARGETS",
+            "true".to_owned(),
+        ),
+        // A killed sender's hold on a message ends after 3 s (twice this, and a second).
+        ("NOTIFICATIONS__WEBHOOKS__TIMEOUT_MS", "1000".to_owned()),
+        (
+            "NOTIFICATIONS__WEBHOOKS__RETRY_SCHEDULE_MS",
+            "0,50,50,50,50,50,50".to_owned(),
+        ),
+        ("NOTIFICATIONS__WEBHOOKS__POLL_INTERVAL_MS", "50".to_owned()),
+        ("NOTIFICATIONS__EMAIL__KIND", "smtp".to_owned()),
+        ("NOTIFICATIONS__EMAIL__SMTP__HOST", "127.0.0.1".to_owned()),
+        ("NOTIFICATIONS__EMAIL__SMTP__PORT", smtp.port.to_string()),
+        ("NOTIFICATIONS__EMAIL__SMTP__SECURITY", "none".to_owned()),
+    ];
+    let token = token(&common::config::Settings::defaults());
+    let client = reqwest::Client::new();
+    let mut first = crate::crash::up(dir.path(), &env).await;
+    let created = client
+        .post(format!("{}/v2/products", first.catalog))
+        .bearer_auth(&token)
+        .json(&json!({"sku": "NT-K", "name": "k", "category": "k", "price": {"amount": "1.00", "currency": "EUR"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let counted = client
+        .put(format!("{}/v2/products/NT-K/stock", first.catalog))
+        .bearer_auth(&token)
+        .json(&json!({"onHand": 100000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(counted.status(), 200);
+    let subscribed = client
+        .post(format!("{}/v1/subscriptions", first.notifications))
+        .bearer_auth(&token)
+        .json(&json!({"url": receiver.url, "eventTypes": ["orders.*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(subscribed.status(), 201);
+
+    let placing = {
+        let (client, url, token) = (client.clone(), first.orders.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for n in 0..200 {
+                let sent = client
+                    .post(format!("{url}/v1/orders"))
+                    .bearer_auth(&token)
+                    .json(&json!({"customerId": format!("k-{}", n % 5), "contactEmail": format!("k{n}@example.com"),
+                        "lines": [{"sku": "NT-K", "quantity": 1}]}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 202 => acknowledged.push(
+                        response.json::<Value>().await.unwrap()["id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                    ),
+                    _ => break,
+                }
+            }
+            acknowledged
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            receiver.hooks().len() >= 10
+        })
+        .await,
+        "no deliveries before the kill"
+    );
+    first.child.kill().unwrap(); // SIGKILL: deliveries and mails in flight
+    first.child.wait().unwrap();
+    let acknowledged = placing.await.unwrap();
+    assert!(acknowledged.len() >= 5, "{acknowledged:?}");
+
+    let mut second = crate::crash::up(dir.path(), &env).await;
+    receiver.set(ANSWER_OK);
+    let everything_arrived = eventually(Duration::from_secs(120), || {
+        let (client, url, token) = (client.clone(), second.orders.clone(), token.clone());
+        let (receiver, smtp, acknowledged) = (&receiver, &smtp, &acknowledged);
+        async move {
+            let orders = crate::crash::all_orders(&client, &url, &token).await;
+            if orders.iter().any(|o| o["status"] == "pending") {
+                return false;
+            }
+            let mails = smtp.messages();
+            acknowledged.iter().all(|id| {
+                let order = orders.iter().find(|o| o["id"] == id.as_str());
+                let settled = order.map(|o| o["status"].as_str().unwrap_or("").to_owned());
+                let types: BTreeSet<String> = receiver
+                    .about(id)
+                    .iter()
+                    .map(|h| h.event()["type"].as_str().unwrap_or("").to_owned())
+                    .collect();
+                types.len() == 2
+                    && settled.is_some_and(|status| {
+                        status != "confirmed" || mails.iter().any(|m| m.contains(id.as_str()))
+                    })
+            })
+        }
+    })
+    .await;
+    assert!(
+        everything_arrived,
+        "a webhook or a mail was lost across kill -9"
+    );
+    // Sent again or not, each event is one message: one webhook-id, the same each time.
+    let mut ids_by_event: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for hook in receiver.hooks() {
+        ids_by_event
+            .entry(hook.event()["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(hook.id.clone());
+    }
+    assert!(
+        ids_by_event.values().all(|ids| ids.len() == 1),
+        "{ids_by_event:?}"
+    );
+    let hooks = receiver.hooks();
+    let distinct: BTreeSet<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
+    eprintln!(
+        "{} orders acknowledged, {} deliveries of {} messages, {} mails",
+        acknowledged.len(),
+        hooks.len(),
+        distinct.len(),
+        smtp.messages().len()
+    );
+    // A mail sent again carries the same Message-ID.
+    let mut message_ids_by_order: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for mail in smtp.messages() {
+        let header = |name: &str| {
+            mail.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+                .unwrap_or_default()
+        };
+        let order = acknowledged
+            .iter()
+            .find(|id| mail.contains(id.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        message_ids_by_order
+            .entry(order)
+            .or_default()
+            .insert(header("Message-ID:"));
+    }
+    assert!(
+        message_ids_by_order.values().all(|ids| ids.len() == 1),
+        "{message_ids_by_order:?}"
+    );
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
 }
