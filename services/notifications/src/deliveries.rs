@@ -291,8 +291,13 @@ impl Deliveries {
     #[tracing::instrument(name = "webhook.attempt", skip_all, fields(message = %job.message.id, subscription = %job.message.subscription_id))]
     async fn attempt(&self, job: Job) -> Option<(Job, i64)> {
         let Job { mut message, etag } = job;
-        let subscription = match self.inner.subscriptions.get(&message.subscription_id).await {
-            Ok((subscription, _)) => subscription,
+        let subscription = match self
+            .inner
+            .subscriptions
+            .find(&message.subscription_id)
+            .await
+        {
+            Ok(subscription) => subscription,
             Err(SubscriptionError::NotFound(_)) => {
                 message.status = MessageStatus::Failed;
                 message.updated_at = now_ms();

@@ -179,6 +179,15 @@ impl Subscriptions {
         Ok(listed)
     }
 
+    /// The subscription as last listed (changes made here are seen at once, another
+    /// instance's within a second), read from the store when the list does not have it.
+    pub async fn find(&self, id: &str) -> Result<Subscription, SubscriptionError> {
+        if let Some(found) = self.current().await?.iter().find(|s| s.id == id) {
+            return Ok(found.clone());
+        }
+        Ok(self.get(id).await?.0)
+    }
+
     /// Applies `change` to the subscription as it is now, written only if `expected` (when
     /// given) is still its ETag.
     async fn change(

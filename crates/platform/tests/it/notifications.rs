@@ -47,6 +47,8 @@ pub const ANSWER_DOWN: u8 = 1;
 pub const ANSWER_BROKEN: u8 = 2;
 /// Takes its time (100 ms) before taking a delivery.
 pub const ANSWER_SLOW: u8 = 3;
+/// Holds every delivery unanswered until told otherwise.
+pub const ANSWER_HOLD: u8 = 4;
 
 /// A webhook endpoint: records what it is sent, and answers as told.
 pub struct WebhookReceiver {
@@ -81,6 +83,11 @@ impl WebhookReceiver {
                             }
                             ANSWER_SLOW => {
                                 tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            ANSWER_HOLD => {
+                                while mode.load(Ordering::SeqCst) == ANSWER_HOLD {
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
                             }
                             _ => {}
                         }
@@ -733,4 +740,146 @@ async fn kill_9_mid_delivery_loses_no_webhook_or_mail() {
     );
     second.child.kill().unwrap();
     second.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_delays_no_other_and_an_ordered_one_gets_events_in_order() {
+    let stuck = WebhookReceiver::start();
+    stuck.set(ANSWER_SLOW);
+    let fast = WebhookReceiver::start();
+    let ordered = WebhookReceiver::start();
+    let platform = Platform::launch(
+        &["notifications"],
+        &overrides("[0, 20]", None),
+        |_| {},
+        None,
+    )
+    .await;
+    subscribe(&platform, &stuck.url, json!(["orders.*"])).await;
+    subscribe(&platform, &fast.url, json!(["orders.*"])).await;
+    let created = call(
+        &platform,
+        reqwest::Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"url": ordered.url, "eventTypes": ["orders.*"], "ordered": true})),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
+    // 200 events; the stuck endpoint holds every one it is sent until let go.
+    let events: Vec<common::bus::CloudEvent> = (0..200)
+        .map(|n| {
+            common::bus::CloudEvent::new(
+                "orders",
+                "orders.order.placed.v1",
+                &format!("slow-{n}"),
+                json!({"orderId": format!("slow-{n}"), "customerId": "c", "lines": [{"sku": "A", "quantity": 1}]}),
+            )
+        })
+        .collect();
+    bus.publish_many(
+        common::bus::topics::ORDERS,
+        events
+            .iter()
+            .cloned()
+            .map(common::bus::Message::new)
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            fast.hooks().len() == 200
+        })
+        .await,
+        "the fast endpoint did not get everything"
+    );
+    assert!(stuck.hooks().is_empty());
+    stuck.set(ANSWER_OK);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            stuck.hooks().len() == 200 && ordered.hooks().len() == 200
+        })
+        .await
+    );
+    let order: Vec<String> = ordered
+        .hooks()
+        .iter()
+        .map(|h| h.event()["subject"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..200).map(|n| format!("slow-{n}")).collect();
+    assert_eq!(
+        order, expected,
+        "the ordered endpoint got events out of order"
+    );
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn private_targets_and_bad_subscriptions_are_refused_with_the_field_named() {
+    let platform = Platform::launch(
+        &["notifications"],
+        &[("email.kind", "off".to_owned())],
+        |_| {},
+        None,
+    )
+    .await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://localhost:9/",
+        "http://[::1]/",
+        "ftp://example.com/",
+        "https://user:pw@example.com/",
+    ] {
+        let refused = call(
+            &platform,
+            reqwest::Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": url, "eventTypes": ["orders.*"]})),
+        )
+        .await;
+        assert_eq!(refused.status(), 422, "{url}");
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["field"], "url", "{problem}");
+    }
+    for (event_types, why) in [
+        (json!(["billing.*"]), "matches no event type"),
+        (json!(["orders.order.shipped.v1"]), "is not an event type"),
+        (json!(["orders.*", "orders.*"]), "appears twice"),
+        (json!([]), "must hold"),
+    ] {
+        let refused = call(
+            &platform,
+            reqwest::Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": "https://example.com/hook", "eventTypes": event_types})),
+        )
+        .await;
+        assert_eq!(refused.status(), 422);
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["field"], "eventTypes", "{problem}");
+        assert!(problem.to_string().contains(why), "{problem}");
+    }
+    for path in [
+        "/v1/subscriptions/not-a-uuid",
+        "/v1/messages/msg_nope",
+        "/v1/messages/../etc",
+    ] {
+        let unknown = call(&platform, reqwest::Method::GET, path, None).await;
+        assert_eq!(unknown.status(), 404, "{path}");
+    }
+    let missing = call(
+        &platform,
+        reqwest::Method::POST,
+        &format!("/v1/subscriptions/{}/recover?since=yesterday", uuid_like()),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status(), 422);
+    platform.stop().await;
+}
+
+fn uuid_like() -> &'static str {
+    "0190f3a2-7c1e-7a4b-9c3d-2e4f5a6b7c8d"
 }
