@@ -67,7 +67,7 @@ fn event(n: usize) -> CloudEvent {
     CloudEvent::new(
         "orders",
         "orders.order.confirmed.v1",
-        &format!("bench-order-{n}"),
+        format!("bench-order-{n}"),
         json!({"orderId": format!("bench-order-{n}"), "customerId": format!("c-{}", n % 50)}),
     )
 }
@@ -81,7 +81,7 @@ async fn all_arrived(
 ) -> anyhow::Result<Vec<Duration>> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let done = arrivals.lock().map_or(false, |arrivals| {
+        let done = arrivals.lock().is_ok_and(|arrivals| {
             sent.keys()
                 .all(|id| arrivals.get(id).is_some_and(|at| at.len() >= endpoints))
         });

@@ -772,7 +772,7 @@ async fn a_slow_endpoint_delays_no_other_and_an_ordered_one_gets_events_in_order
             common::bus::CloudEvent::new(
                 "orders",
                 "orders.order.placed.v1",
-                &format!("slow-{n}"),
+                format!("slow-{n}"),
                 json!({"orderId": format!("slow-{n}"), "customerId": "c", "lines": [{"sku": "A", "quantity": 1}]}),
             )
         })
