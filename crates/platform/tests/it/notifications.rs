@@ -883,3 +883,89 @@ async fn private_targets_and_bad_subscriptions_are_refused_with_the_field_named(
 fn uuid_like() -> &'static str {
     "0190f3a2-7c1e-7a4b-9c3d-2e4f5a6b7c8d"
 }
+
+#[tokio::test]
+async fn a_paused_endpoint_gets_what_waited_when_resumed_and_mail_is_written_as_eml_files() {
+    let paused = WebhookReceiver::start();
+    let active = WebhookReceiver::start();
+    let mut settings = overrides("[0, 20]", None);
+    settings.push(("email.kind", "files".to_owned()));
+    let platform = Platform::launch(&["notifications"], &settings, |_| {}, None).await;
+    let (paused_id, _) = subscribe(&platform, &paused.url, json!(["orders.*"])).await;
+    subscribe(&platform, &active.url, json!(["orders.*"])).await;
+    let answer = call(
+        &platform,
+        reqwest::Method::POST,
+        &format!("/v1/subscriptions/{paused_id}/pause"),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.json::<Value>().await.unwrap()["status"], "paused");
+
+    let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
+    let event = common::bus::CloudEvent::new(
+        "orders",
+        "orders.order.rejected.v1",
+        "eml-1",
+        json!({"orderId": "eml-1", "customerId": "c", "reason": "insufficient stock",
+               "shortages": [{"sku": "A-1", "requested": 3, "available": 1}],
+               "contactEmail": "eve@example.com"}),
+    );
+    bus.publish(
+        common::bus::topics::ORDERS,
+        common::bus::Message::new(event),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            active.hooks().len() == 1
+        })
+        .await,
+        "the active endpoint did not get the event"
+    );
+    let waiting = messages(&platform, &format!("subscriptionId={paused_id}")).await;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0]["status"], "pending");
+    assert_eq!(waiting[0]["attempts"], 0);
+    assert!(paused.hooks().is_empty());
+    let answer = call(
+        &platform,
+        reqwest::Method::POST,
+        &format!("/v1/subscriptions/{paused_id}/resume"),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            paused.hooks().len() == 1
+        })
+        .await,
+        "what waited was not sent on resume"
+    );
+
+    // The rejection went out as a .eml file in the data folder.
+    let folder = platform.dir.path().join("notifications-mail");
+    let written = || {
+        std::fs::read_dir(&folder)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || async { written().len() == 1 }).await,
+        "no .eml file was written"
+    );
+    let mail = written().remove(0);
+    assert!(mail.contains("To: eve@example.com"), "{mail}");
+    assert!(mail.contains("could not be accepted"), "{mail}");
+    assert!(mail.contains("A-1: 3 asked for, 1 available"), "{mail}");
+    platform.stop().await;
+}
