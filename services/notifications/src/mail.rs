@@ -169,7 +169,7 @@ struct MailRecord {
 }
 
 const PENDING: &str = "email-pending";
-const SENT: &str = "email-sent";
+pub const SENT: &str = "email-sent";
 
 pub struct Mailer {
     store: SharedStore,

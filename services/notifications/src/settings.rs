@@ -26,6 +26,7 @@ pub struct WebhookSettings {
     pub max_in_flight_per_endpoint: usize,
     pub queue_per_endpoint: usize,
     pub poll_interval_ms: u64,
+    pub retention_days: u64,
 }
 
 impl WebhookSettings {
@@ -90,6 +91,7 @@ impl NotificationsSettings {
         for (key, value) in [
             ("webhooks.timeout_ms", webhooks.timeout_ms),
             ("webhooks.poll_interval_ms", webhooks.poll_interval_ms),
+            ("webhooks.retention_days", webhooks.retention_days),
             (
                 "webhooks.disable_after_failing_ms",
                 webhooks.disable_after_failing_ms,

@@ -140,6 +140,10 @@ pub async fn start(
     )?);
     let scan = deliveries.clone();
     runtime.run_beside(Box::new(move |stop| tokio::spawn(scan.run_scan(stop))));
+    let (store, retention_days) = (runtime.store.clone(), own.webhooks.retention_days);
+    runtime.run_beside(Box::new(move |stop| {
+        tokio::spawn(crate::retention::run(store, retention_days, stop))
+    }));
     let (orders, catalog, own_events) = dispatchers(Arc::new(Fanout {
         deliveries: deliveries.clone(),
         mailer,
