@@ -62,7 +62,8 @@ pub struct SubscriptionInputDoc {
     /// Deliveries per second at most, 1-10000.
     #[schema(minimum = 1, maximum = 10000)]
     rate_limit: Option<u32>,
-    /// Deliver one at a time, in order; a message waiting for its retry holds back the rest.
+    /// Deliver one at a time, so that the events about one subject (an order, a SKU) arrive
+    /// in the order they happened; a message waiting for its retry holds back the rest.
     ordered: Option<bool>,
 }
 

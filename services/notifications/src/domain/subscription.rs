@@ -48,7 +48,8 @@ pub struct Subscription {
     /// Deliveries per second at most.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<u32>,
-    /// Delivered one at a time, in order; a message waiting for a retry holds back the rest.
+    /// Delivered one at a time, so that the events about one subject arrive in the order they
+    /// happened; a message waiting for a retry holds back the rest.
     #[serde(default)]
     pub ordered: bool,
     pub status: SubscriptionStatus,
