@@ -4,7 +4,8 @@ use crate::config::Settings;
 use crate::http::ServiceHandle;
 
 /// Azure Functions runs a custom handler with the port to listen on in
-/// `FUNCTIONS_CUSTOMHANDLER_PORT`; it wins over the configured port.
+/// `FUNCTIONS_CUSTOMHANDLER_PORT`; it wins over the configured port, and the service runs as
+/// a custom handler (`hosting.mode = "functions"`).
 pub fn adopt_functions_port(settings: &mut Settings) {
     if let Some(port) = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT")
         .ok()
@@ -12,6 +13,7 @@ pub fn adopt_functions_port(settings: &mut Settings) {
     {
         settings.http.port = port;
         settings.http.host = "0.0.0.0".to_owned();
+        settings.hosting.mode = crate::config::HostingMode::Functions;
     }
 }
 

@@ -38,6 +38,21 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     pub rate_limit: RateLimitSettings,
     pub telemetry: TelemetrySettings,
+    pub hosting: HostingSettings,
+}
+
+/// How the service is hosted: a process that runs its own loops, or an Azure Functions
+/// custom handler whose triggers drive everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostingMode {
+    Process,
+    Functions,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HostingSettings {
+    pub mode: HostingMode,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -42,6 +42,8 @@ pub struct ServiceHandle {
     server: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     background: Option<Background>,
+    /// Its trigger functions, when it is an Azure Functions custom handler.
+    pub triggers: Vec<crate::runtime::functions::TriggerSpec>,
 }
 
 /// Work a service runs beside its HTTP server (bus workers, outbox relays), stopped after
@@ -59,6 +61,12 @@ impl ServiceHandle {
     /// Attaches background work, stopped with the service.
     pub fn with_background(mut self, background: Background) -> Self {
         self.background = Some(background);
+        self
+    }
+
+    /// Records its trigger functions (custom-handler mode).
+    pub fn with_triggers(mut self, triggers: Vec<crate::runtime::functions::TriggerSpec>) -> Self {
+        self.triggers = triggers;
         self
     }
 
@@ -182,6 +190,7 @@ where
         server: handle,
         task,
         background: None,
+        triggers: Vec::new(),
     })
 }
 

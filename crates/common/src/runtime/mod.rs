@@ -8,6 +8,7 @@ pub mod asyncapi;
 pub mod consumer;
 pub mod dispatch;
 pub mod feed;
+pub mod functions;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -247,6 +248,9 @@ impl Runtime {
         F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
         let workers = self.match_handlers(handlers)?;
+        if self.settings.hosting.mode == crate::config::HostingMode::Functions {
+            return self.serve_functions(workers, listener, openapi, configure);
+        }
         let (shutdown, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         for (subscription, dispatcher) in workers {
@@ -272,6 +276,44 @@ impl Runtime {
         }
         let handle = crate::http::serve(context, listener, configure)?;
         Ok(handle.with_background(Background { shutdown, tasks }))
+    }
+
+    /// As an Azure Functions custom handler: every worker and change-feed reader becomes a
+    /// trigger function, and nothing runs in the background.
+    fn serve_functions<F>(
+        self,
+        workers: Vec<(SubscriptionSpec, Dispatcher)>,
+        listener: TcpListener,
+        openapi: serde_json::Value,
+        configure: F,
+    ) -> anyhow::Result<ServiceHandle>
+    where
+        F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    {
+        let mut triggers = functions::Triggers::default();
+        for (subscription, dispatcher) in workers {
+            triggers.bus(subscription.topic, subscription.name, Arc::new(dispatcher));
+        }
+        for container in self.descriptor.outboxes {
+            let relay = OutboxRelay::new(self.store.clone(), self.bus.clone(), container);
+            triggers.feed(container, RELAY_READER, relay);
+        }
+        for reader in &self.feeds {
+            triggers.feed(reader.container, reader.reader, reader.handler.clone());
+        }
+        if !self.beside.is_empty() {
+            tracing::warn!(
+                count = self.beside.len(),
+                "background work has no trigger yet and does not run as a custom handler"
+            );
+        }
+        let context = self.http_context(openapi);
+        let specs = triggers.specs();
+        let handle = crate::http::serve(context, listener, move |config| {
+            triggers.configure(config);
+            configure(config);
+        })?;
+        Ok(handle.with_triggers(specs))
     }
 
     /// Pairs each declared subscription with its dispatcher, which must handle exactly the

@@ -123,6 +123,19 @@ impl Platform {
         }
     }
 
+    /// Each service's trigger functions (custom-handler mode), with its base URL.
+    pub fn triggers(&self) -> Vec<(String, common::runtime::functions::TriggerSpec)> {
+        self.handles
+            .iter()
+            .flat_map(|handle| {
+                handle
+                    .triggers
+                    .iter()
+                    .map(move |spec| (handle.url(), spec.clone()))
+            })
+            .collect()
+    }
+
     /// Every event published so far, each checked against the JSON Schema of its type;
     /// returns the types seen.
     pub async fn published_events_match_their_schemas(&self) -> std::collections::BTreeSet<String> {
