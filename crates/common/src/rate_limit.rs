@@ -115,8 +115,7 @@ pub async fn limit_rate(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     // Probes and trigger invocations from the hosting platform are never limited.
-    let exempt = req.path().starts_with("/health/")
-        || req.path().starts_with("/fn-");
+    let exempt = req.path().starts_with("/health/") || req.path().starts_with("/fn-");
     let limiter = req.app_data::<web::Data<RateLimiter>>().cloned();
     let Some(limiter) = limiter.filter(|_| !exempt) else {
         return Ok(next.call(req).await?.map_into_left_body());

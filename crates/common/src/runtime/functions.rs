@@ -101,7 +101,10 @@ impl Triggers {
     }
 
     pub fn specs(&self) -> Vec<TriggerSpec> {
-        self.handlers.values().map(|(spec, _)| spec.clone()).collect()
+        self.handlers
+            .values()
+            .map(|(spec, _)| spec.clone())
+            .collect()
     }
 
     /// The `POST /{function}` route of every trigger.
@@ -241,9 +244,15 @@ async fn deliver(
 /// The one binding's value of `Data` (its name is the function's business).
 fn binding_value(data: &Map<String, Value>) -> Result<&Value, String> {
     match data.len() {
-        1 => data.values().next().ok_or_else(|| "Data is empty".to_owned()),
+        1 => data
+            .values()
+            .next()
+            .ok_or_else(|| "Data is empty".to_owned()),
         0 => Err("Data holds no binding".into()),
-        _ => Err(format!("Data holds {} bindings; one is expected", data.len())),
+        _ => Err(format!(
+            "Data holds {} bindings; one is expected",
+            data.len()
+        )),
     }
 }
 
@@ -353,11 +362,18 @@ mod tests {
         let mut as_object = data.clone();
         let body: Value = serde_json::from_str(data["message"].as_str().unwrap()).unwrap();
         as_object.insert("message".into(), body);
-        assert_eq!(bus_message(&as_object, &metadata).unwrap().event, message.event);
+        assert_eq!(
+            bus_message(&as_object, &metadata).unwrap().event,
+            message.event
+        );
         // A body that is not a CloudEvent is refused with the reason.
         let mut broken = data;
         broken.insert("message".into(), Value::String("{\"hello\": 1}".into()));
-        assert!(bus_message(&broken, &metadata).unwrap_err().contains("CloudEvent"));
+        assert!(
+            bus_message(&broken, &metadata)
+                .unwrap_err()
+                .contains("CloudEvent")
+        );
     }
 
     #[test]
@@ -368,7 +384,10 @@ mod tests {
         let document = &documents[0];
         assert_eq!(document.partition_key, "c-1");
         assert_eq!(document.body["kind"], "outbox");
-        assert_eq!(document.etag.as_str(), "\"0b00a6e1-0000-0d00-0000-6745f1b10000\"");
+        assert_eq!(
+            document.etag.as_str(),
+            "\"0b00a6e1-0000-0d00-0000-6745f1b10000\""
+        );
         let again = feed_documents(
             &json!({"documents": [feed_item(document)]})
                 .as_object()

@@ -123,6 +123,11 @@ impl Platform {
         }
     }
 
+    /// The base URL of a service started here.
+    pub fn url_of(&self, name: &str) -> String {
+        platform::registry::url(&self.handles, name).unwrap_or_default()
+    }
+
     /// Each service's trigger functions (custom-handler mode), with its base URL.
     pub fn triggers(&self) -> Vec<(String, common::runtime::functions::TriggerSpec)> {
         self.handles

@@ -4,6 +4,7 @@
 mod change_events;
 mod connectors;
 pub mod crash;
+mod functions;
 mod helpers;
 mod imports;
 mod notifications;
