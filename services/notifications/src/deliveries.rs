@@ -86,6 +86,9 @@ struct Inner {
     next_due: AtomicI64,
     /// Turns true when the service stops (lanes holding a retry let go).
     stopping: watch::Sender<bool>,
+    /// Send within the call that made or claimed the message, not from a lane (a custom
+    /// handler: between invocations nothing may run).
+    inline: bool,
 }
 
 #[derive(Clone)]
@@ -105,6 +108,7 @@ impl Deliveries {
         store: SharedStore,
         subscriptions: Subscriptions,
         settings: WebhookSettings,
+        inline: bool,
     ) -> anyhow::Result<Self> {
         let http = targets::client(
             Duration::from_millis(settings.timeout_ms),
@@ -126,6 +130,7 @@ impl Deliveries {
                 wake: Notify::new(),
                 next_due: AtomicI64::new(i64::MAX),
                 stopping: watch::channel(false).0,
+                inline,
             }),
         })
     }
@@ -196,12 +201,13 @@ impl Deliveries {
                 let mut message =
                     Message::new(&subscription.id, &event.id, &event.event_type, body, now);
                 // Sent from here at once when the lane has room; else the scan takes it.
-                let permit = if subscription.is_active() {
+                let permit = if subscription.is_active() && !self.inner.inline {
                     self.lane(subscription).try_reserve_owned().ok()
                 } else {
                     None
                 };
-                if permit.is_some() {
+                let inline = self.inner.inline && subscription.is_active();
+                if permit.is_some() || inline {
                     message.next_attempt_at = self.lease_until(now);
                 }
                 match self
@@ -211,12 +217,16 @@ impl Deliveries {
                     .await
                 {
                     Ok(document) => {
+                        let job = Job {
+                            message,
+                            etag: document.etag,
+                        };
                         match permit {
                             Some(permit) => {
-                                permit.send(Job {
-                                    message,
-                                    etag: document.etag,
-                                });
+                                permit.send(job);
+                            }
+                            None if inline => {
+                                self.attempt(job).await;
                             }
                             None => self.inner.wake.notify_one(),
                         }
@@ -538,6 +548,10 @@ impl Deliveries {
         let subscriptions = self.inner.subscriptions.current().await?;
         let mut more = false;
         for subscription in subscriptions.iter().filter(|s| s.is_active()) {
+            if self.inner.inline {
+                more |= self.scan_inline(subscription).await?;
+                continue;
+            }
             let lane = self.lane(subscription);
             let room = lane.capacity().min(SCAN_BATCH);
             if room == 0 {
@@ -561,6 +575,47 @@ impl Deliveries {
             }
         }
         Ok(more)
+    }
+
+    /// Claims the subscription's due messages and sends them here, as many at once as a lane
+    /// would; true when more were due.
+    async fn scan_inline(&self, subscription: &Subscription) -> Result<bool, DeliveryError> {
+        use futures::StreamExt;
+        let now = now_ms();
+        let query = Query::new(QueryScope::AllPartitions, SCAN_BATCH as u32)
+            .filter("kind", kind_of(MessageStatus::Pending))
+            .filter("subscriptionId", subscription.id.as_str())
+            .compare("nextAttemptAt", Comparison::Le, now)
+            .order_by("nextAttemptAt", false);
+        let page = self.inner.store.query(MESSAGES, &query).await?;
+        let more = page.continuation.is_some();
+        let mut jobs = Vec::new();
+        for document in page.items {
+            if let Some(job) = self.claim(document, now).await? {
+                jobs.push(job);
+            }
+        }
+        let in_flight = if subscription.ordered {
+            1
+        } else {
+            self.inner.settings.max_in_flight_per_endpoint
+        };
+        futures::stream::iter(jobs)
+            .map(|job| self.attempt(job))
+            .buffered(in_flight)
+            .collect::<Vec<_>>()
+            .await;
+        Ok(more)
+    }
+
+    /// One pass of the scan (a custom handler's timer): what is due is sent.
+    pub async fn scan_once(&self) -> Result<(), DeliveryError> {
+        for _ in 0..10 {
+            if !self.scan().await? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Takes a due message for this instance for a lease; `None` when another got it.

@@ -86,3 +86,19 @@ pub async fn run(store: SharedStore, retention_days: u64, mut stop: watch::Recei
         }
     }
 }
+
+/// The purge, as a custom handler's timer runs it.
+pub struct RetentionTick {
+    pub store: SharedStore,
+    pub retention_days: u64,
+}
+
+#[async_trait::async_trait]
+impl common::runtime::functions::Tick for RetentionTick {
+    async fn tick(&self) -> Result<(), String> {
+        purge_expired(&self.store, now_ms(), self.retention_days)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}

@@ -110,6 +110,16 @@ impl Service for NotificationsService {
     }
 }
 
+/// One pass over the due webhook messages.
+struct ScanTick(Deliveries);
+
+#[async_trait::async_trait]
+impl common::runtime::functions::Tick for ScanTick {
+    async fn tick(&self) -> Result<(), String> {
+        self.0.scan_once().await.map_err(|e| e.to_string())
+    }
+}
+
 /// Defaults, then `config/notifications.toml`, then `PLATFORM__*` and `NOTIFICATIONS__*`.
 pub fn load_settings() -> Result<(Settings, NotificationsSettings), ConfigError> {
     NotificationsService::load(&Sources::standard(&[]))
@@ -132,6 +142,7 @@ pub async fn start(
         runtime.store.clone(),
         subscriptions.clone(),
         own.webhooks.clone(),
+        runtime.is_custom_handler(),
     )?;
     let mailer = Arc::new(Mailer::new(
         runtime.store.clone(),
@@ -144,6 +155,20 @@ pub async fn start(
     runtime.run_beside(Box::new(move |stop| {
         tokio::spawn(crate::retention::run(store, retention_days, stop))
     }));
+    // As a custom handler: due retries every minute, the purge every hour.
+    runtime.on_timer(
+        "webhook-retries",
+        "0 * * * * *",
+        Arc::new(ScanTick(deliveries.clone())),
+    );
+    runtime.on_timer(
+        "retention",
+        "0 17 * * * *",
+        Arc::new(crate::retention::RetentionTick {
+            store: runtime.store.clone(),
+            retention_days,
+        }),
+    );
     let (orders, catalog, own_events) = dispatchers(Arc::new(Fanout {
         deliveries: deliveries.clone(),
         mailer,

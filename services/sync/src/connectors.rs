@@ -479,23 +479,8 @@ impl Connectors {
             if *stop.borrow() {
                 return;
             }
-            let (delivered, next_due) = match self.list().await {
-                Ok(connectors) => {
-                    let rounds = connectors
-                        .into_iter()
-                        .filter(|c| !c.paused)
-                        .map(|connector| self.deliver_due(connector));
-                    futures::future::join_all(rounds).await.into_iter().fold(
-                        (0, None::<i64>),
-                        |(sum, due), (delivered, next)| {
-                            let due = match (due, next) {
-                                (Some(a), Some(b)) => Some(a.min(b)),
-                                (a, b) => a.or(b),
-                            };
-                            (sum + delivered, due)
-                        },
-                    )
-                }
+            let (delivered, next_due) = match self.round().await {
+                Ok(round) => round,
                 Err(error) => {
                     tracing::warn!(%error, "connectors could not be listed");
                     (0, None)
@@ -513,6 +498,26 @@ impl Connectors {
                 }
             }
         }
+    }
+
+    /// Delivers what is due to every connector side by side (a custom handler's timer runs
+    /// this alone); returns how many went and when the next retry is due.
+    pub async fn round(&self) -> Result<(usize, Option<i64>), ConnectorError> {
+        let connectors = self.list().await?;
+        let rounds = connectors
+            .into_iter()
+            .filter(|c| !c.paused)
+            .map(|connector| self.deliver_due(connector));
+        Ok(futures::future::join_all(rounds).await.into_iter().fold(
+            (0, None::<i64>),
+            |(sum, due), (delivered, next)| {
+                let due = match (due, next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                (sum + delivered, due)
+            },
+        ))
     }
 
     /// Delivers the connector's due deliveries in order; a delivery waiting for its retry

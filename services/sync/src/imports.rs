@@ -28,7 +28,7 @@ pub const IMPORTS: &str = "imports";
 /// Where dropped feeds are picked up from.
 pub const INCOMING: &str = "incoming/";
 /// Where accepted feeds are kept while they are imported.
-const UPLOADS: &str = "uploads/";
+pub const UPLOADS: &str = "uploads/";
 
 /// A batch sent to the catalog, not yet recorded.
 struct InFlight {
@@ -253,6 +253,21 @@ impl Imports {
                 () = tokio::time::sleep(poll) => {}
             }
         }
+    }
+
+    /// One pass, as a custom handler's timer or blob trigger runs it: takes the dropped
+    /// files, then works on every import this instance may until none is left (or the
+    /// catalog asks to wait).
+    pub async fn run_once(&self) -> Result<(), ImportError> {
+        self.take_dropped_files().await?;
+        // Never stopped from outside: the invocation ends when the work does.
+        let (_keep, stop) = watch::channel(false);
+        while let Some(id) = self.next_claimable().await? {
+            if !self.work_on(&id, stop.clone()).await? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The oldest job this instance may work on.

@@ -14,6 +14,7 @@ use common::files::SharedFiles;
 use common::files::blob::BlobFiles;
 use common::files::folder::FolderFiles;
 use common::http::ServiceHandle;
+use common::runtime::functions::Tick;
 use common::runtime::{Dispatcher, Launch, Runtime, Service, ServiceDescriptor, SubscriptionSpec};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -96,6 +97,40 @@ impl Service for SyncService {
     }
 }
 
+/// One pass of the import runner.
+struct ImportsTick(Imports);
+
+#[async_trait::async_trait]
+impl Tick for ImportsTick {
+    async fn tick(&self) -> Result<(), String> {
+        self.0.run_once().await.map_err(|e| e.to_string())
+    }
+}
+
+/// One round of connector deliveries.
+struct ConnectorsTick(Connectors);
+
+#[async_trait::async_trait]
+impl Tick for ConnectorsTick {
+    async fn tick(&self) -> Result<(), String> {
+        self.0.round().await.map(drop).map_err(|e| e.to_string())
+    }
+}
+
+/// A reconciliation run.
+struct ReconcileTick(Reconciler);
+
+#[async_trait::async_trait]
+impl Tick for ReconcileTick {
+    async fn tick(&self) -> Result<(), String> {
+        self.0
+            .run("timer")
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Defaults, then `config/sync.toml`, then `PLATFORM__*` and `SYNC__*`.
 pub fn load_settings() -> Result<(Settings, SyncSettings), ConfigError> {
     SyncService::load(&Sources::standard(&[]))
@@ -149,6 +184,27 @@ pub async fn start(
     let connectors = Connectors::new(runtime.store.clone(), own.connectors.clone())?;
     let deliveries = connectors.clone();
     runtime.run_beside(Box::new(move |stop| tokio::spawn(deliveries.run(stop))));
+    // As a custom handler: imports when a feed is written to the container (and every
+    // minute, for the watched prefix and imports waiting for the catalog); connector
+    // retries every minute.
+    let imports_tick: Arc<dyn Tick> = Arc::new(ImportsTick(imports.clone()));
+    runtime.on_timer("imports", "30 * * * * *", imports_tick.clone());
+    let container = own.files.blob.container.clone();
+    runtime.on_blob(
+        "incoming",
+        &format!("{container}/{}{{name}}", crate::imports::INCOMING),
+        imports_tick.clone(),
+    );
+    runtime.on_blob(
+        "uploads",
+        &format!("{container}/{}{{name}}", crate::imports::UPLOADS),
+        imports_tick,
+    );
+    runtime.on_timer(
+        "connectors",
+        "0 * * * * *",
+        Arc::new(ConnectorsTick(connectors.clone())),
+    );
     let replication = std::sync::Arc::new(Replication {
         connectors: connectors.clone(),
     });
@@ -183,6 +239,18 @@ pub async fn start(
         runtime.run_beside(Box::new(move |stop| {
             tokio::spawn(crate::reconcile::run_timer(store, timer, timed, stop))
         }));
+        // NCRONTAB has six fields, seconds first.
+        let schedule = own.timers.reconcile.trim();
+        let schedule = if schedule.split_whitespace().count() == 5 {
+            format!("0 {schedule}")
+        } else {
+            schedule.to_owned()
+        };
+        runtime.on_timer(
+            "reconcile",
+            &schedule,
+            Arc::new(ReconcileTick(reconciler.clone())),
+        );
     }
     let reconciler = web::Data::new(reconciler);
     let connectors = web::Data::new(connectors);

@@ -45,6 +45,10 @@ pub enum TriggerBinding {
         container: &'static str,
         reader: &'static str,
     },
+    /// NCRONTAB, six fields (seconds first), UTC.
+    Timer { schedule: String },
+    /// A blob written under `path` (`<container>/<prefix>{name}`) in the files account.
+    Blob { path: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +62,14 @@ pub struct TriggerSpec {
 pub(crate) enum TriggerHandler {
     Bus(Arc<dyn MessageHandler>),
     Feed(Arc<dyn FeedHandler>),
+    Tick(Arc<dyn Tick>),
+}
+
+/// One pass of work a process runs in a loop (a scan, a retry round, a timer's job): what a
+/// timer or blob trigger runs in custom-handler mode.
+#[async_trait::async_trait]
+pub trait Tick: Send + Sync + 'static {
+    async fn tick(&self) -> Result<(), String>;
 }
 
 /// A service's trigger functions.
@@ -98,6 +110,15 @@ impl Triggers {
         };
         self.handlers
             .insert(function, (spec, TriggerHandler::Feed(handler)));
+    }
+
+    pub(crate) fn tick(&mut self, function: String, binding: TriggerBinding, tick: Arc<dyn Tick>) {
+        let spec = TriggerSpec {
+            function: function.clone(),
+            binding,
+        };
+        self.handlers
+            .insert(function, (spec, TriggerHandler::Tick(tick)));
     }
 
     pub fn specs(&self) -> Vec<TriggerSpec> {
@@ -164,6 +185,13 @@ async fn invoke(
                 // Never readable, whatever the retries: the host retries, then Service Bus
                 // dead-letters it, as the embedded worker would at once.
                 tracing::error!(function = %spec.function, %reason, "unreadable Service Bus message");
+                answer(StatusCode::INTERNAL_SERVER_ERROR, vec![reason])
+            }
+        },
+        TriggerHandler::Tick(tick) => match tick.tick().await {
+            Ok(()) => answer(StatusCode::OK, vec![]),
+            Err(reason) => {
+                tracing::warn!(function = %spec.function, %reason, "timed work failed; the next trigger tries again");
                 answer(StatusCode::INTERNAL_SERVER_ERROR, vec![reason])
             }
         },

@@ -112,6 +112,8 @@ pub struct Runtime {
     pub instance: String,
     feeds: Vec<FeedReader>,
     beside: Vec<BackgroundWork>,
+    /// What timer and blob triggers run in custom-handler mode.
+    ticks: Vec<(String, functions::TriggerBinding, Arc<dyn functions::Tick>)>,
     streamed_uploads: Vec<&'static str>,
 }
 
@@ -187,6 +189,7 @@ impl Runtime {
             instance,
             feeds: Vec::new(),
             beside: Vec::new(),
+            ticks: Vec::new(),
             streamed_uploads: Vec::new(),
         })
     }
@@ -227,6 +230,35 @@ impl Runtime {
     /// Runs `work` beside the workers once the service serves, stopped with them.
     pub fn run_beside(&mut self, work: BackgroundWork) {
         self.beside.push(work);
+    }
+
+    /// In custom-handler mode, runs `tick` on a timer (`schedule`: NCRONTAB, six fields) as
+    /// function `fn-timer-<name>`; a process runs the same work in its own loops.
+    pub fn on_timer(&mut self, name: &str, schedule: &str, tick: Arc<dyn functions::Tick>) {
+        self.ticks.push((
+            format!("{}timer-{name}", functions::PREFIX),
+            functions::TriggerBinding::Timer {
+                schedule: schedule.to_owned(),
+            },
+            tick,
+        ));
+    }
+
+    /// In custom-handler mode, runs `tick` when a blob is written under `path`
+    /// (`<container>/<prefix>{name}`) as function `fn-blob-<name>`.
+    pub fn on_blob(&mut self, name: &str, path: &str, tick: Arc<dyn functions::Tick>) {
+        self.ticks.push((
+            format!("{}blob-{name}", functions::PREFIX),
+            functions::TriggerBinding::Blob {
+                path: path.to_owned(),
+            },
+            tick,
+        ));
+    }
+
+    /// Whether the service is an Azure Functions custom handler (no loops of its own).
+    pub fn is_custom_handler(&self) -> bool {
+        self.settings.hosting.mode == crate::config::HostingMode::Functions
     }
 
     /// Declares routes whose request bodies are files streamed through (see
@@ -301,11 +333,8 @@ impl Runtime {
         for reader in &self.feeds {
             triggers.feed(reader.container, reader.reader, reader.handler.clone());
         }
-        if !self.beside.is_empty() {
-            tracing::warn!(
-                count = self.beside.len(),
-                "background work has no trigger yet and does not run as a custom handler"
-            );
+        for (function, binding, tick) in &self.ticks {
+            triggers.tick(function.clone(), binding.clone(), tick.clone());
         }
         let context = self.http_context(openapi);
         let specs = triggers.specs();

@@ -124,9 +124,33 @@ impl FunctionsHost {
                     self.checkpoints
                         .insert(spec.function.clone(), batch.checkpoint);
                 }
+                // Fired by `fire`, when a test says the time has come or a blob arrived.
+                TriggerBinding::Timer { .. } | TriggerBinding::Blob { .. } => {}
             }
         }
         self.invocations - before
+    }
+
+    /// Invokes a timer or blob function with the documented payload of its trigger.
+    async fn fire(&mut self, function: &str) -> bool {
+        let (url, spec) = self
+            .triggers
+            .iter()
+            .find(|(_, spec)| spec.function == function)
+            .cloned()
+            .unwrap_or_else(|| panic!("no function {function}"));
+        let fixture = match spec.binding {
+            TriggerBinding::Timer { .. } => "timer-trigger.json",
+            TriggerBinding::Blob { .. } => "blob-trigger.json",
+            _ => panic!("{function} is not fired by time or blob"),
+        };
+        let path = format!(
+            "{}/../common/tests/fixtures/functions/{fixture}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let invocation: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        self.invoke(&url, function, invocation).await
     }
 }
 
@@ -202,5 +226,105 @@ async fn an_order_is_confirmed_through_trigger_invocations_alone() {
         .await
         .unwrap();
     assert_eq!(broken.status(), 500);
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn feeds_webhooks_and_their_retries_run_on_blob_timer_and_bus_triggers() {
+    use crate::notifications::{ANSWER_DOWN, ANSWER_OK, WebhookReceiver, overrides, subscribe};
+    let receiver = WebhookReceiver::start();
+    receiver.set(ANSWER_DOWN);
+    let platform = Platform::launch(
+        &["catalog", "sync", "notifications"],
+        &overrides("[0, 10, 10, 10, 10, 10, 10, 10, 10, 10]", None),
+        |settings: &mut Settings| settings.hosting.mode = HostingMode::Functions,
+        None,
+    )
+    .await;
+    let functions: Vec<String> = platform
+        .triggers()
+        .iter()
+        .map(|(_, spec)| spec.function.clone())
+        .collect();
+    for expected in [
+        "fn-blob-uploads",
+        "fn-blob-incoming",
+        "fn-timer-imports",
+        "fn-timer-connectors",
+        "fn-timer-reconcile",
+        "fn-timer-webhook-retries",
+        "fn-timer-retention",
+        "fn-bus-notifications-orders",
+        "fn-feed-subscriptions-outbox-relay",
+    ] {
+        assert!(
+            functions.iter().any(|f| f == expected),
+            "{expected} in {functions:?}"
+        );
+    }
+    let mut host = FunctionsHost::new(&platform, &["catalog", "sync", "notifications"]).await;
+
+    // A feed uploaded is imported when its blob trigger fires.
+    let feed = "sku,name,category,price,currency,onHand\nFN-BLOB-1,Blob,tools,1.00,EUR,5\n";
+    let uploaded = platform
+        .http
+        .post(format!("{}/v1/imports?name=feed.csv", platform.sync_url))
+        .bearer_auth(&platform.token)
+        .header("content-type", "text/csv")
+        .body(feed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 202);
+    let job: Value = uploaded.json().await.unwrap();
+    let job_url = format!(
+        "{}/v1/imports/{}",
+        platform.sync_url,
+        job["id"].as_str().unwrap()
+    );
+    assert_eq!(platform.get_json(job_url.clone()).await["state"], "queued");
+    assert!(host.fire("fn-blob-uploads").await);
+    let imported = platform.get_json(job_url).await;
+    assert_eq!(imported["state"], "completed", "{imported}");
+    assert_eq!(imported["created"], 1);
+
+    // A webhook whose endpoint is down at first: sent within the bus trigger, then again by
+    // the retry timer once the endpoint is back.
+    let (subscription, secret) = subscribe(&platform, &receiver.url, json!(["orders.*"])).await;
+    let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
+    let event = common::bus::CloudEvent::new(
+        "orders",
+        "orders.order.placed.v1",
+        "fn-order-1",
+        json!({"orderId": "fn-order-1", "customerId": "c", "lines": [{"sku": "FN-BLOB-1", "quantity": 1}]}),
+    );
+    bus.publish(
+        common::bus::topics::ORDERS,
+        common::bus::Message::new(event),
+    )
+    .await
+    .unwrap();
+    while host.round().await > 0 {}
+    let pending = platform
+        .get_json(format!(
+            "{}/v1/messages?subscriptionId={subscription}&status=pending",
+            platform.notifications_url
+        ))
+        .await;
+    assert_eq!(pending["items"][0]["attempts"], 1, "{pending}");
+    assert!(receiver.hooks().is_empty());
+    receiver.set(ANSWER_OK);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.hooks().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the retry timer did not send the message"
+        );
+        assert!(host.fire("fn-timer-webhook-retries").await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    receiver.hooks()[0].verifies(&secret).unwrap();
+    assert!(host.fire("fn-timer-retention").await);
+    assert!(host.fire("fn-timer-connectors").await);
     platform.stop().await;
 }
