@@ -45,6 +45,16 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// Write an Azure Functions app folder per service (host.json, a function.json per HTTP
+    /// path and per trigger), to which `deploy/functions/package.sh` adds the binary.
+    Functions {
+        /// Where the folders go (one per service).
+        #[arg(long, default_value = "deploy/functions")]
+        out: PathBuf,
+        /// Only these services (comma separated; default: all).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Upload a product feed (.csv, .jsonl) to sync and follow its import until it ends;
     /// exits non-zero when rows failed.
     Import {
@@ -144,6 +154,12 @@ async fn main() -> anyhow::Result<()> {
         } => token(&sub, &scope, ttl, data_dir),
         Command::Dlq { action, data_dir } => dlq(action, data_dir).await,
         Command::Views { action, data_dir } => views(action, data_dir).await,
+        Command::Functions { out, only } => {
+            for folder in platform::functions::write_apps(&out, &only).await? {
+                println!("{}", folder.display());
+            }
+            Ok(())
+        }
         Command::Import {
             file,
             url,

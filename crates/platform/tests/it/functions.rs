@@ -328,3 +328,50 @@ async fn feeds_webhooks_and_their_retries_run_on_blob_timer_and_bus_triggers() {
     assert!(host.fire("fn-timer-connectors").await);
     platform.stop().await;
 }
+
+/// `deploy/functions/` is what `platform functions` writes: every trigger the services
+/// declare has its function.json, and nothing else is there.
+#[tokio::test]
+async fn the_committed_function_apps_are_what_the_services_declare() {
+    let scratch = tempfile::tempdir().unwrap();
+    platform::functions::write_apps(scratch.path(), &[])
+        .await
+        .unwrap();
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/functions");
+    let files = |root: &std::path::Path| -> BTreeMap<String, String> {
+        let mut found = BTreeMap::new();
+        let mut folders = vec![root.to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else if path.extension().is_some_and(|x| x == "json") {
+                    let name = path.strip_prefix(root).unwrap().display().to_string();
+                    found.insert(name, std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        found
+    };
+    let (expected, actual) = (files(scratch.path()), files(&committed));
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        actual.keys().collect::<Vec<_>>(),
+        "run `cargo run -p platform -- functions` and commit deploy/functions"
+    );
+    for (name, text) in &expected {
+        assert_eq!(
+            &actual[name], text,
+            "{name} differs: run `cargo run -p platform -- functions`"
+        );
+    }
+    // Every function.json parses, and every trigger names what the service declares.
+    let timer: Value =
+        serde_json::from_str(&actual["notifications/fn-timer-webhook-retries/function.json"])
+            .unwrap();
+    assert_eq!(timer["bindings"][0]["type"], "timerTrigger");
+    let bus: Value = serde_json::from_str(&actual["catalog/fn-bus-catalog/function.json"]).unwrap();
+    assert_eq!(bus["bindings"][0]["topicName"], "orders-events");
+    assert_eq!(bus["bindings"][0]["subscriptionName"], "catalog");
+}
