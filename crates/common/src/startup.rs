@@ -52,3 +52,40 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// `<service> healthcheck`: asks the service running beside (same settings, so the same
+/// port) whether it is ready, and exits 0 if so, 1 if not. The container image has no shell
+/// and no curl; its `HEALTHCHECK` runs this.
+pub fn exit_if_healthcheck(settings: &Settings) {
+    if std::env::args().nth(1).as_deref() != Some("healthcheck") {
+        return;
+    }
+    let ready = probe_ready(settings.http.port, std::time::Duration::from_secs(2));
+    if let Err(why) = &ready {
+        eprintln!("not ready: {why}");
+    }
+    std::process::exit(if ready.is_ok() { 0 } else { 1 });
+}
+
+/// `GET /health/ready` on loopback: `Ok` for a 200.
+pub fn probe_ready(port: u16, timeout: std::time::Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
+        .map_err(|e| format!("port {port}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let status = String::from_utf8_lossy(&head[9..12]).into_owned();
+    if status == "200" {
+        Ok(())
+    } else {
+        Err(format!("answered {status}"))
+    }
+}

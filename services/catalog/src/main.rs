@@ -7,6 +7,7 @@ use common::runtime::Launch;
 async fn main() -> anyhow::Result<()> {
     let mut settings = catalog::startup::load_settings()?;
     common::startup::adopt_functions_port(&mut settings);
+    common::startup::exit_if_healthcheck(&settings);
     let _telemetry = common::telemetry::init(&settings.telemetry, catalog::startup::SERVICE)?;
     let listener = common::http::bind(&settings).context("binding the HTTP port")?;
     let handle = catalog::startup::start(settings, Launch::on(listener)).await?;

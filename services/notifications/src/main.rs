@@ -8,6 +8,7 @@ use common::runtime::Launch;
 async fn main() -> anyhow::Result<()> {
     let (mut settings, own) = notifications::startup::load_settings()?;
     common::startup::adopt_functions_port(&mut settings);
+    common::startup::exit_if_healthcheck(&settings);
     let _telemetry = common::telemetry::init(&settings.telemetry, notifications::startup::SERVICE)?;
     let listener = common::http::bind(&settings).context("binding the HTTP port")?;
     let handle = notifications::startup::start(settings, own, Launch::on(listener)).await?;

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod change_events;
+mod compose;
 mod connectors;
 pub mod crash;
 mod functions;
