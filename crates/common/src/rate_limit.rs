@@ -10,7 +10,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, ResponseError, web};
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter as Gcra};
@@ -19,8 +19,10 @@ use crate::auth::Principal;
 use crate::config::RateLimitSettings;
 use crate::error::{ApiError, ErrorCode};
 
+// The standard monotonic clock: the default (quanta) calibrates its TSC at first use, which
+// cost each cold start several milliseconds of spinning.
 type KeyedLimiter =
-    Gcra<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+    Gcra<String, DefaultKeyedStateStore<String>, MonotonicClock, StateInformationMiddleware>;
 
 /// How often (in checked requests) idle client entries are dropped.
 const SWEEP_EVERY: u64 = 10_000;
@@ -28,7 +30,7 @@ const SWEEP_EVERY: u64 = 10_000;
 #[derive(Clone)]
 pub struct RateLimiter {
     limiter: Option<Arc<KeyedLimiter>>,
-    clock: DefaultClock,
+    clock: MonotonicClock,
     per_second: u32,
     checks: Arc<AtomicU64>,
 }
@@ -50,11 +52,15 @@ impl RateLimiter {
             .zip(NonZeroU32::new(settings.burst))
             .map(|(rate, burst)| Quota::per_second(rate).allow_burst(burst));
         let limiter = quota.filter(|_| settings.enabled).map(|quota| {
-            Arc::new(Gcra::keyed(quota).with_middleware::<StateInformationMiddleware>())
+            Arc::new(KeyedLimiter::new(
+                quota,
+                DefaultKeyedStateStore::default(),
+                MonotonicClock,
+            ))
         });
         Self {
             limiter,
-            clock: DefaultClock::default(),
+            clock: MonotonicClock,
             per_second: settings.per_second,
             checks: Arc::new(AtomicU64::new(0)),
         }

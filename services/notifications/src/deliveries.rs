@@ -15,7 +15,14 @@ use common::bus::CloudEvent;
 use common::clock::now_ms;
 use common::outbound::targets;
 use common::store::{Comparison, Document, ETag, Query, QueryScope, SharedStore, StoreError};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::MonotonicClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// An endpoint's rate, on the standard clock (the default one calibrates at first use).
+type EndpointLimiter =
+    RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
 use rand::Rng;
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -78,7 +85,7 @@ struct Inner {
     subscriptions: Subscriptions,
     settings: WebhookSettings,
     schedule: RetrySchedule,
-    http: reqwest::Client,
+    http: common::outbound::LazyClient,
     lanes: Mutex<HashMap<String, Lane>>,
     /// Wakes the scan of due messages.
     wake: Notify,
@@ -110,10 +117,10 @@ impl Deliveries {
         settings: WebhookSettings,
         inline: bool,
     ) -> anyhow::Result<Self> {
-        let http = targets::client(
+        let http = targets::lazy_client(
             Duration::from_millis(settings.timeout_ms),
             settings.allow_private_targets,
-        )?;
+        );
         let schedule = RetrySchedule {
             pauses_ms: settings.retry_schedule_ms.clone(),
             jitter_percent: settings.jitter_percent,
@@ -162,7 +169,12 @@ impl Deliveries {
         let limiter = subscription
             .rate_limit
             .and_then(std::num::NonZeroU32::new)
-            .map(|rate| Arc::new(RateLimiter::direct(Quota::per_second(rate))));
+            .map(|rate| {
+                Arc::new(EndpointLimiter::direct_with_clock(
+                    Quota::per_second(rate),
+                    MonotonicClock,
+                ))
+            });
         tokio::spawn(self.clone().run_lane(
             subscription.id.clone(),
             receiver,
@@ -251,7 +263,7 @@ impl Deliveries {
         mut receiver: mpsc::Receiver<Job>,
         in_flight: usize,
         ordered: bool,
-        limiter: Option<Arc<DefaultDirectRateLimiter>>,
+        limiter: Option<Arc<EndpointLimiter>>,
     ) {
         let slots = Arc::new(Semaphore::new(in_flight));
         while let Some(job) = receiver.recv().await {
@@ -450,9 +462,11 @@ impl Deliveries {
             Ok(signature) => signature,
             Err(error) => return failed(error.to_string(), None, None),
         };
-        let sent = self
-            .inner
-            .http
+        let http = match self.inner.http.get() {
+            Ok(http) => http,
+            Err(error) => return failed(format!("no HTTP client: {error}"), None, None),
+        };
+        let sent = http
             .post(&subscription.url)
             .header("content-type", "application/json")
             .header("webhook-id", &message.id)

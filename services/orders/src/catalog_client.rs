@@ -34,7 +34,7 @@ struct ProductV2 {
 
 #[derive(Clone)]
 pub struct CatalogClient {
-    http: reqwest::Client,
+    http: common::outbound::LazyClient,
     base_url: String,
     attempts: u32,
     tokens: ServiceTokens,
@@ -47,10 +47,8 @@ impl CatalogClient {
         peer: &CatalogPeer,
         url: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(peer.timeout_ms))
-            .connect_timeout(Duration::from_millis(peer.timeout_ms))
-            .build()?;
+        let http =
+            common::outbound::LazyClient::with_timeout(Duration::from_millis(peer.timeout_ms));
         Ok(Self {
             http,
             base_url: url.unwrap_or(&peer.url).trim_end_matches('/').to_owned(),
@@ -93,7 +91,12 @@ impl CatalogClient {
                 tokio::time::sleep(backoff(attempt)).await;
             }
             let token = self.token().await?;
-            let mut request = self.http.get(url.clone()).bearer_auth(token);
+            let mut request = self
+                .http
+                .get()
+                .map_err(|e| CatalogError::Unavailable(format!("no HTTP client: {e}")))?
+                .get(url.clone())
+                .bearer_auth(token);
             for (name, value) in common::telemetry::current_trace_headers() {
                 request = request.header(name, value);
             }

@@ -42,7 +42,7 @@ struct BatchAnswer {
 
 #[derive(Clone)]
 pub struct CatalogClient {
-    http: reqwest::Client,
+    http: common::outbound::LazyClient,
     batch_url: url::Url,
     attempts: u32,
     tokens: ServiceTokens,
@@ -57,10 +57,16 @@ impl CatalogClient {
     ) -> anyhow::Result<Self> {
         let base = url.unwrap_or(&peer.url).trim_end_matches('/');
         let batch_url = url::Url::parse(&format!("{base}/v2/products:batch"))?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(peer.timeout_ms))
-            .connect_timeout(Duration::from_millis(peer.timeout_ms.min(5_000)))
-            .build()?;
+        let (timeout, connect) = (
+            Duration::from_millis(peer.timeout_ms),
+            Duration::from_millis(peer.timeout_ms.min(5_000)),
+        );
+        let http = common::outbound::LazyClient::new(move || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(connect)
+                .build()
+        });
         Ok(Self {
             http,
             batch_url,
@@ -101,6 +107,8 @@ impl CatalogClient {
             })?;
             let mut request = self
                 .http
+                .get()
+                .map_err(|e| CatalogCallError::Unavailable(format!("no HTTP client: {e}")))?
                 .request(method.clone(), url.clone())
                 .bearer_auth(token);
             if let Some(body) = body {

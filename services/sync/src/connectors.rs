@@ -106,7 +106,7 @@ type Listed = (i64, Vec<Connector>);
 pub struct Connectors {
     store: SharedStore,
     settings: ConnectorSettings,
-    http: reqwest::Client,
+    http: common::outbound::LazyClient,
     /// Wakes the delivery loop when changes are queued.
     queued: Arc<Notify>,
     /// The connectors, as last listed (cleared by every change made here).
@@ -115,10 +115,10 @@ pub struct Connectors {
 
 impl Connectors {
     pub fn new(store: SharedStore, settings: ConnectorSettings) -> anyhow::Result<Self> {
-        let http = targets::client(
+        let http = targets::lazy_client(
             Duration::from_millis(settings.timeout_ms),
             settings.allow_private_targets,
-        )?;
+        );
         Ok(Self {
             store,
             settings,
@@ -645,6 +645,8 @@ impl Connectors {
         let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
         let mut request = self
             .http
+            .get()
+            .map_err(|e| format!("no HTTP client: {e}"))?
             .post(&connector.url)
             .header("content-type", "application/cloudevents+json");
         match &connector.auth {

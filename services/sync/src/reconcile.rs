@@ -96,7 +96,7 @@ pub struct Reconciler {
     store: SharedStore,
     connectors: Connectors,
     catalog: CatalogClient,
-    http: reqwest::Client,
+    http: common::outbound::LazyClient,
     allow_private: bool,
 }
 
@@ -112,7 +112,7 @@ impl Reconciler {
             store,
             connectors,
             catalog,
-            http: targets::client(timeout, allow_private)?,
+            http: targets::lazy_client(timeout, allow_private),
             allow_private,
         })
     }
@@ -205,6 +205,8 @@ impl Reconciler {
         targets::check_url(&connector.url, self.allow_private).map_err(|e| format!("url {e}"))?;
         let mut request = self
             .http
+            .get()
+            .map_err(|e| format!("no HTTP client: {e}"))?
             .get(&connector.url)
             .header("accept", "application/json");
         if let crate::domain::connector::ConnectorAuth::Bearer { token } = &connector.auth {

@@ -171,3 +171,41 @@ pub fn backoff(attempt: u32) -> Duration {
     let jitter = rand::rng().random_range(0..=base / 2);
     Duration::from_millis(base + jitter)
 }
+
+/// An HTTP client made at its first use. Making one loads the system's CA certificates
+/// (milliseconds of parsing), which a cold start should not pay before its first answer.
+#[derive(Clone)]
+pub struct LazyClient {
+    made: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
+    make: std::sync::Arc<dyn Fn() -> reqwest::Result<reqwest::Client> + Send + Sync>,
+}
+
+impl LazyClient {
+    pub fn new(
+        make: impl Fn() -> reqwest::Result<reqwest::Client> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            made: std::sync::Arc::default(),
+            make: std::sync::Arc::new(make),
+        }
+    }
+
+    /// A client with these time-outs for both connecting and the whole request.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        Self::new(move || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .build()
+        })
+    }
+
+    /// The client, made now if it was not yet.
+    pub fn get(&self) -> reqwest::Result<&reqwest::Client> {
+        if let Some(client) = self.made.get() {
+            return Ok(client);
+        }
+        let client = (self.make)()?;
+        Ok(self.made.get_or_init(|| client))
+    }
+}

@@ -133,6 +133,11 @@ pub fn client(timeout: Duration, allow_private: bool) -> reqwest::Result<reqwest
     builder.build()
 }
 
+/// [`client`], made at its first use.
+pub fn lazy_client(timeout: Duration, allow_private: bool) -> super::LazyClient {
+    super::LazyClient::new(move || client(timeout, allow_private))
+}
+
 /// Reads at most `limit` bytes of an answer's body, as text (lossy), for logs and status.
 pub async fn excerpt(response: reqwest::Response, limit: usize) -> String {
     use futures::StreamExt;
