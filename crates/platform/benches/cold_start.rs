@@ -4,6 +4,9 @@
 //!
 //! `cargo bench -p platform --bench cold_start` (COLD_STARTS to change the count).
 
+mod support;
+use support::{env_number, percentile};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,11 +26,6 @@ const SERVICES: &[(&str, &str, &str)] = &[
         "notifications.admin",
     ),
 ];
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
-    sorted.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
 
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: u32) -> f64 {
@@ -112,10 +110,7 @@ fn start(
 }
 
 fn main() -> anyhow::Result<()> {
-    let starts: usize = std::env::var("COLD_STARTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let starts = env_number("COLD_STARTS", 20);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut build = Command::new(env!("CARGO"));
     build

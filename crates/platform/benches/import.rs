@@ -4,19 +4,15 @@
 //!
 //! `cargo bench -p platform --bench import` (IMPORT_ROWS, IMPORT_BATCH, IMPORT_IN_FLIGHT to tune).
 
+mod support;
+use support::env_number;
+
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use serde_json::Value;
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The process's peak resident memory so far, in MiB (Linux).
 fn peak_memory_mib() -> Option<f64> {

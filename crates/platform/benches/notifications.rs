@@ -5,6 +5,9 @@
 //!
 //! `cargo bench -p platform --bench notifications` (NOTIFY_EVENTS, NOTIFY_ENDPOINTS to tune).
 
+mod support;
+use support::{env_number, percentile};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,18 +19,6 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
-    sorted.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
 
 /// When each event's deliveries arrived, by event id.
 type Arrivals = Arc<Mutex<HashMap<String, Vec<Instant>>>>;

@@ -4,6 +4,9 @@
 //!
 //! `cargo bench -p platform --bench saga` (SAGA_ORDERS, SAGA_CONCURRENCY to tune).
 
+mod support;
+use support::{env_number, percentile};
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -11,18 +14,6 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
-    sorted.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
 
 struct Client {
     http: reqwest::Client,

@@ -572,11 +572,7 @@ impl Deliveries {
                 continue;
             }
             let now = now_ms();
-            let query = Query::new(QueryScope::AllPartitions, u32::try_from(room).unwrap_or(1))
-                .filter("kind", kind_of(MessageStatus::Pending))
-                .filter("subscriptionId", subscription.id.as_str())
-                .compare("nextAttemptAt", Comparison::Le, now)
-                .order_by("nextAttemptAt", false);
+            let query = due(subscription, now, room);
             let page = self.inner.store.query(MESSAGES, &query).await?;
             more |= page.items.len() == room && page.continuation.is_some();
             for document in page.items {
@@ -596,11 +592,7 @@ impl Deliveries {
     async fn scan_inline(&self, subscription: &Subscription) -> Result<bool, DeliveryError> {
         use futures::StreamExt;
         let now = now_ms();
-        let query = Query::new(QueryScope::AllPartitions, SCAN_BATCH as u32)
-            .filter("kind", kind_of(MessageStatus::Pending))
-            .filter("subscriptionId", subscription.id.as_str())
-            .compare("nextAttemptAt", Comparison::Le, now)
-            .order_by("nextAttemptAt", false);
+        let query = due(subscription, now, SCAN_BATCH);
         let page = self.inner.store.query(MESSAGES, &query).await?;
         let more = page.continuation.is_some();
         let mut jobs = Vec::new();
@@ -636,6 +628,18 @@ impl Deliveries {
     async fn claim(&self, document: Document, now: i64) -> Result<Option<Job>, DeliveryError> {
         let (mut message, etag) = document.into_model::<Message>()?;
         message.next_attempt_at = self.lease_until(now);
+        Ok(self
+            .replace_unchanged(&message, &etag)
+            .await?
+            .map(|etag| Job { message, etag }))
+    }
+
+    /// Writes the message if it is still as read (`etag`); `None` when it changed or went.
+    async fn replace_unchanged(
+        &self,
+        message: &Message,
+        etag: &ETag,
+    ) -> Result<Option<ETag>, StoreError> {
         match self
             .inner
             .store
@@ -643,17 +647,14 @@ impl Deliveries {
                 MESSAGES,
                 &message.id,
                 &message.id,
-                to_body(&message)?,
-                Some(&etag),
+                to_body(message)?,
+                Some(etag),
             )
             .await
         {
-            Ok(written) => Ok(Some(Job {
-                message,
-                etag: written.etag,
-            })),
+            Ok(written) => Ok(Some(written.etag)),
             Err(StoreError::PreconditionFailed | StoreError::NotFound) => Ok(None),
-            Err(other) => Err(other.into()),
+            Err(other) => Err(other),
         }
     }
 
@@ -735,21 +736,8 @@ impl Deliveries {
             for document in page.items {
                 let (mut message, etag) = document.into_model::<Message>()?;
                 message.resend(now_ms());
-                match self
-                    .inner
-                    .store
-                    .replace(
-                        MESSAGES,
-                        &message.id,
-                        &message.id,
-                        to_body(&message)?,
-                        Some(&etag),
-                    )
-                    .await
-                {
-                    Ok(_) => recovered += 1,
-                    Err(StoreError::PreconditionFailed | StoreError::NotFound) => {}
-                    Err(other) => return Err(other.into()),
+                if self.replace_unchanged(&message, &etag).await?.is_some() {
+                    recovered += 1;
                 }
             }
             if recovered == before {
@@ -761,6 +749,15 @@ impl Deliveries {
         tracing::info!(subscription = %subscription_id, recovered, "failed messages sent again");
         Ok(recovered)
     }
+}
+
+/// The subscription's pending messages due at `now`, the longest waiting first.
+fn due(subscription: &Subscription, now: i64, limit: usize) -> Query {
+    Query::new(QueryScope::AllPartitions, u32::try_from(limit).unwrap_or(1))
+        .filter("kind", kind_of(MessageStatus::Pending))
+        .filter("subscriptionId", subscription.id.as_str())
+        .compare("nextAttemptAt", Comparison::Le, now)
+        .order_by("nextAttemptAt", false)
 }
 
 /// An error with its causes, for an attempt's excerpt (reqwest's own text omits them).

@@ -135,19 +135,10 @@ impl NotificationsSettings {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use common::config::Sources;
-    use common::runtime::Service;
-
     use crate::startup::NotificationsService;
 
     fn load_file(contents: &str) -> Result<(), String> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("notifications.toml"), contents).unwrap();
-        let mut sources = Sources::defaults_only();
-        sources.config_dir = dir.path().to_path_buf();
-        NotificationsService::load(&sources)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        common::testing::load_config_file::<NotificationsService>(contents)
     }
 
     #[test]

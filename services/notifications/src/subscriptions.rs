@@ -32,6 +32,17 @@ pub enum SubscriptionError {
     Store(#[from] StoreError),
 }
 
+impl SubscriptionError {
+    /// A conditional write of subscription `id` that failed.
+    fn writing(id: &str, error: StoreError) -> Self {
+        match error {
+            StoreError::PreconditionFailed => Self::Stale,
+            StoreError::NotFound => Self::NotFound(id.to_owned()),
+            other => other.into(),
+        }
+    }
+}
+
 /// What a client sends to create or replace a subscription.
 #[derive(Debug, Clone)]
 pub struct SubscriptionInput {
@@ -212,11 +223,7 @@ impl Subscriptions {
                 Some(&current),
             )
             .await
-            .map_err(|error| match error {
-                StoreError::PreconditionFailed => SubscriptionError::Stale,
-                StoreError::NotFound => SubscriptionError::NotFound(id.to_owned()),
-                other => other.into(),
-            })?;
+            .map_err(|error| SubscriptionError::writing(id, error))?;
         self.forget();
         Ok((subscription, written.etag))
     }
@@ -246,11 +253,7 @@ impl Subscriptions {
         self.store
             .delete(SUBSCRIPTIONS, id, DOCUMENT_ID, Some(&current))
             .await
-            .map_err(|error| match error {
-                StoreError::PreconditionFailed => SubscriptionError::Stale,
-                StoreError::NotFound => SubscriptionError::NotFound(id.to_owned()),
-                other => other.into(),
-            })?;
+            .map_err(|error| SubscriptionError::writing(id, error))?;
         self.forget();
         tracing::info!(subscription = %id, "webhook subscription deleted");
         Ok(())

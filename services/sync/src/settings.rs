@@ -149,19 +149,10 @@ impl SyncSettings {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use common::config::Sources;
-    use common::runtime::Service;
-
     use crate::startup::SyncService;
 
     fn load_file(contents: &str) -> Result<(), String> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("sync.toml"), contents).unwrap();
-        let mut sources = Sources::defaults_only();
-        sources.config_dir = dir.path().to_path_buf();
-        SyncService::load(&sources)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        common::testing::load_config_file::<SyncService>(contents)
     }
 
     #[test]

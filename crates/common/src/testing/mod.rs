@@ -80,3 +80,17 @@ impl LogCapture {
         String::from_utf8_lossy(&self.buffer.lock().unwrap()).into_owned()
     }
 }
+
+/// Loads service `S`'s settings from defaults and a `config/<service>.toml` holding
+/// `contents`: `Err` with the message a start would print.
+pub fn load_config_file<S: crate::runtime::Service>(contents: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.path().join(format!("{}.toml", S::DESCRIPTOR.name)),
+        contents,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut sources = crate::config::Sources::defaults_only();
+    sources.config_dir = dir.path().to_path_buf();
+    S::load(&sources).map(|_| ()).map_err(|e| e.to_string())
+}

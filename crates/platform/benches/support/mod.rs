@@ -1,0 +1,18 @@
+//! What the platform's benchmarks share: their knobs and their statistics.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// A number from the environment (a benchmark's knob), else `default`.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `q` quantile of sorted durations, in milliseconds.
+pub fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
