@@ -71,6 +71,8 @@ pub struct Subscriptions {
     allow_private_targets: bool,
     outbox: FeedSignal,
     cache: Arc<Mutex<Option<Listed>>>,
+    /// Counts the changes made here: a list read while one was made is not kept.
+    generation: Arc<std::sync::atomic::AtomicU64>,
     /// Called after every change made here (wakes the deliveries).
     changed: Arc<tokio::sync::Notify>,
 }
@@ -82,6 +84,7 @@ impl Subscriptions {
             allow_private_targets,
             outbox,
             cache: Arc::default(),
+            generation: Arc::default(),
             changed: Arc::default(),
         }
     }
@@ -92,6 +95,8 @@ impl Subscriptions {
     }
 
     fn forget(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Ok(mut cache) = self.cache.lock() {
             *cache = None;
         }
@@ -173,6 +178,7 @@ impl Subscriptions {
         {
             return Ok(listed.clone());
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let mut all = Vec::new();
         let mut continuation = None;
         loop {
@@ -184,7 +190,9 @@ impl Subscriptions {
             }
         }
         let listed = Arc::new(all);
-        if let Ok(mut cache) = self.cache.lock() {
+        if let Ok(mut cache) = self.cache.lock()
+            && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
+        {
             *cache = Some((now, listed.clone()));
         }
         Ok(listed)
