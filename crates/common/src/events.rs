@@ -135,6 +135,15 @@ event_types! {
         "A webhook endpoint failed for too long and was disabled; nothing is sent to it until it is resumed.";
 }
 
+/// The contracts of these event types (names that are no event type are left out).
+pub fn contracts_of(types: &[&str]) -> Vec<EventContract> {
+    let all = all();
+    types
+        .iter()
+        .filter_map(|name| all.iter().find(|c| c.event_type == *name).cloned())
+        .collect()
+}
+
 /// The contract of one event type, by its name.
 pub fn contract(event_type: &str) -> Option<EventContract> {
     all().into_iter().find(|c| c.event_type == event_type)

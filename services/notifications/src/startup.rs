@@ -71,21 +71,7 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
     ],
     outboxes: &[SUBSCRIPTIONS],
     publishes: || vec![EventContract::of::<EndpointDisabled>()],
-    consumes: || {
-        vec![
-            EventContract::of::<OrderPlaced>(),
-            EventContract::of::<OrderConfirmed>(),
-            EventContract::of::<OrderRejected>(),
-            EventContract::of::<OrderCancelled>(),
-            EventContract::of::<StockReserved>(),
-            EventContract::of::<StockReservationFailed>(),
-            EventContract::of::<StockReleased>(),
-            EventContract::of::<ProductChanged>(),
-            EventContract::of::<ProductDeleted>(),
-            EventContract::of::<StockChanged>(),
-            EventContract::of::<EndpointDisabled>(),
-        ]
-    },
+    consumes: || common::events::contracts_of(&deliverable_event_types()),
 };
 
 /// The notifications service, as the platform hosts it.
