@@ -101,7 +101,7 @@ async fn two_relays_one_killed_midway_relay_every_entry_once(store: SharedStore)
     bus.ensure_subscription(TOPIC, "sink", SubscriptionOptions::default())
         .await
         .unwrap();
-    let ids = fill_outbox(&store, 60).await;
+    let mut ids = fill_outbox(&store, 60).await;
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let first = relay(&store, &bus, "first").spawn(stopped.clone());
     let second = relay(&store, &bus, "second").spawn(stopped.clone());
@@ -129,6 +129,9 @@ async fn two_relays_one_killed_midway_relay_every_entry_once(store: SharedStore)
         second.abort();
         first
     };
+    // Entries written after the kill: only the survivor, once it takes the lease over, can
+    // relay them (the killed one may have finished the first ones before it died).
+    ids.extend(fill_outbox(&store, 20).await);
     let all = eventually(Duration::from_secs(30), || async {
         outbox_left(&store, "outbox").await == 0
     })
