@@ -718,6 +718,34 @@ impl Deliveries {
         Err(DeliveryError::Store(StoreError::PreconditionFailed))
     }
 
+    /// Fails every pending message of a deleted subscription (they stay visible); returns
+    /// how many.
+    pub async fn fail_pending(&self, subscription_id: &str) -> Result<usize, DeliveryError> {
+        let mut failed = 0;
+        loop {
+            let query = Query::new(QueryScope::AllPartitions, 100)
+                .filter("kind", kind_of(MessageStatus::Pending))
+                .filter("subscriptionId", subscription_id);
+            let page = self.inner.store.query(MESSAGES, &query).await?;
+            if page.items.is_empty() {
+                return Ok(failed);
+            }
+            let before = failed;
+            for document in page.items {
+                let (mut message, etag) = document.into_model::<Message>()?;
+                message.status = MessageStatus::Failed;
+                message.updated_at = now_ms();
+                if self.replace_unchanged(&message, &etag).await?.is_some() {
+                    failed += 1;
+                }
+            }
+            if failed == before {
+                // Every one changed under us (being sent): left as they are.
+                return Ok(failed);
+            }
+        }
+    }
+
     /// Sends again every failed message of the subscription created since `since`
     /// (Unix ms); returns how many.
     pub async fn recover(&self, subscription_id: &str, since: i64) -> Result<usize, DeliveryError> {

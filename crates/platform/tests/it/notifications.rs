@@ -953,6 +953,47 @@ async fn a_paused_endpoint_gets_what_waited_when_resumed_and_mail_is_written_as_
         .await,
         "what waited was not sent on resume"
     );
+    // Paused again and deleted: what waits for it is failed, and stays visible.
+    call(
+        &platform,
+        reqwest::Method::POST,
+        &format!("/v1/subscriptions/{paused_id}/pause"),
+        None,
+    )
+    .await;
+    let second = common::bus::CloudEvent::new(
+        "orders",
+        "orders.order.cancelled.v1",
+        "eml-2",
+        json!({"orderId": "eml-2", "customerId": "c"}),
+    );
+    bus.publish(
+        common::bus::topics::ORDERS,
+        common::bus::Message::new(second),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            active.hooks().len() == 2
+        })
+        .await
+    );
+    let deleted = call(
+        &platform,
+        reqwest::Method::DELETE,
+        &format!("/v1/subscriptions/{paused_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status(), 204);
+    let failed = messages(
+        &platform,
+        &format!("subscriptionId={paused_id}&status=failed"),
+    )
+    .await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["eventType"], "orders.order.cancelled.v1");
 
     // The rejection went out as a .eml file in the data folder.
     let folder = platform.dir.path().join("notifications-mail");

@@ -282,12 +282,14 @@ pub async fn delete(
     req: HttpRequest,
     principal: Principal,
     subscriptions: web::Data<Subscriptions>,
+    deliveries: web::Data<Deliveries>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(ADMIN_SCOPE)?;
     known_subscription(&id)?;
     let expected = if_match(&req)?;
     subscriptions.delete(&id, expected.etag()).await?;
+    deliveries.fail_pending(&id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
