@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-/// The compose file, as JSON (PyYAML, which the tests' Python has).
+/// The compose file, as JSON (PyYAML, in the tests' Python tools).
 fn compose() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docker-compose.yml");
-    let output = Command::new("python3")
+    let output = Command::new(common::testing::python::python())
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
