@@ -43,7 +43,12 @@ impl FunctionsHost {
             stores.insert(url, store);
         }
         Self {
-            http: reqwest::Client::new(),
+            // A connection per invocation: a pooled one the service closed while idle would
+            // fail the next invocation (the host itself retries those).
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
             bus,
             stores,
             triggers: platform.triggers(),
