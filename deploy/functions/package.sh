@@ -16,12 +16,12 @@ services=("$@")
 cargo run --quiet --release --locked -p platform -- functions --out deploy/functions \
   --only "$(IFS=,; echo "${services[*]}")" >/dev/null
 for service in "${services[@]}"; do
-  cargo build --release --locked -p "$service"
+  cargo build --profile dist --locked -p "$service"
   stage="target/functions/$service"
   rm -rf "$stage" "$stage.zip"
   mkdir -p "$stage"
   cp -R "deploy/functions/$service/." "$stage/"
-  cp "target/release/$service" "$stage/$service"
+  cp "target/dist/$service" "$stage/$service"
   (cd "$stage" && python3 -c 'import shutil, sys; shutil.make_archive(sys.argv[1], "zip", ".")' "../$service")
   echo "target/functions/$service.zip"
 done

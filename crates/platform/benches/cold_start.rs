@@ -2,7 +2,8 @@
 //! first authenticated 200, 20 starts each (p50, p99), as a process and as a Functions
 //! custom handler; and its resident memory idle after the start and after 2,000 requests.
 //!
-//! `cargo bench -p platform --bench cold_start` (COLD_STARTS to change the count).
+//! `cargo bench -p platform --bench cold_start` (COLD_STARTS to change the count;
+//! COLD_PROFILE=dist measures the binaries as they ship, built with fat LTO).
 
 mod support;
 use support::{env_number, percentile};
@@ -112,10 +113,11 @@ fn start(
 fn main() -> anyhow::Result<()> {
     let starts = env_number("COLD_STARTS", 20);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let profile = std::env::var("COLD_PROFILE").unwrap_or_else(|_| "release".to_owned());
     let mut build = Command::new(env!("CARGO"));
     build
         .current_dir(&root)
-        .args(["build", "--release", "--quiet"]);
+        .args(["build", "--profile", &profile, "--quiet"]);
     for (service, _, _) in SERVICES {
         build.args(["-p", service]);
     }
@@ -125,7 +127,7 @@ fn main() -> anyhow::Result<()> {
     );
     let settings = common::config::Settings::defaults();
     println!(
-        "cold start: exec -> first authenticated 200 ({starts} starts each, release build, 2 cores); resident memory"
+        "cold start: exec -> first authenticated 200 ({starts} starts each, {profile} build, 2 cores); resident memory"
     );
     println!(
         "{:<14} {:<15} {:>9} {:>9} {:>10} {:>12}",
@@ -139,7 +141,7 @@ fn main() -> anyhow::Result<()> {
             scope,
             3600,
         )?;
-        let binary = root.join("target/release").join(service);
+        let binary = root.join("target").join(&profile).join(service);
         for functions in [false, true] {
             let data = tempfile::tempdir()?;
             // The first start makes the store's files; the ones measured find them there,
