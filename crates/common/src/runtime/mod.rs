@@ -235,25 +235,19 @@ impl Runtime {
     /// In custom-handler mode, runs `tick` on a timer (`schedule`: NCRONTAB, six fields) as
     /// function `fn-timer-<name>`; a process runs the same work in its own loops.
     pub fn on_timer(&mut self, name: &str, schedule: &str, tick: Arc<dyn functions::Tick>) {
-        self.ticks.push((
-            format!("{}timer-{name}", functions::PREFIX),
-            functions::TriggerBinding::Timer {
-                schedule: schedule.to_owned(),
-            },
-            tick,
-        ));
+        let schedule = schedule.to_owned();
+        let binding = functions::TriggerBinding::Timer { schedule };
+        self.ticks
+            .push((format!("{}timer-{name}", functions::PREFIX), binding, tick));
     }
 
     /// In custom-handler mode, runs `tick` when a blob is written under `path`
     /// (`<container>/<prefix>{name}`) as function `fn-blob-<name>`.
     pub fn on_blob(&mut self, name: &str, path: &str, tick: Arc<dyn functions::Tick>) {
-        self.ticks.push((
-            format!("{}blob-{name}", functions::PREFIX),
-            functions::TriggerBinding::Blob {
-                path: path.to_owned(),
-            },
-            tick,
-        ));
+        let path = path.to_owned();
+        let binding = functions::TriggerBinding::Blob { path };
+        self.ticks
+            .push((format!("{}blob-{name}", functions::PREFIX), binding, tick));
     }
 
     /// Whether the service is an Azure Functions custom handler (no loops of its own).
@@ -280,7 +274,7 @@ impl Runtime {
         F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
         let workers = self.match_handlers(handlers)?;
-        if self.settings.hosting.mode == crate::config::HostingMode::Functions {
+        if self.is_custom_handler() {
             return self.serve_functions(workers, listener, openapi, configure);
         }
         let (shutdown, stopped) = tokio::sync::watch::channel(false);
