@@ -159,11 +159,16 @@ impl FunctionsHost {
     }
 }
 
-#[tokio::test]
-async fn an_order_is_confirmed_through_trigger_invocations_alone() {
+/// The services named, as Azure Functions custom handlers (no loop of their own), checked
+/// to declare at least the `expected` trigger functions.
+async fn custom_handlers(
+    only: &[&str],
+    overrides: &[(&str, String)],
+    expected: &[&str],
+) -> Platform {
     let platform = Platform::launch(
-        &["catalog", "orders"],
-        &[],
+        only,
+        overrides,
         |settings: &mut Settings| settings.hosting.mode = HostingMode::Functions,
         None,
     )
@@ -173,17 +178,28 @@ async fn an_order_is_confirmed_through_trigger_invocations_alone() {
         .iter()
         .map(|(_, spec)| spec.function.clone())
         .collect();
-    for expected in [
-        "fn-bus-catalog",
-        "fn-bus-orders",
-        "fn-feed-orders-outbox-relay",
-        "fn-feed-stock-outbox-relay",
-    ] {
+    for function in expected {
         assert!(
-            functions.iter().any(|f| f == expected),
-            "{expected} in {functions:?}"
+            functions.iter().any(|f| f == function),
+            "{function} in {functions:?}"
         );
     }
+    platform
+}
+
+#[tokio::test]
+async fn an_order_is_confirmed_through_trigger_invocations_alone() {
+    let platform = custom_handlers(
+        &["catalog", "orders"],
+        &[],
+        &[
+            "fn-bus-catalog",
+            "fn-bus-orders",
+            "fn-feed-orders-outbox-relay",
+            "fn-feed-stock-outbox-relay",
+        ],
+    )
+    .await;
     let mut host = FunctionsHost::new(&platform, &["catalog", "orders"]).await;
 
     platform.product("FN-1", "2.50", 10).await;
@@ -239,34 +255,22 @@ async fn feeds_webhooks_and_their_retries_run_on_blob_timer_and_bus_triggers() {
     use crate::notifications::{ANSWER_DOWN, ANSWER_OK, WebhookReceiver, overrides, subscribe};
     let receiver = WebhookReceiver::start();
     receiver.set(ANSWER_DOWN);
-    let platform = Platform::launch(
+    let platform = custom_handlers(
         &["catalog", "sync", "notifications"],
         &overrides("[0, 10, 10, 10, 10, 10, 10, 10, 10, 10]", None),
-        |settings: &mut Settings| settings.hosting.mode = HostingMode::Functions,
-        None,
+        &[
+            "fn-blob-uploads",
+            "fn-blob-incoming",
+            "fn-timer-imports",
+            "fn-timer-connectors",
+            "fn-timer-reconcile",
+            "fn-timer-webhook-retries",
+            "fn-timer-retention",
+            "fn-bus-notifications-orders",
+            "fn-feed-subscriptions-outbox-relay",
+        ],
     )
     .await;
-    let functions: Vec<String> = platform
-        .triggers()
-        .iter()
-        .map(|(_, spec)| spec.function.clone())
-        .collect();
-    for expected in [
-        "fn-blob-uploads",
-        "fn-blob-incoming",
-        "fn-timer-imports",
-        "fn-timer-connectors",
-        "fn-timer-reconcile",
-        "fn-timer-webhook-retries",
-        "fn-timer-retention",
-        "fn-bus-notifications-orders",
-        "fn-feed-subscriptions-outbox-relay",
-    ] {
-        assert!(
-            functions.iter().any(|f| f == expected),
-            "{expected} in {functions:?}"
-        );
-    }
     let mut host = FunctionsHost::new(&platform, &["catalog", "sync", "notifications"]).await;
 
     // A feed uploaded is imported when its blob trigger fires.

@@ -177,6 +177,11 @@ async fn call(
     request.send().await.unwrap()
 }
 
+/// `POST path` with no body: pause, resume, rotate-secret, retry, recover.
+async fn post(platform: &Platform, path: &str) -> reqwest::Response {
+    call(platform, reqwest::Method::POST, path, None).await
+}
+
 /// Creates a subscription; returns its id and secret.
 pub async fn subscribe(platform: &Platform, url: &str, event_types: Value) -> (String, String) {
     let created = call(
@@ -345,11 +350,9 @@ async fn orders_reach_a_webhook_receiver_signed_and_one_that_was_down_gets_every
     assert_eq!(ids_by_event.len(), 8);
 
     // A rotated secret: both sign for a day, so receivers can switch over.
-    let rotated: Value = call(
+    let rotated: Value = post(
         &platform,
-        reqwest::Method::POST,
         &format!("/v1/subscriptions/{subscription}/rotate-secret"),
-        None,
     )
     .await
     .json()
@@ -448,19 +451,15 @@ async fn a_receiver_that_keeps_failing_is_disabled_and_its_failed_messages_are_s
     // Fixed and resumed: a failed message sent again by hand arrives with its webhook-id;
     // recover sends the rest.
     failing.set(ANSWER_OK);
-    let resumed = call(
+    let resumed = post(
         &platform,
-        reqwest::Method::POST,
         &format!("/v1/subscriptions/{subscription}/resume"),
-        None,
     )
     .await;
     assert_eq!(resumed.status(), 200);
-    let retried = call(
+    let retried = post(
         &platform,
-        reqwest::Method::POST,
         &format!("/v1/messages/{}/retry", failed["id"].as_str().unwrap()),
-        None,
     )
     .await;
     assert_eq!(retried.status(), 202);
@@ -474,11 +473,9 @@ async fn a_receiver_that_keeps_failing_is_disabled_and_its_failed_messages_are_s
     let hook = failing.about(&first).remove(0);
     assert_eq!(hook.id, failed["id"].as_str().unwrap());
     hook.verifies(&secret).unwrap();
-    let recovered: Value = call(
+    let recovered: Value = post(
         &platform,
-        reqwest::Method::POST,
         &format!("/v1/subscriptions/{subscription}/recover?since={started}"),
-        None,
     )
     .await
     .json()
@@ -877,11 +874,9 @@ async fn private_targets_and_bad_subscriptions_are_refused_with_the_field_named(
         let unknown = call(&platform, reqwest::Method::GET, path, None).await;
         assert_eq!(unknown.status(), 404, "{path}");
     }
-    let missing = call(
+    let missing = post(
         &platform,
-        reqwest::Method::POST,
         &format!("/v1/subscriptions/{}/recover?since=yesterday", uuid_like()),
-        None,
     )
     .await;
     assert_eq!(missing.status(), 422);
@@ -901,13 +896,7 @@ async fn a_paused_endpoint_gets_what_waited_when_resumed_and_mail_is_written_as_
     let platform = Platform::launch(&["notifications"], &settings, |_| {}, None).await;
     let (paused_id, _) = subscribe(&platform, &paused.url, json!(["orders.*"])).await;
     subscribe(&platform, &active.url, json!(["orders.*"])).await;
-    let answer = call(
-        &platform,
-        reqwest::Method::POST,
-        &format!("/v1/subscriptions/{paused_id}/pause"),
-        None,
-    )
-    .await;
+    let answer = post(&platform, &format!("/v1/subscriptions/{paused_id}/pause")).await;
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.json::<Value>().await.unwrap()["status"], "paused");
 
@@ -938,13 +927,7 @@ async fn a_paused_endpoint_gets_what_waited_when_resumed_and_mail_is_written_as_
     assert_eq!(waiting[0]["status"], "pending");
     assert_eq!(waiting[0]["attempts"], 0);
     assert!(paused.hooks().is_empty());
-    let answer = call(
-        &platform,
-        reqwest::Method::POST,
-        &format!("/v1/subscriptions/{paused_id}/resume"),
-        None,
-    )
-    .await;
+    let answer = post(&platform, &format!("/v1/subscriptions/{paused_id}/resume")).await;
     assert_eq!(answer.status(), 200);
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -954,13 +937,7 @@ async fn a_paused_endpoint_gets_what_waited_when_resumed_and_mail_is_written_as_
         "what waited was not sent on resume"
     );
     // Paused again and deleted: what waits for it is failed, and stays visible.
-    call(
-        &platform,
-        reqwest::Method::POST,
-        &format!("/v1/subscriptions/{paused_id}/pause"),
-        None,
-    )
-    .await;
+    post(&platform, &format!("/v1/subscriptions/{paused_id}/pause")).await;
     let second = common::bus::CloudEvent::new(
         "orders",
         "orders.order.cancelled.v1",
