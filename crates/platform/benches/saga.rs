@@ -2,7 +2,7 @@
 //! one process: orders per second from `POST /v1/orders` to `confirmed`, and the time one
 //! order takes to reach `confirmed` (median, p99), unloaded and under load.
 //!
-//! `cargo bench -p platform --bench saga` (SAGA_ORDERS, SAGA_CONCURRENCY to tune).
+//! `cargo bench -p platform --bench saga` (SAGA_ORDERS, SAGA_CONCURRENCY, SAGA_ONLY to tune).
 
 mod support;
 use support::{env_number, percentile};
@@ -85,7 +85,12 @@ async fn main() -> anyhow::Result<()> {
     let sources = common::config::Sources::defaults_only()
         .with_override("data_dir", dir.path().display().to_string())
         .with_override("http.port", "0");
-    let mut loaded = platform::registry::load(&platform::registry::select(&[])?, &sources)?;
+    // SAGA_ONLY=catalog,orders measures a subset; by default every service consumes as it
+    // would in `platform up`.
+    let only: Vec<String> = std::env::var("SAGA_ONLY")
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut loaded = platform::registry::load(&platform::registry::select(&only)?, &sources)?;
     for service in &mut loaded {
         let shared = service.settings();
         shared.auth.hs256_secret = settings.auth.hs256_secret.clone();
@@ -188,7 +193,14 @@ async fn main() -> anyhow::Result<()> {
     let mut loaded: Vec<Duration> = confirmed.iter().filter_map(server_latency).collect();
     loaded.sort();
 
-    println!("order saga on the embedded store and bus, catalog + orders in one process, 2 cores");
+    println!(
+        "order saga on the embedded store and bus, {} in one process, 2 cores",
+        if only.is_empty() {
+            "every service".to_owned()
+        } else {
+            only.join(" + ")
+        }
+    );
     println!(
         "unloaded (200 orders, one at a time): POST -> confirmed  median {:.2} ms   p99 {:.2} ms",
         percentile(&unloaded, 0.5),
