@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod files;
 pub mod http;
+pub mod metrics;
 pub mod money;
 pub mod outbound;
 pub mod private_files;

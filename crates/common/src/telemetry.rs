@@ -44,7 +44,8 @@ pub fn tracer_provider(
     settings: &TelemetrySettings,
     service_name: &str,
 ) -> Result<SdkTracerProvider, TelemetryError> {
-    let exporting = !settings.otlp_endpoint.trim().is_empty();
+    let traces_url = otlp_url(&settings.otlp_endpoint, "traces");
+    let exporting = traces_url.is_some();
     // With nothing to export to, new traces are not recorded (they still get ids, for
     // problem answers and propagation); a caller's sampled trace is still followed, so
     // that the chain stays whole for services that do export.
@@ -60,16 +61,31 @@ pub fn tracer_provider(
     let mut builder = SdkTracerProvider::builder()
         .with_sampler(sampler)
         .with_resource(resource);
-    if exporting {
+    if let Some(url) = traces_url {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_endpoint(settings.otlp_endpoint.trim())
+            .with_endpoint(url)
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         builder = builder.with_batch_exporter(exporter);
     }
     Ok(builder.build())
+}
+
+/// The OTLP/HTTP URL of a signal (`traces`, `metrics`) from `telemetry.otlp_endpoint`, the
+/// collector's base URL; a URL already ending in a signal's path (as this setting once
+/// required) is taken as its base. `None` when export is off.
+pub(crate) fn otlp_url(endpoint: &str, signal: &str) -> Option<String> {
+    let endpoint = endpoint.trim().trim_end_matches('/');
+    if endpoint.is_empty() {
+        return None;
+    }
+    let base = ["/v1/traces", "/v1/metrics", "/v1/logs"]
+        .iter()
+        .find_map(|path| endpoint.strip_suffix(path))
+        .unwrap_or(endpoint);
+    Some(format!("{base}/v1/{signal}"))
 }
 
 /// Installs the global subscriber for a binary. Tests use [`init_for_tests`].
@@ -169,5 +185,23 @@ struct MapInjector<'a>(&'a mut HashMap<String, String>);
 impl Injector for MapInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         self.0.insert(key.to_owned(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::otlp_url;
+
+    #[test]
+    fn each_signal_has_its_path_under_the_collector_url() {
+        assert_eq!(otlp_url("  ", "traces"), None);
+        assert_eq!(
+            otlp_url("http://collector:4318/", "metrics").as_deref(),
+            Some("http://collector:4318/v1/metrics")
+        );
+        assert_eq!(
+            otlp_url("http://collector:4318/v1/traces", "metrics").as_deref(),
+            Some("http://collector:4318/v1/metrics")
+        );
     }
 }

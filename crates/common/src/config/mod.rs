@@ -227,6 +227,18 @@ pub struct TelemetrySettings {
     pub log_level: String,
     pub otlp_endpoint: String,
     pub sample_ratio: f64,
+    pub metrics_export_interval_ms: u64,
+    pub metrics_access: MetricsAccess,
+}
+
+/// Who may read `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    Loopback,
+    Operator,
+    Open,
+    Off,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -437,6 +449,12 @@ impl Settings {
             return Err(ConfigError::key(
                 "telemetry.sample_ratio",
                 "must be between 0.0 and 1.0",
+            ));
+        }
+        if self.telemetry.metrics_export_interval_ms < 1000 {
+            return Err(ConfigError::key(
+                "telemetry.metrics_export_interval_ms",
+                "must be at least 1000",
             ));
         }
         Ok(())

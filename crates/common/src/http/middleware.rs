@@ -62,7 +62,11 @@ pub async fn trace_request(
     span.record("otel.name", format!("{method} {route}"));
     span.record("http.route", route.as_str());
     span.record("http.status_code", status);
-    span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
+    let elapsed = started.elapsed();
+    span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+    if let Some(metrics) = response.request().app_data::<crate::metrics::Metrics>() {
+        metrics.record_request(method.as_str(), &route, status, elapsed);
+    }
     span.in_scope(|| tracing::debug!(status, "request finished"));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);

@@ -33,6 +33,8 @@ pub struct HttpContext {
     /// Routes whose bodies are files streamed through: no size limit of `http.max_body_bytes`
     /// is theirs to apply, and their time limit is on silence, not on the whole upload.
     pub streamed_uploads: Vec<&'static str>,
+    /// Where requests are counted, and what `/metrics` shows.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A running service: its address, and the way to stop it.
@@ -108,6 +110,7 @@ where
         context.asyncapi.clone(),
     ));
     let name = context.name;
+    let metrics = context.metrics.clone();
     let max_body = settings.http.max_body_bytes;
     let request_timeout = std::time::Duration::from_secs(settings.http.request_timeout_seconds);
     let timeout = RequestTimeout {
@@ -117,6 +120,7 @@ where
     let app = move || {
         App::new()
             .app_data(ServiceName(name))
+            .app_data(metrics.clone())
             .app_data(timeout.clone())
             .app_data(authenticator.clone())
             .app_data(limiter.clone())
@@ -140,6 +144,7 @@ where
             .route("/health/ready", web::get().to(health::ready))
             .route("/openapi.json", web::get().to(openapi))
             .route("/asyncapi.json", web::get().to(asyncapi))
+            .route("/metrics", web::get().to(super::metrics::prometheus_text))
             .configure(configure.clone())
             .default_service(web::to(not_found))
     };

@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod dispatch;
 pub mod feed;
 pub mod functions;
+mod measure;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use crate::bus::worker::spawn_worker;
 use crate::config::Settings;
 use crate::events::EventContract;
 use crate::http::{Background, HttpContext, ServiceHandle};
+use crate::metrics::Metrics;
 use crate::store::SharedStore;
 
 pub use consumer::{Effect, IdempotentConsumer};
@@ -110,6 +112,8 @@ pub struct Runtime {
     pub outbox_signal: FeedSignal,
     /// This instance, as owner of change-feed leases (`change_feed.instance_id`).
     pub instance: String,
+    /// The service's meter: `/metrics`, OTLP, and the instruments every service records.
+    pub metrics: Metrics,
     feeds: Vec<FeedReader>,
     beside: Vec<BackgroundWork>,
     /// What timer and blob triggers run in custom-handler mode.
@@ -179,14 +183,18 @@ impl Runtime {
         }
         let authenticator = adapters::authenticator(&settings)?;
         let instance = instance_id(descriptor.name, &settings.change_feed.instance_id);
+        let metrics = Metrics::new(descriptor.name, &settings.telemetry)?;
+        let outbox_signal = FeedSignal::default();
+        measure::runtime_gauges(&metrics, descriptor, &bus, &outbox_signal);
         Ok(Self {
             descriptor,
             settings,
             store,
             bus,
             authenticator,
-            outbox_signal: FeedSignal::default(),
+            outbox_signal,
             instance,
+            metrics,
             feeds: Vec::new(),
             beside: Vec::new(),
             ticks: Vec::new(),
@@ -283,9 +291,12 @@ impl Runtime {
             tasks.push(spawn_worker(
                 self.bus.clone(),
                 adapters::worker_settings(&self.settings, subscription.topic, subscription.name),
-                Arc::new(dispatcher),
+                measure::measured(&self.metrics, &subscription, dispatcher),
                 stopped.clone(),
             ));
+        }
+        if let Some(work) = measure::sample_probes_while_pushing(&self.metrics, &self.settings) {
+            tasks.push(work(stopped.clone()));
         }
         for container in self.descriptor.outboxes {
             let relay = OutboxRelay::new(self.store.clone(), self.bus.clone(), container);
@@ -318,7 +329,8 @@ impl Runtime {
     {
         let mut triggers = functions::Triggers::default();
         for (subscription, dispatcher) in workers {
-            triggers.bus(subscription.topic, subscription.name, Arc::new(dispatcher));
+            let handler = measure::measured(&self.metrics, &subscription, dispatcher);
+            triggers.bus(subscription.topic, subscription.name, handler);
         }
         for container in self.descriptor.outboxes {
             let relay = OutboxRelay::new(self.store.clone(), self.bus.clone(), container);
@@ -384,6 +396,7 @@ impl Runtime {
             openapi: crate::http::complete_openapi(openapi),
             asyncapi: asyncapi::document(self.descriptor),
             streamed_uploads: self.streamed_uploads.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod crash;
 mod functions;
 mod helpers;
 mod imports;
+mod metrics;
 mod notifications;
 mod saga;
 mod up;

@@ -1,0 +1,143 @@
+//! What the runtime measures for every service: each handled message (worker or trigger
+//! alike), the outbox relay's lag, and the dead letters of each subscription.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use opentelemetry::KeyValue;
+
+use super::{BackgroundWork, Dispatcher, FeedSignal, ServiceDescriptor, SubscriptionSpec};
+use crate::bus::worker::{HandlerError, MessageHandler};
+use crate::bus::{Message, SharedBus};
+use crate::config::Settings;
+use crate::metrics::{HandlerOutcome, Metrics, Points};
+
+/// The dead-letter queue is counted up to this many messages (a deeper one shows this).
+const DEAD_LETTERS_COUNTED: usize = 1000;
+
+/// `dispatcher`, timing and counting each message it handles.
+pub(super) fn measured(
+    metrics: &Metrics,
+    subscription: &SubscriptionSpec,
+    dispatcher: Dispatcher,
+) -> Arc<dyn MessageHandler> {
+    Arc::new(Measured {
+        inner: dispatcher,
+        metrics: metrics.clone(),
+        topic: subscription.topic,
+        subscription: subscription.name,
+    })
+}
+
+struct Measured {
+    inner: Dispatcher,
+    metrics: Metrics,
+    topic: &'static str,
+    subscription: &'static str,
+}
+
+#[async_trait]
+impl MessageHandler for Measured {
+    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        let handled = AssertUnwindSafe(self.inner.handle(message))
+            .catch_unwind()
+            .await;
+        let outcome = match &handled {
+            Ok(Ok(())) => HandlerOutcome::Completed,
+            Ok(Err(HandlerError::Permanent(_))) => HandlerOutcome::DeadLettered,
+            Ok(Err(HandlerError::Transient(_))) | Err(_) => HandlerOutcome::Retried,
+        };
+        self.metrics
+            .record_message(self.topic, self.subscription, outcome, started.elapsed());
+        match handled {
+            Ok(result) => result,
+            // The worker's own guard turns a panic into a redelivery.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// The gauges every service has: how long the oldest commit has waited for the outbox
+/// relay, and each subscription's dead letters.
+pub(super) fn runtime_gauges(
+    metrics: &Metrics,
+    descriptor: &'static ServiceDescriptor,
+    bus: &SharedBus,
+    outbox_signal: &FeedSignal,
+) {
+    if !descriptor.outboxes.is_empty() {
+        let signal = outbox_signal.clone();
+        metrics.probes().gauge(
+            "platform.outbox.lag",
+            "s",
+            "How long the oldest commit not yet relayed to the bus has waited (this instance).",
+            Arc::new(move || {
+                let lag = signal.lag().as_secs_f64();
+                Box::pin(async move { vec![(Vec::new(), lag)] })
+            }),
+        );
+    }
+    if descriptor.subscriptions.is_empty() {
+        return;
+    }
+    let bus = bus.clone();
+    metrics.probes().gauge(
+        "platform.messaging.dead_letters",
+        "{message}",
+        "Messages in each subscription's dead-letter queue (counted up to 1000).",
+        Arc::new(move || {
+            let bus = bus.clone();
+            Box::pin(async move { dead_letter_depths(&bus, descriptor).await })
+        }),
+    );
+}
+
+async fn dead_letter_depths(bus: &SharedBus, descriptor: &ServiceDescriptor) -> Points {
+    let mut points = Vec::new();
+    for subscription in descriptor.subscriptions {
+        match bus
+            .dead_letters(subscription.topic, subscription.name, DEAD_LETTERS_COUNTED)
+            .await
+        {
+            Ok(dead) => points.push((
+                vec![
+                    KeyValue::new("messaging.destination.name", subscription.topic),
+                    KeyValue::new("messaging.destination.subscription.name", subscription.name),
+                ],
+                dead.len() as f64,
+            )),
+            Err(error) => {
+                tracing::debug!(%error, subscription = subscription.name, "dead letters not counted")
+            }
+        }
+    }
+    points
+}
+
+/// When metrics are pushed over OTLP, the probes are sampled at the push interval (a scrape
+/// of `/metrics` samples them itself).
+pub(super) fn sample_probes_while_pushing(
+    metrics: &Metrics,
+    settings: &Settings,
+) -> Option<BackgroundWork> {
+    if settings.telemetry.otlp_endpoint.trim().is_empty() {
+        return None;
+    }
+    let metrics = metrics.clone();
+    let interval = Duration::from_millis(settings.telemetry.metrics_export_interval_ms);
+    Some(Box::new(move |mut stopped| {
+        tokio::spawn(async move {
+            loop {
+                metrics.probes().sample().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+        })
+    }))
+}
