@@ -83,6 +83,12 @@ pub async fn start(settings: Settings, launch: Launch) -> anyhow::Result<Service
     // The storefront's list, kept by the change feeds of products and stock.
     let view_signal = FeedSignal::default();
     let views = ProductViews::new(runtime.store.clone(), view_signal.clone());
+    let lagging = view_signal.clone();
+    runtime.metrics.lag_gauge(
+        "platform.view.lag",
+        "How long the oldest product or stock change not yet in the product view has waited.",
+        move || lagging.lag(),
+    );
     for (container, handler) in [
         (
             PRODUCTS,
@@ -128,7 +134,7 @@ pub async fn start(settings: Settings, launch: Launch) -> anyhow::Result<Service
     runtime.serve(
         handlers,
         launch.listener,
-        crate::api::openapi::document(),
+        crate::api::openapi::document,
         move |config| {
             config
                 .app_data(catalog.clone())

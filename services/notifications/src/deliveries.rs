@@ -32,6 +32,7 @@ use crate::domain::message::{Attempt, Message, MessageStatus};
 use crate::domain::schedule::{AfterFailure, RetrySchedule, retry_after_ms};
 use crate::domain::signature::signature_header;
 use crate::domain::subscription::{Subscription, health_after};
+use crate::measure::WebhookMetrics;
 use crate::settings::WebhookSettings;
 use crate::subscriptions::{SubscriptionError, Subscriptions};
 
@@ -96,6 +97,7 @@ struct Inner {
     /// Send within the call that made or claimed the message, not from a lane (a custom
     /// handler: between invocations nothing may run).
     inline: bool,
+    metrics: WebhookMetrics,
 }
 
 #[derive(Clone)]
@@ -116,6 +118,7 @@ impl Deliveries {
         subscriptions: Subscriptions,
         settings: WebhookSettings,
         inline: bool,
+        metrics: WebhookMetrics,
     ) -> anyhow::Result<Self> {
         let http = targets::lazy_client(
             Duration::from_millis(settings.timeout_ms),
@@ -138,6 +141,7 @@ impl Deliveries {
                 next_due: AtomicI64::new(i64::MAX),
                 stopping: watch::channel(false).0,
                 inline,
+                metrics,
             }),
         })
     }
@@ -346,6 +350,7 @@ impl Deliveries {
         let manual = message.manual;
         message.manual = false;
         let mut attempt = outcome.attempt;
+        self.inner.metrics.attempt(&subscription.id, &attempt);
         if manual {
             attempt.trigger = "manual".into();
         }

@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod domain;
 pub mod handlers;
 pub mod mail;
+pub mod measure;
 pub mod retention;
 pub mod settings;
 pub mod startup;

@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use crate::deliveries::{Deliveries, MESSAGES};
 use crate::handlers::{Fanout, dispatchers};
 use crate::mail::{EMAILS, Mailer};
+use crate::measure::WebhookMetrics;
 use crate::settings::{DEFAULTS, NotificationsSettings};
 use crate::subscriptions::{SUBSCRIPTIONS, Subscriptions};
 
@@ -129,6 +130,7 @@ pub async fn start(
         subscriptions.clone(),
         own.webhooks.clone(),
         runtime.is_custom_handler(),
+        WebhookMetrics::new(&runtime.metrics, subscriptions.clone()),
     )?;
     let mailer = Arc::new(Mailer::new(
         runtime.store.clone(),
@@ -169,7 +171,7 @@ pub async fn start(
     runtime.serve(
         handlers,
         launch.listener,
-        crate::api::openapi::document(),
+        crate::api::openapi::document,
         move |config| {
             config
                 .app_data(subscriptions.clone())

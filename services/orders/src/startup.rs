@@ -108,7 +108,7 @@ pub async fn start(
     runtime.serve(
         handlers,
         launch.listener,
-        crate::api::openapi::document(),
+        crate::api::openapi::document,
         move |config| {
             config
                 .app_data(orders.clone())

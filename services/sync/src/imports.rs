@@ -22,6 +22,7 @@ use crate::domain::feed::{
     Checkpoint, FeedError, FeedFormat, FeedRows, Row, RowError, count_rows, feed_field,
 };
 use crate::domain::import::{ImportJob, ImportSource, RowOutcome};
+use crate::measure::ImportMetrics;
 use crate::settings::ImportSettings;
 
 pub const IMPORTS: &str = "imports";
@@ -76,6 +77,7 @@ pub struct Imports {
     instance: String,
     /// Wakes the runner when a job is queued.
     queued: Arc<Notify>,
+    metrics: ImportMetrics,
 }
 
 impl Imports {
@@ -85,8 +87,10 @@ impl Imports {
         catalog: CatalogClient,
         settings: ImportSettings,
         instance: String,
+        metrics: ImportMetrics,
     ) -> Self {
         Self {
+            metrics,
             store,
             files,
             catalog,
@@ -524,6 +528,7 @@ impl Imports {
             };
             outcomes.push(outcome);
         }
+        self.metrics.rows(&outcomes);
         Ok(outcomes)
     }
 

@@ -7,6 +7,7 @@ pub mod connectors;
 pub mod domain;
 pub mod handlers;
 pub mod imports;
+pub mod measure;
 pub mod reconcile;
 pub mod settings;
 pub mod startup;

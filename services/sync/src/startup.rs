@@ -24,6 +24,7 @@ use crate::catalog_client::CatalogClient;
 use crate::connectors::{CONNECTORS, Connectors};
 use crate::handlers::Replication;
 use crate::imports::{IMPORTS, Imports};
+use crate::measure::{ImportMetrics, connector_gauges};
 use crate::reconcile::{RECONCILIATIONS, Reconciler, TIMERS, Timer};
 use crate::settings::{DEFAULTS, FilesKind, SyncSettings};
 
@@ -178,10 +179,12 @@ pub async fn start(
         catalog,
         own.imports.clone(),
         runtime.instance.clone(),
+        ImportMetrics::new(&runtime.metrics),
     );
     let runner = imports.clone();
     runtime.run_beside(Box::new(move |stop| tokio::spawn(runner.run(stop))));
     let connectors = Connectors::new(runtime.store.clone(), own.connectors.clone())?;
+    connector_gauges(&runtime.metrics, connectors.clone());
     let deliveries = connectors.clone();
     runtime.run_beside(Box::new(move |stop| tokio::spawn(deliveries.run(stop))));
     // As a custom handler: imports when a feed is written to the container (and every
@@ -260,7 +263,7 @@ pub async fn start(
     runtime.serve(
         handlers,
         launch.listener,
-        crate::api::openapi::document(),
+        crate::api::openapi::document,
         move |config| {
             config
                 .app_data(imports.clone())

@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -119,19 +120,51 @@ pub(crate) async fn not_found(
     ))
 }
 
-pub(crate) async fn openapi(
-    document: web::Data<serde_json::Value>,
-) -> web::Json<serde_json::Value> {
-    web::Json(document.get_ref().clone())
+/// A JSON document built on first demand (an OpenAPI or AsyncAPI description): nothing a
+/// start needs, so a start does not pay for it, and kept as text once built.
+#[derive(Clone)]
+pub struct LazyDocument {
+    build: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    text: Arc<OnceLock<web::Bytes>>,
 }
 
-/// The service's AsyncAPI document (a type of its own beside the OpenAPI one).
-pub(crate) struct AsyncApiDocument(pub serde_json::Value);
+impl LazyDocument {
+    pub fn new(build: impl Fn() -> serde_json::Value + Send + Sync + 'static) -> Self {
+        Self {
+            build: Arc::new(build),
+            text: Arc::default(),
+        }
+    }
 
-pub(crate) async fn asyncapi(
-    document: web::Data<AsyncApiDocument>,
-) -> web::Json<serde_json::Value> {
-    web::Json(document.0.clone())
+    fn bytes(&self) -> web::Bytes {
+        self.text
+            .get_or_init(|| {
+                serde_json::to_vec(&(self.build)())
+                    .map(web::Bytes::from)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    fn answer(&self) -> actix_web::HttpResponse {
+        actix_web::HttpResponse::Ok()
+            .content_type("application/json")
+            .body(self.bytes())
+    }
+}
+
+/// The service's OpenAPI document.
+pub(crate) struct OpenApiDocument(pub LazyDocument);
+
+/// The service's AsyncAPI document (a type of its own beside the OpenAPI one).
+pub(crate) struct AsyncApiDocument(pub LazyDocument);
+
+pub(crate) async fn openapi(document: web::Data<OpenApiDocument>) -> actix_web::HttpResponse {
+    document.0.answer()
+}
+
+pub(crate) async fn asyncapi(document: web::Data<AsyncApiDocument>) -> actix_web::HttpResponse {
+    document.0.answer()
 }
 
 /// Body encodings the server decodes; any other would reach the handlers undecoded.

@@ -15,6 +15,6 @@ pub use conditional::{IfMatch, etag_header_value, if_match, if_none_match_hits};
 pub use extractors::{json_config, path_config, query_config};
 pub use health::{BusReadiness, ReadinessCheck, StoreReadiness};
 pub use metrics::OPERATOR_SCOPE;
-pub use middleware::{problem_fallback, trace_request};
+pub use middleware::{LazyDocument, problem_fallback, trace_request};
 pub use openapi::{BearerAuth, complete as complete_openapi};
 pub use server::{Background, HttpContext, ServiceHandle, bind, serve};

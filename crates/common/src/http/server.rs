@@ -12,7 +12,7 @@ use super::connection::ProblemConnection;
 
 use super::health::{self, ReadinessCheck};
 use super::middleware::{
-    RequestTimeout, ServiceName, asyncapi, bound_request_time, guard_representation,
+    LazyDocument, RequestTimeout, ServiceName, asyncapi, bound_request_time, guard_representation,
     mark_small_bodies, not_found, openapi, problem_fallback, trace_request, unmark_small_bodies,
 };
 use super::{json_config, path_config, query_config};
@@ -27,9 +27,9 @@ pub struct HttpContext {
     pub settings: Settings,
     pub authenticator: Authenticator,
     pub readiness: Vec<Arc<dyn ReadinessCheck>>,
-    pub openapi: serde_json::Value,
+    pub openapi: LazyDocument,
     /// The service's events (AsyncAPI 3.0), served at `/asyncapi.json`.
-    pub asyncapi: serde_json::Value,
+    pub asyncapi: LazyDocument,
     /// Routes whose bodies are files streamed through: no size limit of `http.max_body_bytes`
     /// is theirs to apply, and their time limit is on silence, not on the whole upload.
     pub streamed_uploads: Vec<&'static str>,
@@ -105,7 +105,7 @@ where
     let authenticator = web::Data::new(context.authenticator.clone());
     let limiter = web::Data::new(RateLimiter::from_settings(&settings.rate_limit));
     let readiness = web::Data::new(context.readiness.clone());
-    let document = web::Data::new(context.openapi.clone());
+    let document = web::Data::new(super::middleware::OpenApiDocument(context.openapi.clone()));
     let events_document = web::Data::new(super::middleware::AsyncApiDocument(
         context.asyncapi.clone(),
     ));

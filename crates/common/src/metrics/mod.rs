@@ -15,18 +15,19 @@ pub mod prometheus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::{ManualReader, PeriodicReader, SdkMeterProvider};
 
-pub use probes::{GaugeProbe, Points, Probes};
+pub use opentelemetry::KeyValue;
+pub use opentelemetry::metrics::{Counter, Histogram};
+pub use probes::{GaugeProbe, GaugeSpec, Points, Probes};
 
 use crate::config::{MetricsAccess, TelemetrySettings};
 use crate::telemetry::{TelemetryError, otlp_url};
 
 /// The bucket boundaries, in seconds, that OpenTelemetry's HTTP and messaging conventions
 /// recommend for durations.
-const DURATION_BUCKETS: [f64; 14] = [
+pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
@@ -168,6 +169,23 @@ impl Metrics {
     /// Figures sampled when read: register gauges whose value needs an await.
     pub fn probes(&self) -> &Probes {
         &self.inner.probes
+    }
+
+    /// A gauge in seconds of how far behind some reader is (`lag` is cheap: no await).
+    pub fn lag_gauge(
+        &self,
+        name: &'static str,
+        description: &'static str,
+        lag: impl Fn() -> Duration + Send + Sync + 'static,
+    ) {
+        let lag = Arc::new(lag);
+        self.probes().gauges(
+            &[(name, "s", description)],
+            Arc::new(move || {
+                let seconds = lag().as_secs_f64();
+                Box::pin(async move { vec![vec![(Vec::new(), seconds)]] })
+            }),
+        );
     }
 
     /// One HTTP request, by its route pattern (never the path: bounded cardinality).

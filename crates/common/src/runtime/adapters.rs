@@ -9,7 +9,9 @@ use crate::bus::{BusError, SharedBus, SubscriptionOptions};
 
 use crate::auth::{Authenticator, DevSecretError, load_or_create_dev_secret};
 use crate::config::{BusKind, Settings, StoreKind};
+use crate::metrics::Metrics;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::measured::MeasuredStore;
 use crate::store::{SharedStore, StoreError, cosmos};
 
 /// Opens the store: `<data_dir>/<service>.db` when embedded, the Cosmos account otherwise.
@@ -32,6 +34,15 @@ pub async fn open_store(
             cosmos::connect(&settings.store.cosmos, containers).await?,
         )),
     }
+}
+
+/// `store`, timed and counted into the service's metrics.
+pub fn measured_store(store: SharedStore, settings: &Settings, metrics: &Metrics) -> SharedStore {
+    let system = match settings.store.kind {
+        StoreKind::Embedded => "sqlite",
+        StoreKind::Cosmos => "azure.cosmosdb",
+    };
+    Arc::new(MeasuredStore::new(store, system, metrics))
 }
 
 /// Opens the bus the settings ask for.

@@ -71,27 +71,25 @@ pub(super) fn runtime_gauges(
 ) {
     if !descriptor.outboxes.is_empty() {
         let signal = outbox_signal.clone();
-        metrics.probes().gauge(
+        metrics.lag_gauge(
             "platform.outbox.lag",
-            "s",
             "How long the oldest commit not yet relayed to the bus has waited (this instance).",
-            Arc::new(move || {
-                let lag = signal.lag().as_secs_f64();
-                Box::pin(async move { vec![(Vec::new(), lag)] })
-            }),
+            move || signal.lag(),
         );
     }
     if descriptor.subscriptions.is_empty() {
         return;
     }
     let bus = bus.clone();
-    metrics.probes().gauge(
-        "platform.messaging.dead_letters",
-        "{message}",
-        "Messages in each subscription's dead-letter queue (counted up to 1000).",
+    metrics.probes().gauges(
+        &[(
+            "platform.messaging.dead_letters",
+            "{message}",
+            "Messages in each subscription's dead-letter queue (counted up to 1000).",
+        )],
         Arc::new(move || {
             let bus = bus.clone();
-            Box::pin(async move { dead_letter_depths(&bus, descriptor).await })
+            Box::pin(async move { vec![dead_letter_depths(&bus, descriptor).await] })
         }),
     );
 }

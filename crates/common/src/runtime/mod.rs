@@ -24,7 +24,7 @@ use crate::bus::outbox::{OutboxRelay, RELAY_READER};
 use crate::bus::worker::spawn_worker;
 use crate::config::Settings;
 use crate::events::EventContract;
-use crate::http::{Background, HttpContext, ServiceHandle};
+use crate::http::{Background, HttpContext, LazyDocument, ServiceHandle};
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
 
@@ -167,8 +167,10 @@ impl Runtime {
         settings: Settings,
         bus: Option<SharedBus>,
     ) -> anyhow::Result<Self> {
+        let metrics = Metrics::new(descriptor.name, &settings.telemetry)?;
         let store =
             adapters::open_store(&settings, descriptor.name, &descriptor.all_containers()).await?;
+        let store = adapters::measured_store(store, &settings, &metrics);
         let bus = match bus {
             Some(bus) => bus,
             None => adapters::open_bus(&settings)?,
@@ -183,7 +185,6 @@ impl Runtime {
         }
         let authenticator = adapters::authenticator(&settings)?;
         let instance = instance_id(descriptor.name, &settings.change_feed.instance_id);
-        let metrics = Metrics::new(descriptor.name, &settings.telemetry)?;
         let outbox_signal = FeedSignal::default();
         measure::runtime_gauges(&metrics, descriptor, &bus, &outbox_signal);
         Ok(Self {
@@ -275,7 +276,7 @@ impl Runtime {
         self,
         handlers: Vec<(&'static str, Dispatcher)>,
         listener: TcpListener,
-        openapi: serde_json::Value,
+        openapi: fn() -> serde_json::Value,
         configure: F,
     ) -> anyhow::Result<ServiceHandle>
     where
@@ -321,7 +322,7 @@ impl Runtime {
         self,
         workers: Vec<(SubscriptionSpec, Dispatcher)>,
         listener: TcpListener,
-        openapi: serde_json::Value,
+        openapi: fn() -> serde_json::Value,
         configure: F,
     ) -> anyhow::Result<ServiceHandle>
     where
@@ -384,7 +385,7 @@ impl Runtime {
         Ok(paired)
     }
 
-    fn http_context(&self, openapi: serde_json::Value) -> HttpContext {
+    fn http_context(&self, openapi: fn() -> serde_json::Value) -> HttpContext {
         HttpContext {
             name: self.descriptor.name,
             settings: self.settings.clone(),
@@ -393,8 +394,11 @@ impl Runtime {
                 Arc::new(crate::http::StoreReadiness(self.store.clone())),
                 Arc::new(crate::http::BusReadiness(self.bus.clone())),
             ],
-            openapi: crate::http::complete_openapi(openapi),
-            asyncapi: asyncapi::document(self.descriptor),
+            openapi: LazyDocument::new(move || crate::http::complete_openapi(openapi())),
+            asyncapi: {
+                let descriptor = self.descriptor;
+                LazyDocument::new(move || asyncapi::document(descriptor))
+            },
             streamed_uploads: self.streamed_uploads.clone(),
             metrics: self.metrics.clone(),
         }

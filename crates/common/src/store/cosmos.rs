@@ -206,6 +206,7 @@ fn map_error(error: CosmosError) -> StoreError {
 fn record_charge(headers: &ResponseHeaders) {
     if let Some(charge) = headers.request_charge() {
         tracing::Span::current().record("ru", f64::from(*charge));
+        super::measured::charge(f64::from(*charge));
     }
 }
 
@@ -219,6 +220,7 @@ impl Charge {
         if let Some(charge) = headers.request_charge() {
             self.0 += f64::from(*charge);
             tracing::Span::current().record("ru", self.0);
+            super::measured::charge(f64::from(*charge));
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod cosmos;
 pub mod embedded;
+pub mod measured;
 
 use std::fmt;
 use std::sync::Arc;

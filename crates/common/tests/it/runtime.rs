@@ -346,7 +346,7 @@ async fn a_service_consumes_two_topics_through_typed_handlers() {
         .serve(
             vec![("two-topics", Dispatcher::new())],
             std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-            json!({}),
+            || json!({}),
             |_| {},
         );
     assert!(wrong.is_err());
@@ -363,7 +363,7 @@ async fn a_service_consumes_two_topics_through_typed_handlers() {
                 ),
             ],
             std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-            json!({}),
+            || json!({}),
             |_| {},
         )
         .unwrap();

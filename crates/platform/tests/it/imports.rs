@@ -115,6 +115,37 @@ async fn a_feed_reaches_the_catalog_and_bad_rows_are_reported_by_line() {
         (&again["unchanged"], &again["created"], &again["updated"]),
         (&250.into(), &0.into(), &0.into())
     );
+    // Every row of both imports, by outcome, in sync's metrics; the catalog's store reads.
+    let figures = crate::metrics::scrape(&platform, &platform.sync_url).await;
+    let rows = |outcome: &str| {
+        crate::metrics::total(
+            &figures,
+            "platform_import_rows_total",
+            &[&format!(r#"platform_outcome="{outcome}""#)],
+        )
+    };
+    assert_eq!(
+        (rows("created"), rows("unchanged"), rows("failed")),
+        (250.0, 250.0, 6.0),
+        "{figures}"
+    );
+    let catalog = crate::metrics::scrape(&platform, &platform.catalog_url).await;
+    assert!(
+        crate::metrics::total(
+            &catalog,
+            "db_client_operation_duration_seconds_count",
+            &[
+                r#"db_system_name="sqlite""#,
+                r#"db_collection_name="products""#,
+                r#"db_operation_name="read""#
+            ]
+        ) >= 1.0,
+        "{catalog}"
+    );
+    assert!(
+        catalog.contains("# TYPE platform_view_lag_seconds gauge"),
+        "{catalog}"
+    );
 
     // Newest first.
     let list = platform

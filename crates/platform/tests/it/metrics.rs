@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::helpers::Platform;
 
-async fn scrape(platform: &Platform, url: &str) -> String {
+pub(crate) async fn scrape(platform: &Platform, url: &str) -> String {
     let response = platform
         .http
         .get(format!("{url}/metrics"))
@@ -41,7 +41,7 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 }
 
 /// The sum of the samples whose line starts with `name{` and holds every label.
-fn total(text: &str, name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn total(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|line| line.starts_with(&format!("{name}{{")))
         .filter(|line| labels.iter().all(|label| line.contains(label)))

@@ -430,6 +430,34 @@ async fn a_receiver_that_keeps_failing_is_disabled_and_its_failed_messages_are_s
         shown["disabledReason"].as_str().unwrap().contains("500"),
         "{shown}"
     );
+    // The operator sees it in the metrics too: each refused attempt, and one endpoint
+    // disabled and failing.
+    let figures = crate::metrics::scrape(&platform, &platform.notifications_url).await;
+    let subscription_label = format!(r#"platform_subscription_id="{subscription}""#);
+    assert!(
+        crate::metrics::total(
+            &figures,
+            "platform_webhook_attempts_total",
+            &[
+                &subscription_label,
+                r#"platform_outcome="refused""#,
+                r#"http_response_status_code="500""#
+            ]
+        ) >= 2.0,
+        "{figures}"
+    );
+    assert_eq!(
+        crate::metrics::total(
+            &figures,
+            "platform_webhook_endpoints",
+            &[
+                r#"platform_endpoint_failing="true""#,
+                r#"platform_endpoint_status="disabled""#
+            ]
+        ),
+        1.0,
+        "{figures}"
+    );
     assert!(
         eventually(Duration::from_secs(20), || async {
             !watcher.hooks().is_empty()
