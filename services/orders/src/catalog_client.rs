@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::config::Settings;
 use common::money::{Money, parse_currency};
-use common::outbound::{ServiceTokens, TokenError, backoff};
+use common::outbound::{Breakers, OutboundError, ResilientClient, ServiceTokens, TokenError};
 use serde::Deserialize;
 
 use crate::settings::CatalogPeer;
@@ -34,9 +34,8 @@ struct ProductV2 {
 
 #[derive(Clone)]
 pub struct CatalogClient {
-    http: common::outbound::LazyClient,
+    http: ResilientClient,
     base_url: String,
-    attempts: u32,
     tokens: ServiceTokens,
 }
 
@@ -46,13 +45,16 @@ impl CatalogClient {
         settings: &Settings,
         peer: &CatalogPeer,
         url: Option<&str>,
+        breakers: Breakers,
     ) -> anyhow::Result<Self> {
-        let http =
-            common::outbound::LazyClient::with_timeout(Duration::from_millis(peer.timeout_ms));
+        let http = ResilientClient::new(
+            common::outbound::LazyClient::with_timeout(Duration::from_millis(peer.timeout_ms)),
+            peer.attempts,
+            breakers,
+        );
         Ok(Self {
             http,
             base_url: url.unwrap_or(&peer.url).trim_end_matches('/').to_owned(),
-            attempts: peer.attempts,
             tokens: ServiceTokens::from_settings(settings, "orders", "catalog.read")?,
         })
     }
@@ -84,52 +86,43 @@ impl CatalogClient {
     #[tracing::instrument(name = "catalog.price", skip(self), fields(otel.kind = "client", attempts = tracing::field::Empty))]
     pub async fn price(&self, sku: &str) -> Result<Money, CatalogError> {
         let url = self.product_url(sku)?;
-        let mut last_error = CatalogError::Unavailable("no attempt made".into());
-        for attempt in 1..=self.attempts {
-            tracing::Span::current().record("attempts", attempt);
-            if attempt > 1 {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            let token = self.token().await?;
-            let mut request = self
-                .http
-                .get()
-                .map_err(|e| CatalogError::Unavailable(format!("no HTTP client: {e}")))?
-                .get(url.clone())
-                .bearer_auth(token);
-            for (name, value) in common::telemetry::current_trace_headers() {
-                request = request.header(name, value);
-            }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(error) => {
-                    last_error = CatalogError::Unavailable(error.to_string());
-                    continue;
+        let token = self.token().await?;
+        let trace = common::telemetry::current_trace_headers();
+        let response = self
+            .http
+            .send(&url, |client| {
+                let mut request = client.get(url.clone()).bearer_auth(&token);
+                for (name, value) in &trace {
+                    request = request.header(name, value);
                 }
-            };
-            let status = response.status();
-            if status.is_success() {
-                let product: ProductV2 = response
-                    .json()
-                    .await
-                    .map_err(|e| CatalogError::Failed(format!("unreadable product {sku}: {e}")))?;
-                let currency = parse_currency(&product.price.currency)
-                    .map_err(|e| CatalogError::Failed(format!("product {sku} currency {e}")))?;
-                return Money::parse(&product.price.amount, currency)
-                    .map_err(|e| CatalogError::Failed(format!("product {sku} price {e}")));
-            }
-            match status.as_u16() {
-                404 => return Err(CatalogError::UnknownProduct(sku.to_owned())),
-                401 | 403 => {
-                    return Err(CatalogError::Failed(format!(
-                        "the catalog refused our credentials ({status})"
-                    )));
-                }
-                429 | 500..=599 => last_error = CatalogError::Failed(format!("answered {status}")),
-                _ => return Err(CatalogError::Failed(format!("answered {status}"))),
-            }
+                request
+            })
+            .await
+            .map_err(|error| match error {
+                // The catalog answers, but fails: a dependency failure, not a wait.
+                OutboundError::Answered { .. } => CatalogError::Failed(error.to_string()),
+                OutboundError::CircuitOpen { .. }
+                | OutboundError::Unreachable(_)
+                | OutboundError::Client(_) => CatalogError::Unavailable(error.to_string()),
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            let product: ProductV2 = response
+                .json()
+                .await
+                .map_err(|e| CatalogError::Failed(format!("unreadable product {sku}: {e}")))?;
+            let currency = parse_currency(&product.price.currency)
+                .map_err(|e| CatalogError::Failed(format!("product {sku} currency {e}")))?;
+            return Money::parse(&product.price.amount, currency)
+                .map_err(|e| CatalogError::Failed(format!("product {sku} price {e}")));
         }
-        Err(last_error)
+        match status.as_u16() {
+            404 => Err(CatalogError::UnknownProduct(sku.to_owned())),
+            401 | 403 => Err(CatalogError::Failed(format!(
+                "the catalog refused our credentials ({status})"
+            ))),
+            _ => Err(CatalogError::Failed(format!("answered {status}"))),
+        }
     }
 }
 
@@ -147,7 +140,13 @@ mod tests {
             timeout_ms: 100,
             attempts: 1,
         };
-        CatalogClient::from_settings(&settings, &peer, None).unwrap()
+        CatalogClient::from_settings(
+            &settings,
+            &peer,
+            None,
+            Breakers::new(5, Duration::from_secs(30)),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -165,7 +164,13 @@ mod tests {
             timeout_ms: 100,
             attempts: 1,
         };
-        let client = CatalogClient::from_settings(&settings, &peer, None).unwrap();
+        let client = CatalogClient::from_settings(
+            &settings,
+            &peer,
+            None,
+            Breakers::new(5, Duration::from_secs(30)),
+        )
+        .unwrap();
         assert!(client.tokens.is_development());
     }
 

@@ -90,6 +90,7 @@ pub async fn start(
         &runtime.settings,
         &own.catalog,
         launch.peers.url(CATALOG_PEER),
+        runtime.breakers.clone(),
     )?;
     let stock_events = Arc::new(StockEvents {
         consumer: runtime.consumer(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use common::config::Settings;
-use common::outbound::{ServiceTokens, TokenError, backoff};
+use common::outbound::{Breakers, ResilientClient, ServiceTokens, TokenError};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -42,9 +42,8 @@ struct BatchAnswer {
 
 #[derive(Clone)]
 pub struct CatalogClient {
-    http: common::outbound::LazyClient,
+    http: ResilientClient,
     batch_url: url::Url,
-    attempts: u32,
     tokens: ServiceTokens,
 }
 
@@ -54,6 +53,7 @@ impl CatalogClient {
         settings: &Settings,
         peer: &CatalogPeer,
         url: Option<&str>,
+        breakers: Breakers,
     ) -> anyhow::Result<Self> {
         let base = url.unwrap_or(&peer.url).trim_end_matches('/');
         let batch_url = url::Url::parse(&format!("{base}/v2/products:batch"))?;
@@ -68,9 +68,8 @@ impl CatalogClient {
                 .build()
         });
         Ok(Self {
-            http,
+            http: ResilientClient::new(http, peer.attempts, breakers),
             batch_url,
-            attempts: peer.attempts,
             tokens: ServiceTokens::from_settings(settings, "sync", "catalog.read catalog.write")?,
         })
     }
@@ -95,37 +94,26 @@ impl CatalogClient {
         url: &url::Url,
         body: Option<&Value>,
     ) -> Result<reqwest::Response, CatalogCallError> {
-        let mut last = CatalogCallError::Unavailable("no attempt made".into());
-        for attempt in 1..=self.attempts {
-            tracing::Span::current().record("attempts", attempt);
-            if attempt > 1 {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            let token = self.tokens.bearer().await.map_err(|error| match error {
-                TokenError::Unavailable(_) => CatalogCallError::Unavailable(error.to_string()),
-                TokenError::Mint(_) => CatalogCallError::Refused(error.to_string()),
-            })?;
-            let mut request = self
-                .http
-                .get()
-                .map_err(|e| CatalogCallError::Unavailable(format!("no HTTP client: {e}")))?
-                .request(method.clone(), url.clone())
-                .bearer_auth(token);
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            for (name, value) in common::telemetry::current_trace_headers() {
-                request = request.header(name, value);
-            }
-            match request.send().await {
-                Ok(response) if matches!(response.status().as_u16(), 408 | 429 | 500..=599) => {
-                    last = CatalogCallError::Unavailable(answered(response).await);
+        let token = self.tokens.bearer().await.map_err(|error| match error {
+            TokenError::Unavailable(_) => CatalogCallError::Unavailable(error.to_string()),
+            TokenError::Mint(_) => CatalogCallError::Refused(error.to_string()),
+        })?;
+        let trace = common::telemetry::current_trace_headers();
+        self.http
+            .send(url, |client| {
+                let mut request = client
+                    .request(method.clone(), url.clone())
+                    .bearer_auth(&token);
+                if let Some(body) = body {
+                    request = request.json(body);
                 }
-                Ok(response) => return Ok(response),
-                Err(error) => last = CatalogCallError::Unavailable(error.to_string()),
-            }
-        }
-        Err(last)
+                for (name, value) in &trace {
+                    request = request.header(name, value);
+                }
+                request
+            })
+            .await
+            .map_err(|error| CatalogCallError::Unavailable(error.to_string()))
     }
 
     /// Refuses an answer that is not a success, with what it said.

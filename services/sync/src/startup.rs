@@ -171,6 +171,7 @@ pub async fn start(
         &runtime.settings,
         &own.catalog,
         launch.peers.url(CATALOG_PEER),
+        runtime.breakers.clone(),
     )?;
     let reconciling_catalog = catalog.clone();
     let imports = Imports::new(

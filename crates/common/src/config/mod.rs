@@ -158,6 +158,8 @@ pub enum OutboundCredential {
 pub struct OutboundSettings {
     pub credential: OutboundCredential,
     pub audience: String,
+    pub breaker_failures: u32,
+    pub breaker_open_ms: u64,
 }
 
 impl Settings {
@@ -449,6 +451,12 @@ impl Settings {
             return Err(ConfigError::key(
                 "telemetry.sample_ratio",
                 "must be between 0.0 and 1.0",
+            ));
+        }
+        if self.outbound.breaker_failures == 0 {
+            return Err(ConfigError::key(
+                "outbound.breaker_failures",
+                "must be at least 1",
             ));
         }
         if self.telemetry.metrics_export_interval_ms < 1000 {

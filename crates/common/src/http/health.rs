@@ -44,15 +44,21 @@ impl ReadinessCheck for BusReadiness {
     }
 }
 
-pub(crate) type Readiness = Vec<Arc<dyn ReadinessCheck>>;
+/// What `/health/ready` looks at: the checks that must pass, and the outbound circuit
+/// breakers, which only degrade (a peer failing does not make this service unready, so that
+/// readiness does not flap with a peer).
+pub(crate) struct Readiness {
+    pub checks: Vec<Arc<dyn ReadinessCheck>>,
+    pub breakers: crate::outbound::Breakers,
+}
 
 pub(crate) async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "live"}))
 }
 
-pub(crate) async fn ready(checks: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn ready(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
     let mut report = serde_json::Map::new();
-    for check in checks.iter() {
+    for check in readiness.checks.iter() {
         if let Err(reason) = check.check().await {
             tracing::warn!(check = check.name(), %reason, "readiness check failed");
             return Err(ApiError::new(
@@ -63,5 +69,14 @@ pub(crate) async fn ready(checks: web::Data<Readiness>) -> Result<HttpResponse, 
         }
         report.insert(check.name().to_owned(), json!("ok"));
     }
-    Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": report})))
+    let status = if readiness.breakers.degraded() {
+        "degraded"
+    } else {
+        "ready"
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "status": status,
+        "checks": report,
+        "breakers": readiness.breakers.details(),
+    })))
 }

@@ -35,6 +35,8 @@ pub struct HttpContext {
     pub streamed_uploads: Vec<&'static str>,
     /// Where requests are counted, and what `/metrics` shows.
     pub metrics: crate::metrics::Metrics,
+    /// Outbound circuit breakers, shown by `/health/ready`.
+    pub breakers: crate::outbound::Breakers,
 }
 
 /// A running service: its address, and the way to stop it.
@@ -104,7 +106,10 @@ where
     let settings = context.settings.clone();
     let authenticator = web::Data::new(context.authenticator.clone());
     let limiter = web::Data::new(RateLimiter::from_settings(&settings.rate_limit));
-    let readiness = web::Data::new(context.readiness.clone());
+    let readiness = web::Data::new(health::Readiness {
+        checks: context.readiness.clone(),
+        breakers: context.breakers.clone(),
+    });
     let document = web::Data::new(super::middleware::OpenApiDocument(context.openapi.clone()));
     let events_document = web::Data::new(super::middleware::AsyncApiDocument(
         context.asyncapi.clone(),

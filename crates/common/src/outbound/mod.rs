@@ -2,7 +2,12 @@
 //! development secret, or taken from a managed identity on Azure) and the back-off between
 //! attempts; and calls to targets outside the platform ([`targets`]).
 
+pub mod breaker;
+pub mod resilient;
 pub mod targets;
+
+pub use breaker::Breakers;
+pub use resilient::{OutboundError, ResilientClient};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

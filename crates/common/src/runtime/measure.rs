@@ -14,6 +14,8 @@ use crate::bus::worker::{HandlerError, MessageHandler};
 use crate::bus::{Message, SharedBus};
 use crate::config::Settings;
 use crate::metrics::{HandlerOutcome, Metrics, Points};
+use crate::outbound::Breakers;
+use crate::outbound::breaker::BreakerState;
 
 /// The dead-letter queue is counted up to this many messages (a deeper one shows this).
 const DEAD_LETTERS_COUNTED: usize = 1000;
@@ -68,7 +70,31 @@ pub(super) fn runtime_gauges(
     descriptor: &'static ServiceDescriptor,
     bus: &SharedBus,
     outbox_signal: &FeedSignal,
+    breakers: &Breakers,
 ) {
+    let watched = breakers.clone();
+    metrics.probes().gauges(
+        &[(
+            "platform.outbound.breaker.state",
+            "1",
+            "Each outbound target's circuit: 0 closed, 1 half-open (probing), 2 open.",
+        )],
+        Arc::new(move || {
+            let points = watched
+                .states()
+                .into_iter()
+                .map(|(target, state)| {
+                    let value = match state {
+                        BreakerState::Closed => 0.0,
+                        BreakerState::HalfOpen => 1.0,
+                        BreakerState::Open => 2.0,
+                    };
+                    (vec![KeyValue::new("server.address", target)], value)
+                })
+                .collect();
+            Box::pin(async move { vec![points] })
+        }),
+    );
     if !descriptor.outboxes.is_empty() {
         let signal = outbox_signal.clone();
         metrics.lag_gauge(

@@ -26,6 +26,7 @@ use crate::config::Settings;
 use crate::events::EventContract;
 use crate::http::{Background, HttpContext, LazyDocument, ServiceHandle};
 use crate::metrics::Metrics;
+use crate::outbound::Breakers;
 use crate::store::SharedStore;
 
 pub use consumer::{Effect, IdempotentConsumer};
@@ -114,6 +115,8 @@ pub struct Runtime {
     pub instance: String,
     /// The service's meter: `/metrics`, OTLP, and the instruments every service records.
     pub metrics: Metrics,
+    /// The circuit breakers its outbound clients share (shown in readiness and metrics).
+    pub breakers: Breakers,
     feeds: Vec<FeedReader>,
     beside: Vec<BackgroundWork>,
     /// What timer and blob triggers run in custom-handler mode.
@@ -186,7 +189,11 @@ impl Runtime {
         let authenticator = adapters::authenticator(&settings)?;
         let instance = instance_id(descriptor.name, &settings.change_feed.instance_id);
         let outbox_signal = FeedSignal::default();
-        measure::runtime_gauges(&metrics, descriptor, &bus, &outbox_signal);
+        let breakers = Breakers::new(
+            settings.outbound.breaker_failures,
+            std::time::Duration::from_millis(settings.outbound.breaker_open_ms),
+        );
+        measure::runtime_gauges(&metrics, descriptor, &bus, &outbox_signal, &breakers);
         Ok(Self {
             descriptor,
             settings,
@@ -196,6 +203,7 @@ impl Runtime {
             outbox_signal,
             instance,
             metrics,
+            breakers,
             feeds: Vec::new(),
             beside: Vec::new(),
             ticks: Vec::new(),
@@ -401,6 +409,7 @@ impl Runtime {
             },
             streamed_uploads: self.streamed_uploads.clone(),
             metrics: self.metrics.clone(),
+            breakers: self.breakers.clone(),
         }
     }
 }

@@ -10,5 +10,6 @@ mod helpers;
 mod imports;
 mod metrics;
 mod notifications;
+mod resilience;
 mod saga;
 mod up;

@@ -1,0 +1,126 @@
+//! Self-healing: a peer that keeps failing has its circuit opened (calls fail at once, the
+//! peer is left alone), readiness and metrics say so, and the first call after the open
+//! period probes and closes it once the peer is back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::testing::eventually;
+use serde_json::{Value, json};
+
+use crate::helpers::Platform;
+
+/// A catalog stand-in that fails with 500 while `failing`, and counts the calls it gets.
+struct FlakyCatalog {
+    url: String,
+    failing: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+    server: actix_web::dev::ServerHandle,
+}
+
+fn flaky_catalog() -> FlakyCatalog {
+    let failing = Arc::new(AtomicBool::new(true));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (fail, count) = (failing.clone(), calls.clone());
+    let server = actix_web::HttpServer::new(move || {
+        let (fail, count) = (fail.clone(), count.clone());
+        actix_web::App::new().default_service(actix_web::web::to(move || {
+            let (fail, count) = (fail.clone(), count.clone());
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                if fail.load(Ordering::SeqCst) {
+                    actix_web::HttpResponse::InternalServerError().finish()
+                } else {
+                    actix_web::HttpResponse::Ok()
+                        .json(json!({"price": {"amount": "2.00", "currency": "EUR"}}))
+                }
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    FlakyCatalog {
+        url,
+        failing,
+        calls,
+        server: handle,
+    }
+}
+
+#[tokio::test]
+async fn a_failing_peer_opens_its_circuit_and_a_probe_closes_it_when_it_is_back() {
+    let catalog = flaky_catalog();
+    let platform = Platform::launch(
+        &["orders"],
+        &[
+            ("catalog.url", catalog.url.clone()),
+            ("catalog.attempts", "1".to_owned()),
+            ("outbound.breaker_failures", "3".to_owned()),
+            ("outbound.breaker_open_ms", "4000".to_owned()),
+        ],
+        |_| {},
+        None,
+    )
+    .await;
+    let lines = || json!([{"sku": "FLAKY-1", "quantity": 1}]);
+    for _ in 0..3 {
+        let response = platform.place("c-flaky", lines(), None).await;
+        assert_eq!(response.status(), 424, "the catalog answers 500");
+    }
+    assert_eq!(catalog.calls.load(Ordering::SeqCst), 3);
+
+    // Open: refused at once, the catalog left alone, and the operator told.
+    let response = platform.place("c-flaky", lines(), None).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    assert_eq!(
+        catalog.calls.load(Ordering::SeqCst),
+        3,
+        "an open circuit called the peer"
+    );
+    let ready = platform
+        .get_json(format!("{}/health/ready", platform.orders_url))
+        .await;
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["breakers"][&catalog.url]["state"], "open", "{ready}");
+    let figures = crate::metrics::scrape(&platform, &platform.orders_url).await;
+    assert_eq!(
+        crate::metrics::total(
+            &figures,
+            "platform_outbound_breaker_state",
+            &[&format!(r#"server_address="{}""#, catalog.url)]
+        ),
+        2.0,
+        "{figures}"
+    );
+
+    // Back: after the open period one call probes; it succeeds and the circuit closes.
+    catalog.failing.store(false, Ordering::SeqCst);
+    let accepted = eventually(Duration::from_secs(30), || async {
+        platform.place("c-flaky", lines(), None).await.status() == 202
+    })
+    .await;
+    assert!(
+        accepted,
+        "no order was accepted after the catalog came back"
+    );
+    let ready: Value = platform
+        .get_json(format!("{}/health/ready", platform.orders_url))
+        .await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(
+        ready["breakers"][&catalog.url]["state"], "closed",
+        "{ready}"
+    );
+    assert_eq!(ready["breakers"][&catalog.url]["timesOpened"], 1, "{ready}");
+    platform.stop().await;
+    catalog.server.stop(true).await;
+}
