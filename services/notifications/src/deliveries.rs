@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::bus::CloudEvent;
 use common::clock::now_ms;
-use common::outbound::targets;
+use common::outbound::breaker::{self, Admission};
+use common::outbound::{Breakers, resilient, targets};
 use common::store::{Comparison, Document, ETag, Query, QueryScope, SharedStore, StoreError};
 use governor::clock::MonotonicClock;
 use governor::middleware::NoOpMiddleware;
@@ -98,6 +99,8 @@ struct Inner {
     /// handler: between invocations nothing may run).
     inline: bool,
     metrics: WebhookMetrics,
+    /// The service's circuit breakers, one per endpoint origin.
+    breakers: Breakers,
 }
 
 #[derive(Clone)]
@@ -119,6 +122,7 @@ impl Deliveries {
         settings: WebhookSettings,
         inline: bool,
         metrics: WebhookMetrics,
+        breakers: Breakers,
     ) -> anyhow::Result<Self> {
         let http = targets::lazy_client(
             Duration::from_millis(settings.timeout_ms),
@@ -142,6 +146,7 @@ impl Deliveries {
                 stopping: watch::channel(false).0,
                 inline,
                 metrics,
+                breakers,
             }),
         })
     }
@@ -344,7 +349,34 @@ impl Deliveries {
             self.save(&message, &etag, "").await;
             return None;
         }
+        // An endpoint that keeps failing is left alone while its circuit is open: the
+        // message waits, with no attempt spent. Ordered lanes already send one at a time and
+        // keep their order by holding the message, so they do not defer.
+        let target = url::Url::parse(&subscription.url)
+            .ok()
+            .map(|url| breaker::target_of(&url));
+        if !subscription.ordered
+            && let Some(target) = &target
+            && let Admission::Refused { retry_in } = self.inner.breakers.admit(target)
+        {
+            let at = now_ms().saturating_add(i64::try_from(retry_in.as_millis()).unwrap_or(0));
+            message.next_attempt_at = at;
+            self.inner.next_due.fetch_min(at, Ordering::SeqCst);
+            self.inner.wake.notify_one();
+            self.save(&message, &etag, "").await;
+            return None;
+        }
         let outcome = self.send(&subscription, &message).await;
+        if let Some(target) = &target {
+            let transient = outcome.attempt.status_code.is_none_or(|status| {
+                reqwest::StatusCode::from_u16(status).is_ok_and(resilient::is_transient)
+            });
+            if outcome.attempt.succeeded || !transient {
+                self.inner.breakers.succeeded(target);
+            } else {
+                self.inner.breakers.failed(target);
+            }
+        }
         let now = now_ms();
         let succeeded = outcome.attempt.succeeded;
         let manual = message.manual;

@@ -131,6 +131,7 @@ pub async fn start(
         own.webhooks.clone(),
         runtime.is_custom_handler(),
         WebhookMetrics::new(&runtime.metrics, subscriptions.clone()),
+        runtime.breakers.clone(),
     )?;
     let mailer = Arc::new(Mailer::new(
         runtime.store.clone(),

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use common::bus::CloudEvent;
 use common::clock::now_ms;
+use common::outbound::breaker::{self, Admission};
 use common::outbound::targets::{self, TargetError};
+use common::outbound::{Breakers, resilient};
 use common::store::{ETag, Query, QueryScope, SharedStore, StoreError};
 use hmac::Mac;
 use serde::{Deserialize, Serialize};
@@ -107,6 +109,8 @@ pub struct Connectors {
     store: SharedStore,
     settings: ConnectorSettings,
     http: common::outbound::LazyClient,
+    /// The service's circuit breakers, one per connector origin.
+    breakers: Breakers,
     /// Wakes the delivery loop when changes are queued.
     queued: Arc<Notify>,
     /// The connectors, as last listed (cleared by every change made here).
@@ -114,7 +118,11 @@ pub struct Connectors {
 }
 
 impl Connectors {
-    pub fn new(store: SharedStore, settings: ConnectorSettings) -> anyhow::Result<Self> {
+    pub fn new(
+        store: SharedStore,
+        settings: ConnectorSettings,
+        breakers: Breakers,
+    ) -> anyhow::Result<Self> {
         let http = targets::lazy_client(
             Duration::from_millis(settings.timeout_ms),
             settings.allow_private_targets,
@@ -123,6 +131,7 @@ impl Connectors {
             store,
             settings,
             http,
+            breakers,
             queued: Arc::new(Notify::new()),
             cache: Arc::new(Mutex::new(None)),
         })
@@ -562,6 +571,15 @@ impl Connectors {
             if delivery.next_attempt_at > now_ms() {
                 return Ok((delivered, Some(delivery.next_attempt_at)));
             }
+            // A connector that keeps failing is left alone while its circuit is open; the
+            // delivery waits, with no attempt spent.
+            if let Ok(url) = url::Url::parse(&connector.url)
+                && let Admission::Refused { retry_in } =
+                    self.breakers.admit(&breaker::target_of(&url))
+            {
+                let at = now_ms().saturating_add(i64::try_from(retry_in.as_millis()).unwrap_or(0));
+                return Ok((delivered, Some(at)));
+            }
             match self.send(connector, &delivery.event).await {
                 Ok(()) => {
                     match self
@@ -660,12 +678,22 @@ impl Connectors {
             }
             ConnectorAuth::None => {}
         }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| format!("not reached: {e}"))?;
+        let target = url::Url::parse(&connector.url)
+            .map(|url| breaker::target_of(&url))
+            .unwrap_or_default();
+        let response = match request.body(body).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                self.breakers.failed(&target);
+                return Err(format!("not reached: {error}"));
+            }
+        };
         let status = response.status();
+        if resilient::is_transient(status) {
+            self.breakers.failed(&target);
+        } else {
+            self.breakers.succeeded(&target);
+        }
         if status.is_success() {
             return Ok(());
         }

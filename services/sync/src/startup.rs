@@ -184,7 +184,11 @@ pub async fn start(
     );
     let runner = imports.clone();
     runtime.run_beside(Box::new(move |stop| tokio::spawn(runner.run(stop))));
-    let connectors = Connectors::new(runtime.store.clone(), own.connectors.clone())?;
+    let connectors = Connectors::new(
+        runtime.store.clone(),
+        own.connectors.clone(),
+        runtime.breakers.clone(),
+    )?;
     connector_gauges(&runtime.metrics, connectors.clone());
     let deliveries = connectors.clone();
     runtime.run_beside(Box::new(move |stop| tokio::spawn(deliveries.run(stop))));

@@ -148,6 +148,8 @@ pub fn overrides(schedule: &str, smtp: Option<&SmtpSink>) -> Vec<(&'static str, 
         ("webhooks.jitter_percent", "0".to_owned()),
         ("webhooks.poll_interval_ms", "50".to_owned()),
         ("webhooks.timeout_ms", "2000".to_owned()),
+        // Endpoints a test takes down come back within the test.
+        ("outbound.breaker_open_ms", "300".to_owned()),
     ];
     match smtp {
         Some(smtp) => overrides.extend([
@@ -312,6 +314,24 @@ async fn orders_reach_a_webhook_receiver_signed_and_one_that_was_down_gets_every
         })
         .await,
         "no retries were recorded"
+    );
+    // Failing in a row, the endpoint's circuit opened (its messages waited, unspent).
+    let origin = receiver
+        .url
+        .trim_end_matches('/')
+        .split('/')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("/");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let ready = platform
+                .get_json(format!("{}/health/ready", platform.notifications_url))
+                .await;
+            ready["breakers"][&origin]["timesOpened"].as_u64() >= Some(1)
+        })
+        .await,
+        "the endpoint's circuit never opened"
     );
     receiver.set(ANSWER_OK);
     assert!(
