@@ -83,7 +83,7 @@ pub enum MailError {
     Store(#[from] StoreError),
 }
 
-/// The templates, loaded and checked at start.
+/// The templates, loaded and checked (each rendered once with sample values).
 pub struct Templates {
     environment: minijinja::Environment<'static>,
 }
@@ -174,7 +174,9 @@ pub const SENT: &str = "email-sent";
 pub struct Mailer {
     store: SharedStore,
     transport: Transport,
-    templates: Templates,
+    /// Loaded at start when an operator's folder replaces templates (so that a broken one
+    /// stops the service, named); the built-in ones, tested here, at the first mail.
+    templates: std::sync::OnceLock<Templates>,
     from: Mailbox,
 }
 
@@ -195,7 +197,10 @@ impl Mailer {
     ) -> anyhow::Result<Self> {
         let templates_folder =
             (!settings.templates.is_empty()).then(|| PathBuf::from(&settings.templates));
-        let templates = Templates::load(templates_folder.as_deref())?;
+        let templates = std::sync::OnceLock::new();
+        if let Some(folder) = &templates_folder {
+            let _ = templates.set(Templates::load(Some(folder))?);
+        }
         let from: Mailbox = settings
             .from
             .parse()
@@ -278,7 +283,14 @@ impl Mailer {
         let to: Mailbox = recipient
             .parse()
             .map_err(|e| MailError::Build(format!("recipient: {e}")))?;
-        let (subject, text, html) = self.templates.render(mail, data)?;
+        let templates = match self.templates.get() {
+            Some(templates) => templates,
+            None => {
+                let built_in = Templates::load(None)?;
+                self.templates.get_or_init(|| built_in)
+            }
+        };
+        let (subject, text, html) = templates.render(mail, data)?;
         let message = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)

@@ -73,7 +73,16 @@ pub async fn purge_expired(
 }
 
 /// Purges at start, then every hour, until `stop`.
+/// The first purge of a process, after its start.
+const FIRST_AFTER: Duration = Duration::from_secs(60);
+
 pub async fn run(store: SharedStore, retention_days: u64, mut stop: watch::Receiver<bool>) {
+    // Nothing is due at start: the first purge waits a minute, so that a start (or a
+    // scale-out) serves first.
+    tokio::select! {
+        _ = stop.changed() => return,
+        () = tokio::time::sleep(FIRST_AFTER) => {}
+    }
     loop {
         match purge_expired(&store, now_ms(), retention_days).await {
             Ok(0) => {}
