@@ -1,7 +1,8 @@
 // The whole platform on Azure, from an empty resource group:
 //   az deployment group create -g $RG -f deploy/azure/main.bicep -p prefix=$PREFIX
 // Cosmos DB (serverless) with every service's containers, Service Bus with its topics,
-// subscriptions and rules, the storage account of sync's feeds, Application Insights, and one
+// subscriptions and rules, the storage account of sync's feeds, Application Insights with the
+// alert rules (docs/operations.md#alerts-and-runbooks), and one
 // Function App per service (Flex Consumption, custom handler) whose managed identity holds
 // exactly the data-plane roles it needs: no keys anywhere.
 targetScope = 'resourceGroup'
@@ -16,6 +17,9 @@ param location string = resourceGroup().location
 @description('The Entra ID issuer and audience the services accept tokens from (see docs/deploy-azure.md).')
 param authIssuer string
 param authAudience string
+
+@description('Who is told when an alert fires (docs/operations.md has a runbook per alert).')
+param alertEmail string = ''
 
 var services = [
   'catalog'
@@ -73,6 +77,18 @@ module apps 'modules/functionapp.bicep' = [for service in services: {
     authAudience: authAudience
   }
 }]
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    prefix: prefix
+    location: location
+    appInsightsId: monitoring.outputs.id
+    serviceBusNamespaceName: bus.outputs.namespaceName
+    cosmosAccountName: cosmos.outputs.accountName
+    alertEmail: alertEmail
+  }
+}
 
 output urls array = [for (service, i) in services: {
   service: service

@@ -478,6 +478,11 @@ impl Imports {
                 failed = job.counts.failed,
                 "import finished"
             );
+            if let Some(reason) = &job.failure {
+                // Alerts look for this line (docs/operations.md#runbook-import-failed).
+                tracing::warn!(import = %job.id, %reason, "import failed");
+            }
+            self.metrics.job_finished(job.state.as_str());
             // The feed is no longer needed once its import is over.
             self.files.delete(&job.file).await?;
         }

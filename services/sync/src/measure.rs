@@ -11,6 +11,7 @@ use crate::domain::import::RowOutcome;
 #[derive(Clone)]
 pub struct ImportMetrics {
     rows: Counter<u64>,
+    jobs: Counter<u64>,
 }
 
 impl ImportMetrics {
@@ -23,7 +24,18 @@ impl ImportMetrics {
                 "Feed rows imported, by outcome (created, updated, unchanged, failed).",
             )
             .build();
-        Self { rows }
+        let jobs = metrics
+            .meter()
+            .u64_counter("platform.import.jobs")
+            .with_unit("{import}")
+            .with_description("Imports finished, by state (completed, failed).")
+            .build();
+        Self { rows, jobs }
+    }
+
+    pub fn job_finished(&self, state: &'static str) {
+        self.jobs
+            .add(1, &[KeyValue::new("platform.import.state", state)]);
     }
 
     pub fn rows(&self, outcomes: &[RowOutcome]) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use time::OffsetDateTime;
 
 use super::{BusError, CloudEvent, Message, SharedBus};
 use crate::runtime::feed::{FeedError, FeedHandler, FeedSignal};
@@ -19,6 +20,9 @@ pub const KIND_FIELD: &str = "kind";
 pub const OUTBOX_KIND: &str = "outbox";
 pub const PARKED_KIND: &str = "outbox-parked";
 pub const PROCESSED_KIND: &str = "processed";
+/// An event relayed this long after it happened is reported as late.
+const LATE: time::Duration = time::Duration::minutes(1);
+
 /// The change-feed reader name of the relay (its lease is `<container>.outbox-relay`).
 pub const RELAY_READER: &str = "outbox-relay";
 
@@ -106,6 +110,16 @@ impl OutboxRelay {
                     .await;
             }
         };
+        let waited = OffsetDateTime::now_utc() - entry.event.time;
+        if waited > LATE {
+            // Alerts look for this line (docs/operations.md#runbook-outbox-or-view-lag).
+            tracing::warn!(
+                container = self.container,
+                event = %entry.event.id,
+                lag_seconds = waited.whole_seconds(),
+                "outbox lag: an event is relayed more than a minute after it happened"
+            );
+        }
         let message = Message::new(entry.event).with_correlation_id(document.partition_key.clone());
         match self.bus.publish(&entry.topic, message).await {
             Ok(()) => {}
