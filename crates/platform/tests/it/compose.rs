@@ -55,7 +55,24 @@ impl Drop for Killed {
 #[tokio::test]
 async fn the_compose_files_command_lines_start_the_platform() {
     let compose = compose();
-    let services = compose["services"].as_object().unwrap();
+    let all = compose["services"].as_object().unwrap();
+    // The observability profile's own containers: their configuration files are in the repo.
+    let (profiled, services): (serde_json::Map<_, _>, serde_json::Map<_, _>) = all
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .partition(|(_, service)| service.get("profiles").is_some());
+    assert_eq!(
+        profiled.keys().collect::<Vec<_>>(),
+        ["grafana", "otel-collector", "prometheus"]
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for (name, service) in &profiled {
+        assert_eq!(service["profiles"], json!(["observability"]), "{name}");
+        for volume in service["volumes"].as_array().unwrap() {
+            let source = volume.as_str().unwrap().split(':').next().unwrap();
+            assert!(root.join(source).is_file(), "{name}: {source} is missing");
+        }
+    }
     assert_eq!(
         services.keys().collect::<Vec<_>>(),
         ["catalog", "notifications", "orders", "sync"]

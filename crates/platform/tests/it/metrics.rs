@@ -141,6 +141,46 @@ async fn requests_handled_messages_and_dead_letters_show_at_metrics() {
         "{orders}"
     );
     assert!(orders.contains("# TYPE http_server_request_duration_seconds histogram"));
+    // The Grafana dashboard asks for these very names.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy/observability/grafana/platform-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let shown = format!("{catalog}\n{orders}");
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let expr = panel["targets"][0]["expr"].as_str().unwrap();
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| {
+                [
+                    "http_",
+                    "messaging_",
+                    "db_client_",
+                    "platform_messaging_",
+                    "platform_outbox_",
+                ]
+                .iter()
+                .any(|prefix| word.starts_with(prefix))
+            })
+        {
+            // A metric, or a label of one.
+            assert!(
+                [
+                    format!("\n{name}{{"),
+                    format!("\n{name} "),
+                    format!("{{{name}="),
+                    format!(",{name}=")
+                ]
+                .iter()
+                .any(|form| shown.contains(form)),
+                "the dashboard asks for {name}, which the services do not show"
+            );
+        }
+    }
     // The outbox relay catches up once the order is settled.
     let caught_up = eventually(Duration::from_secs(30), || async {
         let orders = scrape(&platform, &platform.orders_url).await;
