@@ -33,9 +33,18 @@ impl Principal {
         self.scopes.contains(scope)
     }
 
+    /// Whether the token grants `scope`: holding it, or holding `platform.operator`, which
+    /// grants every service's reading (`*.read`) and administration (`*.admin`) scopes, so
+    /// that one operator token serves the console; never a business write (`*.write`).
+    pub fn grants(&self, scope: &str) -> bool {
+        self.has_scope(scope)
+            || (self.has_scope(crate::http::OPERATOR_SCOPE)
+                && (scope.ends_with(".read") || scope.ends_with(".admin")))
+    }
+
     /// 403 unless the token grants `scope`.
     pub fn require(&self, scope: &str) -> Result<(), ApiError> {
-        if self.has_scope(scope) {
+        if self.grants(scope) {
             Ok(())
         } else {
             Err(ApiError::new(

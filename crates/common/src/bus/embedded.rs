@@ -747,6 +747,31 @@ impl EventBus for EmbeddedBus {
         Ok(replayed)
     }
 
+    async fn discard(
+        &self,
+        topic: &str,
+        subscription: &str,
+        message_id: &str,
+    ) -> Result<bool, BusError> {
+        let (topic, subscription, message_id) = (
+            topic.to_owned(),
+            subscription.to_owned(),
+            message_id.to_owned(),
+        );
+        self.run(move |connection, _| {
+            subscription_exists(connection, &topic, &subscription)?;
+            let removed = connection
+                .execute(
+                    "DELETE FROM deliveries
+                     WHERE topic = ?1 AND subscription = ?2 AND message_id = ?3 AND dead = 1",
+                    params![topic, subscription, message_id],
+                )
+                .map_err(backend)?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), BusError> {
         self.run(|connection, _| {
             connection

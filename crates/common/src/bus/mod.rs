@@ -237,6 +237,15 @@ pub trait EventBus: Send + Sync + 'static {
         message_id: &str,
     ) -> Result<bool, BusError>;
 
+    /// Removes a dead-lettered message for good (an operator decided it is not to be
+    /// handled); false when no such message is dead-lettered.
+    async fn discard(
+        &self,
+        topic: &str,
+        subscription: &str,
+        message_id: &str,
+    ) -> Result<bool, BusError>;
+
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> Result<(), BusError>;
 

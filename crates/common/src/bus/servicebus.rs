@@ -930,6 +930,24 @@ impl EventBus for ServiceBusBus {
         Ok(true)
     }
 
+    async fn discard(
+        &self,
+        topic: &str,
+        subscription: &str,
+        message_id: &str,
+    ) -> Result<bool, BusError> {
+        for place in LETTER_PLACES {
+            if let Some(response) = self
+                .find_letter(topic, subscription, place, message_id)
+                .await?
+            {
+                response.delete_message().await.map_err(unavailable)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     async fn ping(&self) -> Result<(), BusError> {
         let request = self.signed_request("$namespaceinfo", Method::Get)?;
         let response = self.execute(&request).await?;

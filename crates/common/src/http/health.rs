@@ -76,6 +76,7 @@ pub(crate) async fn ready(readiness: web::Data<Readiness>) -> Result<HttpRespons
     };
     Ok(HttpResponse::Ok().json(json!({
         "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
         "checks": report,
         "breakers": readiness.breakers.details(),
     })))

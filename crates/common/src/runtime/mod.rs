@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod feed;
 pub mod functions;
 mod measure;
+mod operator;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -291,6 +292,11 @@ impl Runtime {
         F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
         let workers = self.match_handlers(handlers)?;
+        let (bus, descriptor) = (self.bus.clone(), self.descriptor);
+        let configure = move |config: &mut web::ServiceConfig| {
+            operator::configure(config, bus.clone(), descriptor);
+            configure(config);
+        };
         if self.is_custom_handler() {
             return self.serve_functions(workers, listener, openapi, configure);
         }

@@ -70,6 +70,26 @@ async fn dev_token_round_trips_with_scopes() {
     assert!(!principal.has_scope("catalog.write"));
 }
 
+#[test]
+fn the_operator_scope_grants_reading_and_administration_but_no_business_write() {
+    let operator = common::auth::Principal {
+        subject: "ops".into(),
+        scopes: ["platform.operator".to_owned()].into(),
+    };
+    for granted in [
+        "catalog.read",
+        "orders.read",
+        "sync.admin",
+        "notifications.admin",
+        "platform.operator",
+    ] {
+        assert!(operator.require(granted).is_ok(), "{granted}");
+    }
+    for refused in ["catalog.write", "orders.write", "other"] {
+        assert!(operator.require(refused).is_err(), "{refused}");
+    }
+}
+
 #[tokio::test]
 async fn hs256_rejections() {
     let settings = settings();

@@ -173,7 +173,30 @@ contract!(
     a_message_over_the_size_limit_is_rejected,
     replay_reaches_only_the_subscription_it_came_from,
     listing_dead_letters_does_not_consume_them,
+    a_discarded_dead_letter_is_gone_for_good,
 );
+
+async fn a_discarded_dead_letter_is_gone_for_good(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish(topic, event(1)).await.unwrap();
+    bus.publish(topic, event(2)).await.unwrap();
+    let first = dead_letter_one(bus, topic, "s").await;
+    let second = dead_letter_one(bus, topic, "s").await;
+    assert!(bus.discard(topic, "s", &first).await.unwrap());
+    assert!(!bus.discard(topic, "s", &first).await.unwrap());
+    assert!(!bus.replay(topic, "s", &first).await.unwrap());
+    let left: Vec<String> = bus
+        .dead_letters(topic, "s", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.message.event.id)
+        .collect();
+    assert_eq!(left, [second]);
+    assert!(bus.receive(topic, "s", 1).await.unwrap().is_empty());
+}
 
 async fn dead_letter_one(bus: &SharedBus, topic: &str, subscription: &str) -> String {
     let delivery = bus.receive(topic, subscription, 1).await.unwrap().remove(0);
