@@ -3,6 +3,7 @@
 //! Used by the `platform` command (`up`, `dlq`, `views`, `functions`) and by the
 //! cross-service tests.
 
+pub mod console;
 pub mod functions;
 pub mod import;
 pub mod registry;

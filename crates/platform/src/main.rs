@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use common::config::{AuthMode, Settings, Sources};
+use common::http::ServiceHandle;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +29,22 @@ enum Command {
         /// are reached at their configured URLs.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// The operations console's port on loopback (0: no console).
+        #[arg(long, default_value_t = 8080)]
+        console_port: u16,
+    },
+    /// Serve the operations console for services anywhere (a deployment on Azure, say).
+    Console {
+        /// A service and its base URL, e.g. `orders=https://myprefix-orders.azurewebsites.net`
+        /// (repeat for each service).
+        #[arg(long = "service", value_parser = parse_service, required = true)]
+        services: Vec<(String, String)>,
+        /// An operator's token (scope `platform.operator`).
+        #[arg(long, env = "PLATFORM_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Port on loopback.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
     },
     /// Show or resubmit dead-lettered messages of the embedded bus.
     Dlq {
@@ -145,7 +162,16 @@ fn sources(data_dir: Option<&PathBuf>) -> Sources {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Up { data_dir, only } => up(data_dir, only).await,
+        Command::Up {
+            data_dir,
+            only,
+            console_port,
+        } => up(data_dir, only, console_port).await,
+        Command::Console {
+            services,
+            token,
+            port,
+        } => console(services, token, port).await,
         Command::Token {
             sub,
             scope,
@@ -219,7 +245,81 @@ async fn import(
     Ok(())
 }
 
-async fn up(data_dir: Option<PathBuf>, only: Vec<String>) -> anyhow::Result<()> {
+fn parse_service(text: &str) -> Result<(String, String), String> {
+    let (name, url) = text
+        .split_once('=')
+        .ok_or_else(|| "expected NAME=URL".to_owned())?;
+    if !["catalog", "orders", "sync", "notifications"].contains(&name) {
+        return Err(format!("{name} is not a service of the platform"));
+    }
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(format!("{url} is not an http(s) URL"));
+    }
+    Ok((name.to_owned(), url.to_owned()))
+}
+
+async fn console(services: Vec<(String, String)>, token: String, port: u16) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("binding the console to 127.0.0.1:{port}"))?;
+    let services = platform::console::Services::new(
+        services.into_iter().collect(),
+        platform::console::TokenSource::Fixed(token),
+    )?;
+    let console = platform::console::serve(
+        listener,
+        platform::console::ConsoleOptions {
+            services,
+            sample_every: std::time::Duration::from_secs(10),
+        },
+    )?;
+    println!("console: {}", console.url);
+    tokio::signal::ctrl_c().await?;
+    console.stop().await;
+    Ok(())
+}
+
+/// The console beside the services `platform up` started, with tokens minted from the
+/// development secret; none (said, not fatal) when the port is taken.
+fn start_console(
+    port: u16,
+    handles: &[ServiceHandle],
+    settings: &Settings,
+) -> anyhow::Result<Option<platform::console::ConsoleHandle>> {
+    if port == 0 {
+        return Ok(None);
+    }
+    let listener = match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("no console: 127.0.0.1:{port} is not free ({error}); pass --console-port");
+            return Ok(None);
+        }
+    };
+    let secret = match &settings.auth.hs256_secret {
+        Some(secret) => secret.clone(),
+        None => common::auth::load_or_create_dev_secret(&settings.data_dir)?,
+    };
+    let urls = handles
+        .iter()
+        .map(|handle| (handle.name.to_owned(), handle.url()))
+        .collect();
+    let services = platform::console::Services::new(
+        urls,
+        platform::console::TokenSource::Development {
+            secret,
+            auth: settings.auth.clone(),
+        },
+    )?;
+    Ok(Some(platform::console::serve(
+        listener,
+        platform::console::ConsoleOptions {
+            services,
+            sample_every: std::time::Duration::from_secs(10),
+        },
+    )?))
+}
+
+async fn up(data_dir: Option<PathBuf>, only: Vec<String>, console_port: u16) -> anyhow::Result<()> {
     let selected = platform::registry::select(&only)?;
     let mut loaded = platform::registry::load(&selected, &sources(data_dir.as_ref()))?;
     let first = loaded
@@ -280,12 +380,25 @@ async fn up(data_dir: Option<PathBuf>, only: Vec<String>) -> anyhow::Result<()> 
             data.join("notifications-mail").display()
         );
     }
+    let console = if first.auth.mode == AuthMode::Hs256 {
+        start_console(console_port, &handles, &first)?
+    } else {
+        None
+    };
+    if let Some(console) = &console {
+        println!();
+        println!("operations console: {}", console.url);
+    }
     println!();
     println!("Ctrl-C stops every service cleanly.");
     // Last started first, so that nothing new reaches a service that already stopped.
     let mut handles = handles;
     handles.reverse();
-    common::startup::run_until_stopped(handles).await
+    let stopped = common::startup::run_until_stopped(handles).await;
+    if let Some(console) = console {
+        console.stop().await;
+    }
+    stopped
 }
 
 async fn views(action: ViewsAction, data_dir: Option<PathBuf>) -> anyhow::Result<()> {

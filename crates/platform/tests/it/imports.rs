@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Settings that make imports quick to observe: small batches, a folder looked at often.
-fn import_overrides() -> Vec<(&'static str, String)> {
+pub(crate) fn import_overrides() -> Vec<(&'static str, String)> {
     vec![
         ("imports.batch_size", "100".to_owned()),
         ("imports.poll_interval_ms", "50".to_owned()),
@@ -17,7 +17,7 @@ fn import_overrides() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn feed(rows: usize, currency: &str) -> String {
+pub(crate) fn feed(rows: usize, currency: &str) -> String {
     let mut text = String::from("sku,name,description,category,price,currency,onHand\n");
     for n in 0..rows {
         text.push_str(&format!(
@@ -29,7 +29,12 @@ fn feed(rows: usize, currency: &str) -> String {
     text
 }
 
-async fn upload(platform: &Platform, name: &str, content_type: &str, body: String) -> Value {
+pub(crate) async fn upload(
+    platform: &Platform,
+    name: &str,
+    content_type: &str,
+    body: String,
+) -> Value {
     let response = platform
         .http
         .post(format!("{}/v1/imports?name={name}", platform.sync_url))

@@ -4,6 +4,7 @@
 mod change_events;
 mod compose;
 mod connectors;
+mod console;
 pub mod crash;
 mod functions;
 mod helpers;

@@ -216,7 +216,7 @@ async fn place(platform: &Platform, customer: &str, email: Option<&str>) -> Stri
     id
 }
 
-async fn messages(platform: &Platform, query: &str) -> Vec<Value> {
+pub(crate) async fn messages(platform: &Platform, query: &str) -> Vec<Value> {
     platform
         .get_json(format!(
             "{}/v1/messages?{query}",
