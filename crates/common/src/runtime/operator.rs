@@ -116,23 +116,19 @@ fn own<'a>(operated: &Operated, letter: &'a Letter) -> Result<(&'a str, &'a str)
         })
 }
 
+/// What an operator does with a dead letter.
+#[derive(Clone, Copy)]
+enum Action {
+    Replay,
+    Discard,
+}
+
 async fn replay(
     principal: Principal,
     operated: web::Data<Operated>,
     letter: web::Path<Letter>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require(OPERATOR_SCOPE)?;
-    let (topic, subscription) = own(&operated, &letter)?;
-    if !operated
-        .bus
-        .replay(topic, subscription, &letter.id)
-        .await
-        .map_err(unavailable)?
-    {
-        return Err(ApiError::not_found(format!("dead letter {}", letter.id)));
-    }
-    tracing::info!(topic, subscription, id = %letter.id, operator = %principal.subject, "dead letter replayed");
-    Ok(HttpResponse::Ok().json(json!({"replayed": letter.id})))
+    act(principal, &operated, &letter, Action::Replay).await
 }
 
 async fn discard(
@@ -140,16 +136,35 @@ async fn discard(
     operated: web::Data<Operated>,
     letter: web::Path<Letter>,
 ) -> Result<HttpResponse, ApiError> {
+    act(principal, &operated, &letter, Action::Discard).await
+}
+
+async fn act(
+    principal: Principal,
+    operated: &Operated,
+    letter: &Letter,
+    action: Action,
+) -> Result<HttpResponse, ApiError> {
     principal.require(OPERATOR_SCOPE)?;
-    let (topic, subscription) = own(&operated, &letter)?;
-    if !operated
-        .bus
-        .discard(topic, subscription, &letter.id)
-        .await
-        .map_err(unavailable)?
-    {
+    let (topic, subscription) = own(operated, letter)?;
+    let done = match action {
+        Action::Replay => operated.bus.replay(topic, subscription, &letter.id).await,
+        Action::Discard => operated.bus.discard(topic, subscription, &letter.id).await,
+    }
+    .map_err(unavailable)?;
+    if !done {
         return Err(ApiError::not_found(format!("dead letter {}", letter.id)));
     }
-    tracing::warn!(topic, subscription, id = %letter.id, operator = %principal.subject, "dead letter discarded");
-    Ok(HttpResponse::Ok().json(json!({"discarded": letter.id})))
+    let operator = &principal.subject;
+    let answer = match action {
+        Action::Replay => {
+            tracing::info!(topic, subscription, id = %letter.id, %operator, "dead letter replayed");
+            json!({"replayed": letter.id})
+        }
+        Action::Discard => {
+            tracing::warn!(topic, subscription, id = %letter.id, %operator, "dead letter discarded");
+            json!({"discarded": letter.id})
+        }
+    };
+    Ok(HttpResponse::Ok().json(answer))
 }

@@ -291,3 +291,22 @@ impl Platform {
 }
 
 pub use common::testing::eventually;
+
+/// Serves what `configure` routes on a free loopback port, for a test that needs a peer (a
+/// catalog that fails, an OTLP receiver): its base URL and the handle that stops it.
+pub fn serve_stub(
+    configure: impl Fn(&mut actix_web::web::ServiceConfig) + Send + Clone + 'static,
+) -> (String, actix_web::dev::ServerHandle) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server =
+        actix_web::HttpServer::new(move || actix_web::App::new().configure(configure.clone()))
+            .workers(1)
+            .disable_signals()
+            .listen(listener)
+            .unwrap()
+            .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (url, handle)
+}

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{HttpResponse, web};
 use common::bus::{CloudEvent, Message, topics};
 use common::testing::eventually;
 use serde_json::json;
@@ -286,11 +286,9 @@ async fn otlp_receiver() -> (
 ) {
     let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let kept = received.clone();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = HttpServer::new(move || {
+    let (url, handle) = crate::helpers::serve_stub(move |config| {
         let kept = kept.clone();
-        App::new().route(
+        config.route(
             "/v1/metrics",
             web::post().to(move |body: web::Bytes| {
                 let kept = kept.clone();
@@ -301,15 +299,8 @@ async fn otlp_receiver() -> (
                         .finish()
                 }
             }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
+        );
+    });
     (url, received, handle)
 }
 

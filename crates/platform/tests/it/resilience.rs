@@ -22,12 +22,10 @@ struct FlakyCatalog {
 fn flaky_catalog() -> FlakyCatalog {
     let failing = Arc::new(AtomicBool::new(true));
     let calls = Arc::new(AtomicUsize::new(0));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let (fail, count) = (failing.clone(), calls.clone());
-    let server = actix_web::HttpServer::new(move || {
+    let (url, handle) = crate::helpers::serve_stub(move |config| {
         let (fail, count) = (fail.clone(), count.clone());
-        actix_web::App::new().default_service(actix_web::web::to(move || {
+        config.default_service(actix_web::web::to(move || {
             let (fail, count) = (fail.clone(), count.clone());
             async move {
                 count.fetch_add(1, Ordering::SeqCst);
@@ -38,15 +36,8 @@ fn flaky_catalog() -> FlakyCatalog {
                         .json(json!({"price": {"amount": "2.00", "currency": "EUR"}}))
                 }
             }
-        }))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
+        }));
+    });
     FlakyCatalog {
         url,
         failing,

@@ -441,19 +441,11 @@ async fn the_saga_runs_on_the_service_bus_adapter_too() {
 #[tokio::test]
 async fn a_failing_catalog_is_a_424() {
     // A catalog that answers every price request with a 500.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let failing = format!("http://{}", listener.local_addr().unwrap());
-    let server = actix_web::HttpServer::new(|| {
-        actix_web::App::new().default_service(actix_web::web::to(|| async {
+    let (failing, server_handle) = crate::helpers::serve_stub(|config| {
+        config.default_service(actix_web::web::to(|| async {
             actix_web::HttpResponse::InternalServerError().finish()
-        }))
-    })
-    .workers(1)
-    .listen(listener)
-    .unwrap()
-    .run();
-    let server_handle = server.handle();
-    tokio::spawn(server);
+        }));
+    });
 
     let platform = Platform::launch(
         &["orders"],
