@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::bus::{CloudEvent, Message, topics};
+use common::bus::topics;
 use common::testing::eventually;
 use fantoccini::{Client, ClientBuilder, Locator};
 use secrecy::SecretString;
@@ -214,15 +214,7 @@ async fn an_operator_replays_dead_letters_follows_an_import_and_retries_a_webhoo
     // A poison message shows with its reason and payload; replayed, it is handled again
     // (and dead-lettered again, being poison); discarded, it is gone.
     let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
-    let poison = CloudEvent::new(
-        "tests",
-        <common::events::OrderPlaced as common::events::EventType>::TYPE,
-        "o-console",
-        json!({"orderId": 5}),
-    );
-    bus.publish(topics::ORDERS, Message::new(poison.clone()))
-        .await
-        .unwrap();
+    let poison = platform.publish_poison("o-console").await;
     // Catalog's copy (notifications takes order events too, and dead-letters its own).
     let row = format!(
         r#"section[data-service="catalog"] tr.dead-letter[data-id="{}"]"#,

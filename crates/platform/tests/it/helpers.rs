@@ -310,3 +310,25 @@ pub fn serve_stub(
     tokio::spawn(server);
     (url, handle)
 }
+
+impl Platform {
+    /// Publishes an `orders.order.placed.v1` whose data no handler can read (about
+    /// `subject`), on the platform's bus; it ends in the dead letters of the subscriptions
+    /// that take it.
+    pub async fn publish_poison(&self, subject: &str) -> common::bus::CloudEvent {
+        let bus = common::runtime::adapters::open_bus(&self.settings).unwrap();
+        let poison = common::bus::CloudEvent::new(
+            "tests",
+            <common::events::OrderPlaced as common::events::EventType>::TYPE,
+            subject,
+            json!({"orderId": 5}),
+        );
+        bus.publish(
+            common::bus::topics::ORDERS,
+            common::bus::Message::new(poison.clone()),
+        )
+        .await
+        .unwrap();
+        poison
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
-use common::bus::{CloudEvent, Message, topics};
+use common::bus::topics;
 use common::testing::eventually;
 use serde_json::json;
 
@@ -62,16 +62,7 @@ async fn requests_handled_messages_and_dead_letters_show_at_metrics() {
     assert_eq!(settled["status"], "confirmed");
 
     // A message no handler can take, to see it counted and dead-lettered.
-    let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
-    let poison = CloudEvent::new(
-        "tests",
-        <common::events::OrderPlaced as common::events::EventType>::TYPE,
-        "o-metrics",
-        json!({"orderId": 5}),
-    );
-    bus.publish(topics::ORDERS, Message::new(poison))
-        .await
-        .unwrap();
+    platform.publish_poison("o-metrics").await;
 
     let orders_topic = format!(r#"messaging_destination_name="{}""#, topics::ORDERS);
     let shown = eventually(Duration::from_secs(30), || async {

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use common::bus::{CloudEvent, Message, topics};
+use common::bus::topics;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -322,15 +322,7 @@ async fn an_unreachable_catalog_is_a_clear_503() {
 async fn a_poison_event_lands_in_the_dead_letter_queue_and_the_cli_shows_it() {
     let platform = Platform::start().await;
     let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
-    let poison = CloudEvent::new(
-        "tests",
-        <common::events::OrderPlaced as common::events::EventType>::TYPE,
-        "o-1",
-        json!({"orderId": 5}),
-    );
-    bus.publish(topics::ORDERS, Message::new(poison.clone()))
-        .await
-        .unwrap();
+    let poison = platform.publish_poison("o-1").await;
     let dead = eventually(Duration::from_secs(30), || {
         let bus = bus.clone();
         async move {
