@@ -747,6 +747,22 @@ impl EventBus for EmbeddedBus {
         Ok(replayed)
     }
 
+    async fn backlog(&self, topic: &str, subscription: &str) -> Result<u64, BusError> {
+        let (topic, subscription) = (topic.to_owned(), subscription.to_owned());
+        self.run(move |connection, _| {
+            subscription_exists(connection, &topic, &subscription)?;
+            let waiting: i64 = connection
+                .query_row(
+                    "SELECT COUNT(*) FROM deliveries WHERE topic = ?1 AND subscription = ?2 AND dead = 0",
+                    params![topic, subscription],
+                    |row| row.get(0),
+                )
+                .map_err(backend)?;
+            Ok(u64::try_from(waiting).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn discard(
         &self,
         topic: &str,

@@ -237,6 +237,10 @@ pub trait EventBus: Send + Sync + 'static {
         message_id: &str,
     ) -> Result<bool, BusError>;
 
+    /// How many messages wait in the subscription, locked ones included (Service Bus's
+    /// active message count); dead letters are not counted.
+    async fn backlog(&self, topic: &str, subscription: &str) -> Result<u64, BusError>;
+
     /// Removes a dead-lettered message for good (an operator decided it is not to be
     /// handled); false when no such message is dead-lettered.
     async fn discard(

@@ -108,16 +108,48 @@ pub(super) fn runtime_gauges(
     }
     let bus = bus.clone();
     metrics.probes().gauges(
-        &[(
-            "platform.messaging.dead_letters",
-            "{message}",
-            "Messages in each subscription's dead-letter queue (counted up to 1000).",
-        )],
+        &[
+            (
+                "platform.messaging.dead_letters",
+                "{message}",
+                "Messages in each subscription's dead-letter queue (counted up to 1000).",
+            ),
+            (
+                "platform.messaging.backlog",
+                "{message}",
+                "Messages waiting in each subscription (locked ones included).",
+            ),
+        ],
         Arc::new(move || {
             let bus = bus.clone();
-            Box::pin(async move { vec![dead_letter_depths(&bus, descriptor).await] })
+            Box::pin(async move {
+                vec![
+                    dead_letter_depths(&bus, descriptor).await,
+                    backlogs(&bus, descriptor).await,
+                ]
+            })
         }),
     );
+}
+
+fn subscription_attributes(subscription: &SubscriptionSpec) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("messaging.destination.name", subscription.topic),
+        KeyValue::new("messaging.destination.subscription.name", subscription.name),
+    ]
+}
+
+async fn backlogs(bus: &SharedBus, descriptor: &ServiceDescriptor) -> Points {
+    let mut points = Vec::new();
+    for subscription in descriptor.subscriptions {
+        match bus.backlog(subscription.topic, subscription.name).await {
+            Ok(waiting) => points.push((subscription_attributes(subscription), waiting as f64)),
+            Err(error) => {
+                tracing::debug!(%error, subscription = subscription.name, "backlog not counted")
+            }
+        }
+    }
+    points
 }
 
 async fn dead_letter_depths(bus: &SharedBus, descriptor: &ServiceDescriptor) -> Points {
@@ -127,13 +159,7 @@ async fn dead_letter_depths(bus: &SharedBus, descriptor: &ServiceDescriptor) -> 
             .dead_letters(subscription.topic, subscription.name, DEAD_LETTERS_COUNTED)
             .await
         {
-            Ok(dead) => points.push((
-                vec![
-                    KeyValue::new("messaging.destination.name", subscription.topic),
-                    KeyValue::new("messaging.destination.subscription.name", subscription.name),
-                ],
-                dead.len() as f64,
-            )),
+            Ok(dead) => points.push((subscription_attributes(subscription), dead.len() as f64)),
             Err(error) => {
                 tracing::debug!(%error, subscription = subscription.name, "dead letters not counted")
             }

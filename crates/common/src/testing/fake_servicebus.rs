@@ -719,6 +719,20 @@ impl HttpClient for FakeServiceBus {
                     state.deduplicating.contains(*name)
                 ),
             ),
+            (Method::Get, [topic, "subscriptions", subscription]) => {
+                match state.subscription(topic, subscription) {
+                    Some(entity) => respond(
+                        StatusCode::Ok,
+                        Headers::new(),
+                        format!(
+                            "<entry xmlns=\"http://www.w3.org/2005/Atom\"><content type=\"application/xml\"><SubscriptionDescription><CountDetails xmlns:d2p1=\"http://schemas.microsoft.com/netservices/2011/06/servicebus\"><d2p1:ActiveMessageCount>{}</d2p1:ActiveMessageCount><d2p1:DeadLetterMessageCount>{}</d2p1:DeadLetterMessageCount></CountDetails></SubscriptionDescription></content></entry>",
+                            entity.messages.len(),
+                            entity.dead.len()
+                        ),
+                    ),
+                    None => status(StatusCode::NotFound),
+                }
+            }
             (Method::Put, entity)
                 if entity.len() == 1
                     || (entity.len() == 3 && entity[1] == "subscriptions")

@@ -174,7 +174,26 @@ contract!(
     replay_reaches_only_the_subscription_it_came_from,
     listing_dead_letters_does_not_consume_them,
     a_discarded_dead_letter_is_gone_for_good,
+    the_backlog_counts_what_waits,
 );
+
+async fn the_backlog_counts_what_waits(bus: &SharedBus, topic: &str) {
+    bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(bus.backlog(topic, "s").await.unwrap(), 0);
+    for n in 1..=3 {
+        bus.publish(topic, event(n)).await.unwrap();
+    }
+    assert_eq!(bus.backlog(topic, "s").await.unwrap(), 3);
+    // Locked still waits; completed and dead-lettered do not.
+    let locked = bus.receive(topic, "s", 1).await.unwrap().remove(0);
+    assert_eq!(bus.backlog(topic, "s").await.unwrap(), 3);
+    bus.complete(topic, "s", &locked.lock).await.unwrap();
+    dead_letter_one(bus, topic, "s").await;
+    assert_eq!(bus.backlog(topic, "s").await.unwrap(), 1);
+    assert!(bus.backlog(topic, "nobody").await.is_err());
+}
 
 async fn a_discarded_dead_letter_is_gone_for_good(bus: &SharedBus, topic: &str) {
     bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))

@@ -83,6 +83,22 @@ async fn requests_handled_messages_and_dead_letters_show_at_metrics() {
         catalog.contains(r#"target_info{service_name="catalog"} 1"#),
         "{catalog}"
     );
+    // Nothing waits in catalog's subscription once the order is settled and the poison parked.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            let text = scrape(&platform, &platform.catalog_url).await;
+            sample(
+                &text,
+                "platform_messaging_backlog",
+                &[
+                    r#"messaging_destination_subscription_name="catalog""#,
+                    &orders_topic,
+                ],
+            ) == Some(0.0)
+        })
+        .await,
+        "no backlog of 0 for catalog's subscription"
+    );
     let outcome = |text: &str, outcome: &str| {
         sample(
             text,
