@@ -140,6 +140,16 @@ enum DlqAction {
         #[arg(long)]
         all: bool,
     },
+    /// Remove a dead-lettered message for good (it will not be handled).
+    Discard {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        subscription: String,
+        /// The message (event) id.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 /// Every subscription of the platform's services, from the registry.
@@ -502,6 +512,17 @@ async fn dlq(action: DlqAction, data_dir: Option<PathBuf>) -> anyhow::Result<()>
             }
             println!("replayed {replayed} of {} message(s)", ids.len());
             anyhow::ensure!(replayed == ids.len(), "some messages were not replayed");
+        }
+        DlqAction::Discard {
+            topic,
+            subscription,
+            id,
+        } => {
+            anyhow::ensure!(
+                bus.discard(&topic, &subscription, &id).await?,
+                "{id}: not in the dead-letter queue of {topic}/{subscription}"
+            );
+            println!("discarded {id}");
         }
     }
     Ok(())

@@ -378,6 +378,38 @@ async fn a_poison_event_lands_in_the_dead_letter_queue_and_the_cli_shows_it() {
     })
     .await;
     assert!(back);
+
+    // Discarded, it is gone for good; a second discard says it is not there.
+    let discard = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_platform"))
+            .args([
+                "dlq",
+                "discard",
+                "--topic",
+                topics::ORDERS,
+                "--subscription",
+                "catalog",
+                "--id",
+                &poison.id,
+                "--data-dir",
+            ])
+            .arg(platform.dir.path())
+            .output()
+            .unwrap()
+    };
+    let discarded = discard();
+    assert!(
+        discarded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&discarded.stderr)
+    );
+    assert!(
+        bus.dead_letters(topics::ORDERS, "catalog", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!discard().status.success());
     platform.stop().await;
 }
 
