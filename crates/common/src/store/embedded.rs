@@ -101,6 +101,12 @@ struct Inner {
     /// Set when a write failed for lack of room or access, until a write succeeds again:
     /// readiness then tries a write itself, and reports why it fails.
     writes_failing: Arc<std::sync::atomic::AtomicBool>,
+    /// The file the connections have open (device, inode): a file put back at the path
+    /// from a copy is another one, and gets new connections.
+    file: Mutex<Option<(u64, u64)>>,
+    /// Set while the file is missing from its path: reads and writes answer unavailable
+    /// rather than go on with a file nobody will find again.
+    detached: std::sync::atomic::AtomicBool,
 }
 
 /// What a queued write does once its transaction has ended: hands its result, or the
@@ -218,16 +224,7 @@ impl EmbeddedStore {
         crate::private_files::ensure_private_file(path).map_err(|e| {
             StoreError::Unavailable((format!("cannot create {}: {e}", path.display())).into())
         })?;
-        let writer = open_connection(path, durability, false)?;
-        migrate(&writer)?;
-        let (queue, jobs) = std::sync::mpsc::channel::<WriteJob>();
-        std::thread::Builder::new()
-            .name(format!(
-                "store-writer-{}",
-                path.file_name().and_then(|n| n.to_str()).unwrap_or("db")
-            ))
-            .spawn(move || group_commit(writer, jobs))
-            .map_err(|e| StoreError::Unavailable(Cause::new(e)))?;
+        let queue = start_writer(path, durability)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -235,8 +232,46 @@ impl EmbeddedStore {
                 writer: Mutex::new(queue),
                 readers: Mutex::new(Vec::new()),
                 writes_failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                file: Mutex::new(file_identity(path)),
+                detached: std::sync::atomic::AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Checks that the file the store has open is still the one at its path. Missing: the
+    /// store is detached (unavailable) until it is back. Back as another file (restored
+    /// from a copy): new connections are opened on it. Nothing needs a restart.
+    fn check_attached(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        let Some(found) = file_identity(&inner.path) else {
+            if !inner.detached.swap(true, Ordering::SeqCst) {
+                tracing::error!(path = %inner.path.display(), "the store file is missing: reads and writes are refused until it is back");
+            }
+            return Err(StoreError::Unavailable(
+                (format!("the store file {} is missing", inner.path.display())).into(),
+            ));
+        };
+        let mut known = inner
+            .file
+            .lock()
+            .map_err(|_| StoreError::Backend("the store's file record is poisoned".into()))?;
+        if *known != Some(found) {
+            let queue = start_writer(&inner.path, inner.durability)?;
+            if let Ok(mut writer) = inner.writer.lock() {
+                // The old writer thread ends once its queue is dropped.
+                *writer = queue;
+            }
+            if let Ok(mut readers) = inner.readers.lock() {
+                readers.clear();
+            }
+            *known = Some(found);
+            tracing::warn!(path = %inner.path.display(), "the store file was replaced: connections reopened on it");
+        }
+        if inner.detached.swap(false, Ordering::SeqCst) {
+            tracing::info!(path = %inner.path.display(), "the store file is back");
+        }
+        Ok(())
     }
 
     /// Runs `work` on the writer thread, inside a transaction it may share with other writes
@@ -246,6 +281,7 @@ impl EmbeddedStore {
         &self,
         work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.check_attached()?;
         let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
         let failing = self.inner.writes_failing.clone();
         let job: WriteJob = Box::new(move |connection: &Connection| {
@@ -300,6 +336,14 @@ impl EmbeddedStore {
         &self,
         work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // Only while detached does a read look at the path: is the file back?
+        if self
+            .inner
+            .detached
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.check_attached()?;
+        }
         let inner = self.inner.clone();
         run_blocking(move || {
             let pooled = inner.readers.lock().ok().and_then(|mut pool| pool.pop());
@@ -315,6 +359,33 @@ impl EmbeddedStore {
         })
         .await
     }
+}
+
+/// Opens the writer connection on `path` (creating the schema when it is new) and starts the
+/// thread that runs its queue.
+fn start_writer(
+    path: &Path,
+    durability: Durability,
+) -> Result<std::sync::mpsc::Sender<WriteJob>, StoreError> {
+    let writer = open_connection(path, durability, false)?;
+    migrate(&writer)?;
+    let (queue, jobs) = std::sync::mpsc::channel::<WriteJob>();
+    std::thread::Builder::new()
+        .name(format!(
+            "store-writer-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("db")
+        ))
+        .spawn(move || group_commit(writer, jobs))
+        .map_err(|e| StoreError::Unavailable(Cause::new(e)))?;
+    Ok(queue)
+}
+
+/// The (device, inode) of the file at `path`, if there is one.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
 }
 
 async fn run_blocking<T: Send + 'static>(
@@ -916,6 +987,7 @@ impl DocumentStore for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.check_attached()?;
         if self
             .inner
             .writes_failing
@@ -991,6 +1063,59 @@ mod tests {
 #[cfg(test)]
 mod full_disk {
     use super::*;
+
+    #[tokio::test]
+    async fn a_file_taken_away_is_refused_and_one_restored_from_a_copy_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = EmbeddedStore::open(&path, Durability::Normal).unwrap();
+        store
+            .upsert("c", "pk", "a", serde_json::json!({"n": 1}))
+            .await
+            .unwrap();
+        // A backup (the file with its write-ahead log), then the file taken away.
+        let with_suffix =
+            |base: &Path, suffix: &str| PathBuf::from(format!("{}{suffix}", base.display()));
+        let backup = dir.path().join("backup.db");
+        for suffix in ["", "-wal"] {
+            if with_suffix(&path, suffix).exists() {
+                std::fs::copy(with_suffix(&path, suffix), with_suffix(&backup, suffix)).unwrap();
+            }
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(with_suffix(&path, suffix));
+        }
+        let refused = store.upsert("c", "pk", "b", serde_json::json!({})).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        let refused = store.read("c", "pk", "a").await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert!(store.ping().await.is_err());
+        // Restored from the copy: another file, reopened without a restart.
+        for suffix in ["", "-wal"] {
+            if with_suffix(&backup, suffix).exists() {
+                std::fs::copy(with_suffix(&backup, suffix), with_suffix(&path, suffix)).unwrap();
+            }
+        }
+        store.ping().await.unwrap();
+        let restored = store.read("c", "pk", "a").await.unwrap().unwrap();
+        assert_eq!(restored.body["n"], 1);
+        store
+            .upsert("c", "pk", "b", serde_json::json!({"n": 2}))
+            .await
+            .unwrap();
+        let reopened = EmbeddedStore::open(&path, Durability::Normal).unwrap();
+        assert_eq!(
+            reopened.read("c", "pk", "b").await.unwrap().unwrap().body["n"],
+            2,
+            "the write after the restore went to the file at the path"
+        );
+    }
 
     #[tokio::test]
     async fn a_full_store_refuses_writes_says_why_and_resumes_when_there_is_room() {

@@ -115,3 +115,90 @@ async fn a_failing_peer_opens_its_circuit_and_a_probe_closes_it_when_it_is_back(
     platform.stop().await;
     catalog.server.stop(true).await;
 }
+
+#[tokio::test]
+async fn a_store_file_taken_away_and_put_back_heals_without_a_restart() {
+    let platform = Platform::launch(&["catalog"], &[], |_| {}, None).await;
+    platform.product("HEAL-1", "1.00", 10).await;
+    let file = platform.dir.path().join("catalog.db");
+    let away = platform.dir.path().join("catalog.db.away");
+    std::fs::rename(&file, &away).unwrap();
+
+    // Taken away: writes and reads are refused (nothing goes to a file nobody will find),
+    // and readiness says why.
+    let ready = platform
+        .http
+        .get(format!("{}/health/ready", platform.catalog_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let said: Value = ready.json().await.unwrap();
+    assert!(
+        said["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("store is not ready"),
+        "{said}"
+    );
+    let write = platform
+        .http
+        .put(format!("{}/v2/products/HEAL-1/stock", platform.catalog_url))
+        .bearer_auth(&platform.token)
+        .json(&json!({"onHand": 11}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 503);
+    assert!(write.headers().get("retry-after").is_some());
+
+    // An order event arrives meanwhile: its handler fails, the worker backs off and retries.
+    let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
+    let placed = common::bus::CloudEvent::new(
+        "tests",
+        <common::events::OrderPlaced as common::events::EventType>::TYPE,
+        "o-heal",
+        json!({"orderId": "o-heal", "customerId": "c-heal", "lines": [{"sku": "HEAL-1", "quantity": 2}]}),
+    );
+    bus.publish(
+        common::bus::topics::ORDERS,
+        common::bus::Message::new(placed),
+    )
+    .await
+    .unwrap();
+    let retried = eventually(Duration::from_secs(30), || async {
+        let figures = crate::metrics::scrape(&platform, &platform.catalog_url).await;
+        crate::metrics::total(
+            &figures,
+            "platform_messaging_handler_outcomes_total",
+            &[r#"platform_outcome="retried""#],
+        ) >= 1.0
+    })
+    .await;
+    assert!(retried, "the handler did not fail while the store was away");
+
+    // Put back: everything resumes by itself; the event is handled, nothing is lost.
+    std::fs::rename(&away, &file).unwrap();
+    let reserved = eventually(Duration::from_secs(30), || async {
+        let stock = platform.stock("HEAL-1").await;
+        stock["reserved"] == 2 && stock["onHand"] == 10
+    })
+    .await;
+    assert!(reserved, "{}", platform.stock("HEAL-1").await);
+    let ready = platform
+        .http
+        .get(format!("{}/health/ready", platform.catalog_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    platform.count("HEAL-1", 12).await;
+    assert!(
+        bus.dead_letters(common::bus::topics::ORDERS, "catalog", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the event was dead-lettered instead of waiting"
+    );
+    platform.stop().await;
+}
