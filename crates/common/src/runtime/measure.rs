@@ -63,8 +63,8 @@ impl MessageHandler for Measured {
     }
 }
 
-/// The gauges every service has: how long the oldest commit has waited for the outbox
-/// relay, and each subscription's dead letters.
+/// The gauges every service has: its outbound circuit breakers, how long the oldest commit
+/// has waited for the outbox relay, and each subscription's dead letters and backlog.
 pub(super) fn runtime_gauges(
     metrics: &Metrics,
     descriptor: &'static ServiceDescriptor,
