@@ -20,7 +20,8 @@ use crate::clock::{millis, now_ms};
 use crate::usage::{Counted, count};
 
 use super::{
-    BusError, CloudEvent, DeadLetter, Delivery, EventBus, LockToken, Message, SubscriptionOptions,
+    BusError, CloudEvent, DeadLetter, Delivery, EventBus, LockToken, Message, SubscriptionCounts,
+    SubscriptionOptions,
 };
 
 const SCHEMA: &str = "
@@ -747,18 +748,26 @@ impl EventBus for EmbeddedBus {
         Ok(replayed)
     }
 
-    async fn backlog(&self, topic: &str, subscription: &str) -> Result<u64, BusError> {
+    async fn counts(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<SubscriptionCounts, BusError> {
         let (topic, subscription) = (topic.to_owned(), subscription.to_owned());
         self.run(move |connection, _| {
             subscription_exists(connection, &topic, &subscription)?;
-            let waiting: i64 = connection
+            let (waiting, dead_lettered): (i64, i64) = connection
                 .query_row(
-                    "SELECT COUNT(*) FROM deliveries WHERE topic = ?1 AND subscription = ?2 AND dead = 0",
+                    "SELECT COALESCE(SUM(dead = 0), 0), COALESCE(SUM(dead = 1), 0)
+                     FROM deliveries WHERE topic = ?1 AND subscription = ?2",
                     params![topic, subscription],
-                    |row| row.get(0),
+                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .map_err(backend)?;
-            Ok(u64::try_from(waiting).unwrap_or(0))
+            Ok(SubscriptionCounts {
+                waiting: u64::try_from(waiting).unwrap_or(0),
+                dead_lettered: u64::try_from(dead_lettered).unwrap_or(0),
+            })
         })
         .await
     }

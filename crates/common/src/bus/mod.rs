@@ -80,6 +80,15 @@ pub struct Delivery {
     pub lock: LockToken,
 }
 
+/// What a subscription holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubscriptionCounts {
+    /// Waiting to be handled, locked ones included (Service Bus's active message count).
+    pub waiting: u64,
+    /// In the dead-letter queue, whoever put them there.
+    pub dead_lettered: u64,
+}
+
 /// A message in a dead-letter queue.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -237,9 +246,10 @@ pub trait EventBus: Send + Sync + 'static {
         message_id: &str,
     ) -> Result<bool, BusError>;
 
-    /// How many messages wait in the subscription, locked ones included (Service Bus's
-    /// active message count); dead letters are not counted.
-    async fn backlog(&self, topic: &str, subscription: &str) -> Result<u64, BusError>;
+    /// How many messages wait in the subscription and how many are dead-lettered, counted
+    /// by the bus itself (no message is looked at, so a scrape costs one or two calls).
+    async fn counts(&self, topic: &str, subscription: &str)
+    -> Result<SubscriptionCounts, BusError>;
 
     /// Removes a dead-lettered message for good (an operator decided it is not to be
     /// handled); false when no such message is dead-lettered.

@@ -36,7 +36,8 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use super::{
-    BusError, CloudEvent, DeadLetter, Delivery, EventBus, LockToken, Message, SubscriptionOptions,
+    BusError, CloudEvent, DeadLetter, Delivery, EventBus, LockToken, Message, SubscriptionCounts,
+    SubscriptionOptions,
 };
 
 const REASON: &str = "DeadLetterReason";
@@ -529,6 +530,26 @@ impl ServiceBusBus {
         self.signer().request(&url, &url, method)
     }
 
+    /// An entity's Atom description, `None` when there is no such entity.
+    async fn entity_description(&self, path: &str) -> Result<Option<String>, BusError> {
+        let request = self.signed_request(path, Method::Get)?;
+        let response = self.execute(&request).await?;
+        if response.status() == StatusCode::NotFound {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(BusError::Unavailable(
+                format!("the description of {path} answered {}", response.status()).into(),
+            ));
+        }
+        let description = response
+            .into_body()
+            .collect_string()
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(description))
+    }
+
     /// Creates an entity (Atom entry); with `update`, replaces it when it exists already.
     async fn put_entity_with(
         &self,
@@ -930,34 +951,42 @@ impl EventBus for ServiceBusBus {
         Ok(true)
     }
 
-    async fn backlog(&self, topic: &str, subscription: &str) -> Result<u64, BusError> {
-        let request = self.signed_request(
-            &format!("{topic}/subscriptions/{subscription}"),
-            Method::Get,
-        )?;
-        let response = self.execute(&request).await?;
-        if response.status() == StatusCode::NotFound {
+    async fn counts(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<SubscriptionCounts, BusError> {
+        let Some(description) = self
+            .entity_description(&format!("{topic}/subscriptions/{subscription}"))
+            .await?
+        else {
             return Err(BusError::UnknownSubscription {
                 topic: topic.to_owned(),
                 subscription: subscription.to_owned(),
             });
-        }
-        if !response.status().is_success() {
-            return Err(BusError::Unavailable(
-                format!(
-                    "the subscription's description answered {}",
-                    response.status()
-                )
-                .into(),
-            ));
-        }
-        let description = response
-            .into_body()
-            .collect_string()
-            .await
-            .map_err(unavailable)?;
-        active_message_count(&description)
-            .ok_or_else(|| backend("the subscription's description has no ActiveMessageCount"))
+        };
+        let count = |name: &str| {
+            count_detail(&description, name)
+                .ok_or_else(|| backend(format!("the subscription's description has no {name}")))
+        };
+        let (waiting, broker_dead) = (
+            count("ActiveMessageCount")?,
+            count("DeadLetterMessageCount")?,
+        );
+        // Letters the handlers dead-lettered wait in the parked queue (created with the first).
+        let parked = match self
+            .entity_description(&dead_letter_queue(topic, subscription))
+            .await?
+        {
+            Some(queue) => count_detail(&queue, "ActiveMessageCount").ok_or_else(|| {
+                backend("the parked queue's description has no ActiveMessageCount")
+            })?,
+            None => 0,
+        };
+        Ok(SubscriptionCounts {
+            waiting,
+            dead_lettered: broker_dead + parked,
+        })
     }
 
     async fn discard(
@@ -991,11 +1020,15 @@ impl EventBus for ServiceBusBus {
     }
 }
 
-/// `<d2p1:ActiveMessageCount>N</d2p1:ActiveMessageCount>` of a subscription's description
-/// (the prefix is whatever the answer declares).
-fn active_message_count(description: &str) -> Option<u64> {
-    let start = description.find("ActiveMessageCount>")? + "ActiveMessageCount>".len();
-    let rest = &description[start..];
+/// `<d2p1:NAME>N</d2p1:NAME>` of an entity's `CountDetails` (the prefix is whatever the
+/// answer declares).
+fn count_detail(description: &str, name: &str) -> Option<u64> {
+    let (prefixed, bare) = (format!(":{name}>"), format!("<{name}>"));
+    let (at, open) = description
+        .find(&prefixed)
+        .map(|at| (at, prefixed.len()))
+        .or_else(|| description.find(&bare).map(|at| (at, bare.len())))?;
+    let rest = &description[at + open..];
     rest[..rest.find('<')?].trim().parse().ok()
 }
 
@@ -1176,13 +1209,21 @@ impl HttpClient for RetryingTransport {
 
 #[cfg(test)]
 mod tests {
-    use super::active_message_count;
+    use super::count_detail;
 
     #[test]
-    fn the_active_count_is_read_from_a_subscription_description() {
+    fn the_counts_are_read_from_a_subscription_description() {
         // The shape Service Bus answers a GET of a subscription with (trimmed).
         let description = r#"<entry xmlns="http://www.w3.org/2005/Atom"><title type="text">catalog</title><content type="application/xml"><SubscriptionDescription xmlns="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect" xmlns:i="http://www.w3.org/2001/XMLSchema-instance"><LockDuration>PT1M</LockDuration><MessageCount>12</MessageCount><CountDetails xmlns:d2p1="http://schemas.microsoft.com/netservices/2011/06/servicebus"><d2p1:ActiveMessageCount>7</d2p1:ActiveMessageCount><d2p1:DeadLetterMessageCount>5</d2p1:DeadLetterMessageCount><d2p1:ScheduledMessageCount>0</d2p1:ScheduledMessageCount></CountDetails></SubscriptionDescription></content></entry>"#;
-        assert_eq!(active_message_count(description), Some(7));
-        assert_eq!(active_message_count("<entry/>"), None);
+        assert_eq!(count_detail(description, "ActiveMessageCount"), Some(7));
+        assert_eq!(count_detail(description, "DeadLetterMessageCount"), Some(5));
+        assert_eq!(
+            count_detail(
+                "<CountDetails><ActiveMessageCount>2</ActiveMessageCount>",
+                "ActiveMessageCount"
+            ),
+            Some(2)
+        );
+        assert_eq!(count_detail("<entry/>", "ActiveMessageCount"), None);
     }
 }

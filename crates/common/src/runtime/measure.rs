@@ -17,9 +17,6 @@ use crate::metrics::{HandlerOutcome, Metrics, Points};
 use crate::outbound::Breakers;
 use crate::outbound::breaker::BreakerState;
 
-/// The dead-letter queue is counted up to this many messages (a deeper one shows this).
-const DEAD_LETTERS_COUNTED: usize = 1000;
-
 /// `dispatcher`, timing and counting each message it handles.
 pub(super) fn measured(
     metrics: &Metrics,
@@ -112,7 +109,7 @@ pub(super) fn runtime_gauges(
             (
                 "platform.messaging.dead_letters",
                 "{message}",
-                "Messages in each subscription's dead-letter queue (counted up to 1000).",
+                "Messages in each subscription's dead-letter queue.",
             ),
             (
                 "platform.messaging.backlog",
@@ -123,10 +120,8 @@ pub(super) fn runtime_gauges(
         Arc::new(move || {
             let bus = bus.clone();
             Box::pin(async move {
-                vec![
-                    dead_letter_depths(&bus, descriptor).await,
-                    backlogs(&bus, descriptor).await,
-                ]
+                let (dead, waiting) = subscription_counts(&bus, descriptor).await;
+                vec![dead, waiting]
             })
         }),
     );
@@ -139,33 +134,22 @@ fn subscription_attributes(subscription: &SubscriptionSpec) -> Vec<KeyValue> {
     ]
 }
 
-async fn backlogs(bus: &SharedBus, descriptor: &ServiceDescriptor) -> Points {
-    let mut points = Vec::new();
+/// Both gauges from one look at each subscription's counts.
+async fn subscription_counts(bus: &SharedBus, descriptor: &ServiceDescriptor) -> (Points, Points) {
+    let (mut dead, mut waiting) = (Vec::new(), Vec::new());
     for subscription in descriptor.subscriptions {
-        match bus.backlog(subscription.topic, subscription.name).await {
-            Ok(waiting) => points.push((subscription_attributes(subscription), waiting as f64)),
+        match bus.counts(subscription.topic, subscription.name).await {
+            Ok(counts) => {
+                let attributes = subscription_attributes(subscription);
+                dead.push((attributes.clone(), counts.dead_lettered as f64));
+                waiting.push((attributes, counts.waiting as f64));
+            }
             Err(error) => {
-                tracing::debug!(%error, subscription = subscription.name, "backlog not counted")
+                tracing::debug!(%error, subscription = subscription.name, "subscription not counted")
             }
         }
     }
-    points
-}
-
-async fn dead_letter_depths(bus: &SharedBus, descriptor: &ServiceDescriptor) -> Points {
-    let mut points = Vec::new();
-    for subscription in descriptor.subscriptions {
-        match bus
-            .dead_letters(subscription.topic, subscription.name, DEAD_LETTERS_COUNTED)
-            .await
-        {
-            Ok(dead) => points.push((subscription_attributes(subscription), dead.len() as f64)),
-            Err(error) => {
-                tracing::debug!(%error, subscription = subscription.name, "dead letters not counted")
-            }
-        }
-    }
-    points
+    (dead, waiting)
 }
 
 /// When metrics are pushed over OTLP, the probes are sampled at the push interval (a scrape

@@ -719,6 +719,15 @@ impl HttpClient for FakeServiceBus {
                     state.deduplicating.contains(*name)
                 ),
             ),
+            (Method::Get, [name]) if state.queues.contains_key(*name) => respond(
+                StatusCode::Ok,
+                Headers::new(),
+                format!(
+                    "<entry xmlns=\"http://www.w3.org/2005/Atom\"><content type=\"application/xml\"><QueueDescription><CountDetails xmlns:d2p1=\"http://schemas.microsoft.com/netservices/2011/06/servicebus\"><d2p1:ActiveMessageCount>{}</d2p1:ActiveMessageCount><d2p1:DeadLetterMessageCount>{}</d2p1:DeadLetterMessageCount></CountDetails></QueueDescription></content></entry>",
+                    state.queues[*name].messages.len(),
+                    state.queues[*name].dead.len()
+                ),
+            ),
             (Method::Get, [topic, "subscriptions", subscription]) => {
                 match state.subscription(topic, subscription) {
                     Some(entity) => respond(

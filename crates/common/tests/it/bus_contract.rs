@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use common::bus::embedded::EmbeddedBus;
 use common::bus::worker::{HandlerError, MessageHandler, WorkerSettings, spawn_worker};
-use common::bus::{BusError, CloudEvent, EventBus, Message, SharedBus, SubscriptionOptions};
+use common::bus::{
+    BusError, CloudEvent, EventBus, Message, SharedBus, SubscriptionCounts, SubscriptionOptions,
+};
 use serde_json::json;
 
 const TOPIC: &str = "things-events";
@@ -174,25 +176,34 @@ contract!(
     replay_reaches_only_the_subscription_it_came_from,
     listing_dead_letters_does_not_consume_them,
     a_discarded_dead_letter_is_gone_for_good,
-    the_backlog_counts_what_waits,
+    the_counts_say_what_waits_and_what_is_dead_lettered,
 );
 
-async fn the_backlog_counts_what_waits(bus: &SharedBus, topic: &str) {
+async fn the_counts_say_what_waits_and_what_is_dead_lettered(bus: &SharedBus, topic: &str) {
     bus.ensure_subscription(topic, "s", options(10, Duration::from_secs(30)))
         .await
         .unwrap();
-    assert_eq!(bus.backlog(topic, "s").await.unwrap(), 0);
-    for n in 1..=3 {
+    let counts = |waiting, dead_lettered| SubscriptionCounts {
+        waiting,
+        dead_lettered,
+    };
+    assert_eq!(bus.counts(topic, "s").await.unwrap(), counts(0, 0));
+    for n in 1..=4 {
         bus.publish(topic, event(n)).await.unwrap();
     }
-    assert_eq!(bus.backlog(topic, "s").await.unwrap(), 3);
-    // Locked still waits; completed and dead-lettered do not.
+    assert_eq!(bus.counts(topic, "s").await.unwrap(), counts(4, 0));
+    // Locked still waits; completed does not; dead-lettered moves to the other count.
     let locked = bus.receive(topic, "s", 1).await.unwrap().remove(0);
-    assert_eq!(bus.backlog(topic, "s").await.unwrap(), 3);
+    assert_eq!(bus.counts(topic, "s").await.unwrap(), counts(4, 0));
     bus.complete(topic, "s", &locked.lock).await.unwrap();
     dead_letter_one(bus, topic, "s").await;
-    assert_eq!(bus.backlog(topic, "s").await.unwrap(), 1);
-    assert!(bus.backlog(topic, "nobody").await.is_err());
+    assert_eq!(bus.counts(topic, "s").await.unwrap(), counts(2, 1));
+    dead_letter_one(bus, topic, "s").await;
+    assert_eq!(bus.counts(topic, "s").await.unwrap(), counts(1, 2));
+    // Looking at the letters neither takes them nor hides them from the count.
+    assert_eq!(bus.dead_letters(topic, "s", 10).await.unwrap().len(), 2);
+    assert_eq!(bus.counts(topic, "s").await.unwrap(), counts(1, 2));
+    assert!(bus.counts(topic, "nobody").await.is_err());
 }
 
 async fn a_discarded_dead_letter_is_gone_for_good(bus: &SharedBus, topic: &str) {
@@ -507,6 +518,8 @@ async fn max_delivery_count_dead_letters_and_replay_resubmits(bus: &SharedBus, t
     assert_eq!(dead[0].reason, "MaxDeliveryCountExceeded");
     assert_eq!(dead[0].delivery_count, 3);
     assert_eq!(dead[0].message.event, message.event);
+    let counted = bus.counts(topic, "s").await.unwrap();
+    assert_eq!((counted.waiting, counted.dead_lettered), (0, 1));
 
     assert!(bus.replay(topic, "s", message.id()).await.unwrap());
     assert!(!bus.replay(topic, "s", message.id()).await.unwrap());
