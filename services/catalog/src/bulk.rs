@@ -7,9 +7,7 @@ use std::collections::HashSet;
 
 use time::OffsetDateTime;
 
-use crate::catalog::{
-    Catalog, CatalogError, PRODUCTS, STOCK, STOCK_PARTITION, is_tombstone, to_json,
-};
+use crate::catalog::{Catalog, CatalogError, PRODUCTS, STOCK, is_tombstone, to_json};
 use crate::domain::{Product, ProductDraft, Sku, Stock};
 
 /// How often an item is tried again after losing a race to another writer of its SKU.
@@ -117,8 +115,7 @@ impl Catalog {
                             Ok(stock) => {
                                 let (store, stock_body) = (self.store(), to_json(&stock)?);
                                 stock_creates.push(async move {
-                                    let created =
-                                        store.create(STOCK, STOCK_PARTITION, sku, stock_body).await;
+                                    let created = store.create(STOCK, sku, sku, stock_body).await;
                                     (index, created)
                                 });
                             }
@@ -190,7 +187,7 @@ impl Catalog {
             .iter()
             .map(|&index| {
                 let sku = items[index].1.draft.sku.as_str().to_owned();
-                (STOCK_PARTITION.to_owned(), sku)
+                (sku.clone(), sku)
             })
             .collect();
         let current = self.store().read_many(STOCK, &keys).await?;
@@ -300,7 +297,7 @@ impl Catalog {
             let counted = Stock::empty(sku.clone()).count(on_hand)?;
             match self
                 .store()
-                .create(STOCK, STOCK_PARTITION, sku.as_str(), to_json(&counted)?)
+                .create(STOCK, sku.as_str(), sku.as_str(), to_json(&counted)?)
                 .await
             {
                 Ok(_) => {

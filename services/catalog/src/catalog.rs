@@ -3,13 +3,14 @@
 //! Containers and partition keys:
 //! - `products`: one item per product, id = SKU, partition key = SKU (point reads by SKU;
 //!   listing by category is a cross-partition query).
-//! - `stock`: one partition, `stock`, holding one item per SKU (id = SKU; absent means
-//!   nothing counted yet), one `reservation-<order id>` per reserved order, the records of
-//!   handled events and the outbox. One partition because a reservation of several SKUs,
-//!   the record that its event was handled, and the event it publishes must commit in one
-//!   transactional batch (all lines or none, exactly once). A logical partition holds
-//!   20 GB and 10,000 RU/s on Cosmos DB: plenty for stock counts; shard by warehouse when
-//!   that stops being true.
+//! - `stock`: partitioned by SKU, so that stock scales with the number of SKUs (a Cosmos DB
+//!   logical partition serves at most 10,000 RU/s and 20 GB). A SKU's partition holds its
+//!   stock record (id = SKU; absent means nothing counted yet) and one `hold-<order id>` per
+//!   order holding some of it, each written in one batch with the stock it takes. An order's
+//!   partition (`order:<order id>`, see [`order_partition`]) holds what catalog decided for it:
+//!   its `reservation-<order id>`, the records of its events handled and the events published
+//!   about it. An order of several SKUs is held SKU by SKU and decided in its own partition;
+//!   when a line falls short, what was held is released again (see `handlers`).
 //! - `product-views`: the storefront's read model (see `views`), partitioned by category.
 //!
 //! A deleted product stays as a tombstone (`{"kind": "tombstone"}`) in `products`: the
@@ -33,8 +34,11 @@ const TOMBSTONE: &str = "tombstone";
 pub(crate) fn is_tombstone(document: &Document) -> bool {
     document.body.get("kind").and_then(|k| k.as_str()) == Some(TOMBSTONE)
 }
-/// The one partition of the `stock` container.
-pub const STOCK_PARTITION: &str = "stock";
+/// The partition of the `stock` container that holds what catalog decided for an order
+/// (a SKU never contains `:`, so it never names a SKU's partition).
+pub fn order_partition(order_id: &str) -> String {
+    format!("order:{order_id}")
+}
 
 /// How often a stock update retries after losing a race to another writer.
 const STOCK_UPDATE_ATTEMPTS: usize = 16;
@@ -209,7 +213,7 @@ impl Catalog {
         if let Some(etag) = &stock_etag {
             match self
                 .store
-                .delete(STOCK, STOCK_PARTITION, sku.as_str(), Some(etag))
+                .delete(STOCK, sku.as_str(), sku.as_str(), Some(etag))
                 .await
             {
                 Ok(()) | Err(StoreError::NotFound) => {}
@@ -244,7 +248,7 @@ impl Catalog {
                     // Counted again meanwhile (a conflict) is as good as restored.
                     match self
                         .store
-                        .create(STOCK, STOCK_PARTITION, sku.as_str(), to_json(&stock)?)
+                        .create(STOCK, sku.as_str(), sku.as_str(), to_json(&stock)?)
                         .await
                     {
                         Ok(_) | Err(StoreError::Conflict) => {}
@@ -298,11 +302,7 @@ impl Catalog {
         &self,
         sku: &Sku,
     ) -> Result<(Stock, Option<ETag>), CatalogError> {
-        match self
-            .store
-            .read(STOCK, STOCK_PARTITION, sku.as_str())
-            .await?
-        {
+        match self.store.read(STOCK, sku.as_str(), sku.as_str()).await? {
             Some(document) => {
                 let (stock, etag) = document.into_model()?;
                 Ok((stock, Some(etag)))
@@ -341,12 +341,12 @@ impl Catalog {
             let written = match &etag {
                 Some(etag) => {
                     self.store
-                        .replace(STOCK, STOCK_PARTITION, sku.as_str(), body, Some(etag))
+                        .replace(STOCK, sku.as_str(), sku.as_str(), body, Some(etag))
                         .await
                 }
                 None => {
                     self.store
-                        .create(STOCK, STOCK_PARTITION, sku.as_str(), body)
+                        .create(STOCK, sku.as_str(), sku.as_str(), body)
                         .await
                 }
             };

@@ -6,5 +6,6 @@ pub mod catalog;
 pub mod change_events;
 pub mod domain;
 pub mod handlers;
+pub mod legacy;
 pub mod startup;
 pub mod views;

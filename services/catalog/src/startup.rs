@@ -116,7 +116,9 @@ pub async fn start(settings: Settings, launch: Launch) -> anyhow::Result<Service
         );
         runtime.follow(reader);
     }
+    let moved = crate::legacy::move_legacy_stock(&runtime.store).await?;
     let order_events = Arc::new(OrderEvents {
+        legacy_records: moved.processed_remain,
         consumer: runtime
             .consumer()
             .also_notify(view_signal.clone())

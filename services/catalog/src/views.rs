@@ -20,7 +20,7 @@ use common::runtime::feed::{FeedError, FeedHandler};
 use common::store::{Comparison, Document, Query, QueryScope, SharedStore, StoreError};
 use serde_json::json;
 
-use crate::catalog::{PRODUCT_VIEWS, PRODUCTS, STOCK, STOCK_PARTITION};
+use crate::catalog::{PRODUCT_VIEWS, PRODUCTS, STOCK};
 use crate::domain::{Product, ProductView, Stock};
 
 /// The change-feed reader name of the view (leases `products.product-view`, `stock.product-view`).
@@ -137,7 +137,7 @@ impl ProductViews {
     async fn stocks(&self, skus: &[&str]) -> Result<Vec<Option<Stock>>, StoreError> {
         let keys: Vec<(String, String)> = skus
             .iter()
-            .map(|sku| (STOCK_PARTITION.to_owned(), (*sku).to_owned()))
+            .map(|sku| ((*sku).to_owned(), (*sku).to_owned()))
             .collect();
         self.store
             .read_many(STOCK, &keys)

@@ -119,35 +119,84 @@ impl IdempotentConsumer {
                 return Ok(());
             }
             let effect = plan().await?;
-            let mut operations = effect.operations;
-            operations.push(processed_op(&event.id, self.retention_seconds));
-            for (topic, outgoing) in &effect.events {
-                operations.push(outbox_op(topic, outgoing));
-            }
-            match self.store.batch(container, pk, operations).await {
-                Ok(_) => {
-                    if !effect.events.is_empty() {
-                        self.signal.notify();
-                    }
-                    for signal in &self.also_notify {
-                        signal.notify();
-                    }
-                    for (_, outgoing) in &effect.events {
-                        tracing::info!(event_type = %outgoing.event_type, subject = ?outgoing.subject, "published with the effect");
-                    }
-                    return Ok(());
-                }
+            match self.try_commit(container, pk, event, effect).await? {
+                Some(_) => return Ok(()),
                 // Another delivery of the same event won, or what the plan read changed.
-                Err(
-                    StoreError::Conflict | StoreError::PreconditionFailed | StoreError::NotFound,
-                ) => {
-                    continue;
-                }
-                Err(other) => return Err(transient(other)),
+                None => continue,
             }
         }
         Err(HandlerError::Transient(
             "the partition kept changing under the handler; will retry".into(),
         ))
     }
+
+    /// Commits `effect` as the handling of `event` in one attempt, for handlers whose plan
+    /// has effects of its own elsewhere (writes in other partitions) and must know whether
+    /// its decision is the one that stands.
+    pub async fn commit_once(
+        &self,
+        container: &str,
+        pk: &str,
+        event: &CloudEvent,
+        effect: Effect,
+    ) -> Result<Commit, HandlerError> {
+        match self.try_commit(container, pk, event, effect).await? {
+            Some(commit) => Ok(commit),
+            None if self.handled(container, pk, event).await? => Ok(Commit::HandledBefore),
+            None => Err(HandlerError::Transient(
+                "what the handler planned on changed under it; will retry".into(),
+            )),
+        }
+    }
+
+    /// Wakes the readers of the container (relay, views) after writes made outside a commit.
+    pub fn notify_readers(&self) {
+        self.signal.notify();
+        for signal in &self.also_notify {
+            signal.notify();
+        }
+    }
+
+    /// One batch; `None` when it lost a race (the event was handled meanwhile, or a
+    /// precondition of the plan no longer holds).
+    async fn try_commit(
+        &self,
+        container: &str,
+        pk: &str,
+        event: &CloudEvent,
+        effect: Effect,
+    ) -> Result<Option<Commit>, HandlerError> {
+        let mut operations = effect.operations;
+        operations.push(processed_op(&event.id, self.retention_seconds));
+        for (topic, outgoing) in &effect.events {
+            operations.push(outbox_op(topic, outgoing));
+        }
+        match self.store.batch(container, pk, operations).await {
+            Ok(_) => {
+                if !effect.events.is_empty() {
+                    self.signal.notify();
+                }
+                for signal in &self.also_notify {
+                    signal.notify();
+                }
+                for (_, outgoing) in &effect.events {
+                    tracing::info!(event_type = %outgoing.event_type, subject = ?outgoing.subject, "published with the effect");
+                }
+                Ok(Some(Commit::Committed))
+            }
+            Err(StoreError::Conflict | StoreError::PreconditionFailed | StoreError::NotFound) => {
+                Ok(None)
+            }
+            Err(other) => Err(transient(other)),
+        }
+    }
+}
+
+/// Whose handling of an event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// This call's effect committed.
+    Committed,
+    /// The event had been handled before (another delivery's effect stands).
+    HandledBefore,
 }

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::outbound::Breakers;
 use crate::store::SharedStore;
 
-pub use consumer::{Effect, IdempotentConsumer};
+pub use consumer::{Commit, Effect, IdempotentConsumer};
 pub use dispatch::{Dispatcher, Handles};
 pub use feed::{FeedHandler, FeedReader, FeedSignal, LEASES};
 pub use service::{Host, Hosted, Loaded, Service};

@@ -67,7 +67,9 @@ impl Stock {
     }
 }
 
-/// What an order holds: written when stock is reserved, removed when it is released.
+/// What catalog decided for an order that got its stock: every line held. It lives in the
+/// order's partition (see `catalog::order_partition`), written with the record that the
+/// order's event was handled, and removed when the order's stock is released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Reservation {
@@ -92,24 +94,40 @@ impl Reservation {
     }
 }
 
+/// What one order holds of one SKU, in that SKU's partition: written in one batch with the
+/// stock it takes from, so that an order holds a SKU at most once whatever is redelivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hold {
+    pub kind: String,
+    pub order_id: String,
+    pub sku: Sku,
+    pub quantity: i64,
+}
+
+impl Hold {
+    pub const KIND: &'static str = "hold";
+
+    pub fn new(order_id: &str, sku: Sku, quantity: i64) -> Self {
+        Self {
+            kind: Self::KIND.to_owned(),
+            order_id: order_id.to_owned(),
+            sku,
+            quantity,
+        }
+    }
+
+    pub fn id_for(order_id: &str) -> String {
+        format!("hold-{order_id}")
+    }
+}
+
 /// A SKU an order wants more of than is available.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shortage {
     pub sku: String,
     pub requested: i64,
     pub available: i64,
-}
-
-/// What reserving an order's lines comes to: every line, or none.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReservationPlan {
-    /// The stock of each SKU after the reservation, and the lines held.
-    Reserve {
-        updated: Vec<Stock>,
-        lines: Vec<ReservedLine>,
-    },
-    /// Nothing is reserved; these SKUs fall short.
-    Refuse(Vec<Shortage>),
 }
 
 /// Why an order's lines cannot be planned at all (a malformed order, never retried).
@@ -142,89 +160,16 @@ pub fn wanted_quantities<'a>(
     Ok(wanted)
 }
 
-/// Reserves every wanted quantity or none: `stock` holds the current stock of each SKU
-/// that has any (a SKU missing from it has nothing available).
-pub fn plan_reservation(
-    wanted: &BTreeMap<String, i64>,
-    stock: &BTreeMap<String, Stock>,
-) -> ReservationPlan {
-    let mut updated = Vec::new();
-    let mut lines = Vec::new();
-    let mut shortages = Vec::new();
-    for (sku, quantity) in wanted {
-        match stock.get(sku) {
-            Some(current) => match current.reserve(*quantity) {
-                Some(after) => {
-                    lines.push(ReservedLine {
-                        sku: current.sku.clone(),
-                        quantity: *quantity,
-                    });
-                    updated.push(after);
-                }
-                None => shortages.push(Shortage {
-                    sku: sku.clone(),
-                    requested: *quantity,
-                    available: current.available(),
-                }),
-            },
-            None => shortages.push(Shortage {
-                sku: sku.clone(),
-                requested: *quantity,
-                available: 0,
-            }),
-        }
-    }
-    if shortages.is_empty() {
-        ReservationPlan::Reserve { updated, lines }
-    } else {
-        ReservationPlan::Refuse(shortages)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stock(sku: &str, on_hand: i64, reserved: i64) -> (String, Stock) {
-        (
-            sku.to_owned(),
-            Stock {
-                sku: Sku::parse(sku).unwrap(),
-                on_hand,
-                reserved,
-            },
-        )
-    }
-
     #[test]
-    fn a_reservation_takes_every_line_or_none() {
-        let wanted = wanted_quantities([("A", 2), ("B", 1), ("A", 1)]).unwrap();
+    fn an_order_wants_the_sum_of_its_lines_per_sku() {
+        let wanted = wanted_quantities([("B", 1), ("A", 2), ("A", 1)]).unwrap();
         assert_eq!(wanted["A"], 3);
-        let all = BTreeMap::from([stock("A", 3, 0), stock("B", 1, 0)]);
-        match plan_reservation(&wanted, &all) {
-            ReservationPlan::Reserve { updated, lines } => {
-                assert_eq!(updated.len(), 2);
-                assert_eq!(updated[0].reserved, 3);
-                assert_eq!(lines.len(), 2);
-            }
-            other => panic!("{other:?}"),
-        }
-        let short = BTreeMap::from([stock("A", 3, 1)]);
-        assert_eq!(
-            plan_reservation(&wanted, &short),
-            ReservationPlan::Refuse(vec![
-                Shortage {
-                    sku: "A".into(),
-                    requested: 3,
-                    available: 2
-                },
-                Shortage {
-                    sku: "B".into(),
-                    requested: 1,
-                    available: 0
-                },
-            ])
-        );
+        // Held in SKU order, the same order on every attempt.
+        assert_eq!(wanted.keys().collect::<Vec<_>>(), ["A", "B"]);
         assert_eq!(wanted_quantities([]), Err(PlanError::NoLines));
         assert!(wanted_quantities([("A", 0)]).is_err());
     }
