@@ -2,7 +2,12 @@
 //! one process: orders per second from `POST /v1/orders` to `confirmed`, and the time one
 //! order takes to reach `confirmed` (median, p99), unloaded and under load.
 //!
-//! `cargo bench -p platform --bench saga` (SAGA_ORDERS, SAGA_CONCURRENCY, SAGA_ONLY to tune).
+//! Then an open loop (orders offered at a fixed rate whatever the answers, timed from when
+//! each was due) and a spike (100 orders/s, 1,000 for 10 s, 100 again): POST latency,
+//! POST -> confirmed, errors, and how long after the spike every order of it was confirmed.
+//!
+//! `cargo bench -p platform --bench saga` (SAGA_ORDERS, SAGA_CONCURRENCY, SAGA_ONLY,
+//! SAGA_RATE, SAGA_OPEN_SECONDS, SAGA_SPIKE=0 to tune).
 
 mod support;
 use support::{env_number, percentile};
@@ -60,6 +65,139 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+}
+
+/// One order offered by the open loop.
+struct Offered {
+    phase: usize,
+    /// From when it was due to its answer (so a slow server cannot hide its queue).
+    post: Duration,
+    id: Option<String>,
+}
+
+/// Offers orders at each step's rate for its duration, each at its due time whether or not
+/// earlier ones were answered; returns every order offered and when each step ended.
+async fn offer(
+    client: &std::sync::Arc<Client>,
+    steps: &[(f64, Duration)],
+    first: usize,
+) -> (Vec<Offered>, Vec<time::OffsetDateTime>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut step_ends = Vec::new();
+    let mut n = first;
+    for (phase, &(rate, duration)) in steps.iter().enumerate() {
+        let start = tokio::time::Instant::now();
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let mut due = start;
+        while due < start + duration {
+            tokio::time::sleep_until(due).await;
+            let client = client.clone();
+            tasks.spawn(async move {
+                let id = client.place(n).await.ok();
+                Offered {
+                    phase,
+                    post: due.elapsed(),
+                    id,
+                }
+            });
+            n += 1;
+            due += interval;
+        }
+        step_ends.push(time::OffsetDateTime::now_utc());
+    }
+    let mut offered = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(done) = done {
+            offered.push(done);
+        }
+    }
+    (offered, step_ends)
+}
+
+/// Waits until no order is pending.
+async fn drained(client: &Client) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let mut looks = 0;
+    loop {
+        looks += 1;
+        let pending: Value = client
+            .http
+            .get(format!(
+                "{}/v1/orders?status=pending&limit=1",
+                client.orders
+            ))
+            .bearer_auth(&client.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if pending["items"]
+            .as_array()
+            .is_some_and(|items| items.is_empty())
+        {
+            return Ok(looks);
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the saga did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The orders offered, as they ended: each one's state and timestamps.
+async fn settled(client: &Client, offered: &[Offered]) -> Vec<(usize, Value)> {
+    futures::stream::iter(
+        offered
+            .iter()
+            .filter_map(|o| Some((o.phase, o.id.clone()?))),
+    )
+    .map(|(phase, id)| async move {
+        let order: Value = client
+            .http
+            .get(format!("{}/v1/orders/{id}", client.orders))
+            .bearer_auth(&client.token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some((phase, order))
+    })
+    .buffer_unordered(32)
+    .filter_map(|found| async move { found })
+    .collect()
+    .await
+}
+
+fn updated_at(order: &Value) -> Option<time::OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::parse(order["updatedAt"].as_str()?, &Rfc3339).ok()
+}
+
+/// Prints what an open-loop run came to.
+fn report_open_loop(label: &str, offered: &[Offered], ended: &[(usize, Value)]) {
+    let mut posts: Vec<Duration> = offered.iter().map(|o| o.post).collect();
+    posts.sort();
+    let refused = offered.iter().filter(|o| o.id.is_none()).count();
+    let not_confirmed = ended
+        .iter()
+        .filter(|(_, order)| order["status"] != "confirmed")
+        .count();
+    let mut confirmed: Vec<Duration> = ended
+        .iter()
+        .filter_map(|(_, order)| server_latency(order))
+        .collect();
+    confirmed.sort();
+    println!(
+        "{label}: {} offered, {refused} POSTs failed, {not_confirmed} not confirmed; POST p50 {:.2} ms p99 {:.2} ms; POST -> confirmed p50 {:.2} ms p99 {:.2} ms",
+        offered.len(),
+        percentile(&posts, 0.5),
+        percentile(&posts, 0.99),
+        percentile(&confirmed, 0.5),
+        percentile(&confirmed, 0.99),
+    );
 }
 
 fn server_latency(order: &Value) -> Option<Duration> {
@@ -144,7 +282,6 @@ async fn main() -> anyhow::Result<()> {
     // Many at once: throughput from the first POST to the last confirmation.
     let started = Instant::now();
     let before = common::usage::usage();
-    let mut looks = 0u64;
     let ids: Vec<String> = futures::stream::iter(0..total)
         .map(|n| client.place(1000 + n))
         .buffer_unordered(concurrency)
@@ -154,31 +291,7 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let accepted = started.elapsed();
     // Wait for the saga to drain, looking rarely so that looking is not the load.
-    loop {
-        looks += 1;
-        let pending: Value = client
-            .http
-            .get(format!(
-                "{}/v1/orders?status=pending&limit=1",
-                client.orders
-            ))
-            .bearer_auth(&client.token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        if pending["items"]
-            .as_array()
-            .is_some_and(|items| items.is_empty())
-        {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "the saga did not drain"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let looks = drained(&client).await?;
     let all_confirmed = started.elapsed();
     let mut used = common::usage::usage() - before;
     // The benchmark's own looks at the pending list are not the saga's.
@@ -232,6 +345,51 @@ async fn main() -> anyhow::Result<()> {
         per_order(used.settled),
         per_order(used.empty_receives)
     );
+    let client = std::sync::Arc::new(client);
+    let rate = env_number("SAGA_RATE", 1000) as f64;
+    let open_seconds = env_number("SAGA_OPEN_SECONDS", 5) as u64;
+    if open_seconds > 0 {
+        let (offered, _) = offer(
+            &client,
+            &[(rate, Duration::from_secs(open_seconds))],
+            1_000_000,
+        )
+        .await;
+        drained(&client).await?;
+        let ended = settled(&client, &offered).await;
+        report_open_loop(
+            &format!("open loop at {rate:.0} orders/s for {open_seconds} s"),
+            &offered,
+            &ended,
+        );
+    }
+    if env_number("SAGA_SPIKE", 1) == 1 {
+        let steps = [
+            (100.0, Duration::from_secs(5)),
+            (1000.0, Duration::from_secs(10)),
+            (100.0, Duration::from_secs(5)),
+        ];
+        let (offered, step_ends) = offer(&client, &steps, 2_000_000).await;
+        drained(&client).await?;
+        let ended = settled(&client, &offered).await;
+        report_open_loop(
+            "spike 100 -> 1,000 (10 s) -> 100 orders/s",
+            &offered,
+            &ended,
+        );
+        // Caught up: every order offered up to the spike's end is confirmed.
+        let last_of_spike = ended
+            .iter()
+            .filter(|(phase, _)| *phase <= 1)
+            .filter_map(|(_, order)| updated_at(order))
+            .max();
+        if let Some(last) = last_of_spike {
+            println!(
+                "spike: every order of it confirmed {:.2} s after the spike ended",
+                (last - step_ends[1]).as_seconds_f64().max(0.0)
+            );
+        }
+    }
     for handle in handles.into_iter().rev() {
         handle.stop(true).await?;
     }

@@ -8,6 +8,7 @@ mod dev_secret;
 mod jwks;
 mod middleware;
 mod tokens;
+mod verified;
 
 pub use dev_secret::{DevSecretError, load_or_create_dev_secret};
 pub use jwks::JwksClient;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Principal;
 use super::jwks::JwksClient;
+use super::verified::VerifiedTokens;
 use crate::config::{AuthMode, AuthSettings};
 
 /// Claims we read. `scp`/`scope` are space separated (Entra delegated and OAuth style);
@@ -38,6 +39,8 @@ pub struct Claims {
 #[derive(Debug, Deserialize)]
 struct ValidatedClaims {
     sub: String,
+    /// Checked by `jsonwebtoken`; kept to know how long the token may be remembered.
+    exp: u64,
     #[serde(default)]
     scp: Option<String>,
     #[serde(default)]
@@ -109,6 +112,8 @@ pub struct Authenticator {
     keys: Arc<Keys>,
     /// Built once: what a token of each accepted algorithm is checked against.
     validations: Arc<Validations>,
+    verified: Arc<VerifiedTokens>,
+    leeway_seconds: u64,
 }
 
 struct Validations {
@@ -153,6 +158,8 @@ impl Authenticator {
                 secret.expose_secret().as_bytes(),
             ))),
             validations: Arc::new(Validations::new(settings)),
+            verified: Arc::new(VerifiedTokens::new()),
+            leeway_seconds: settings.leeway_seconds,
         }
     }
 
@@ -161,6 +168,8 @@ impl Authenticator {
         Self {
             keys: Arc::new(Keys::Jwks(jwks)),
             validations: Arc::new(Validations::new(settings)),
+            verified: Arc::new(VerifiedTokens::new()),
+            leeway_seconds: settings.leeway_seconds,
         }
     }
 
@@ -182,7 +191,21 @@ impl Authenticator {
         }
     }
 
+    /// The token's principal: from the tokens verified before while the token is good,
+    /// else by checking it (and remembering it until it expires).
     pub async fn validate(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal.as_ref().clone());
+        }
+        let (principal, exp) = self.verify(token).await?;
+        let principal = Arc::new(principal);
+        let good_until = exp.saturating_add(self.leeway_seconds);
+        self.verified.put(token, principal.clone(), good_until, now);
+        Ok(Arc::unwrap_or_clone(principal))
+    }
+
+    async fn verify(&self, token: &str) -> Result<(Principal, u64), AuthError> {
         // decode_header refuses `alg: none`: it is not an algorithm jsonwebtoken knows.
         let header = decode_header(token).map_err(map_jwt_error)?;
         let data = match self.keys.as_ref() {
@@ -206,7 +229,8 @@ impl Authenticator {
         if data.claims.sub.trim().is_empty() {
             return Err(AuthError::MissingClaim("sub".into()));
         }
-        Ok(data.claims.into_principal())
+        let exp = data.claims.exp;
+        Ok((data.claims.into_principal(), exp))
     }
 }
 

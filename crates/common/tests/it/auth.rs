@@ -324,6 +324,51 @@ async fn rs256_and_es256_validate_against_jwks() {
 }
 
 #[tokio::test]
+async fn a_verified_token_is_remembered_until_it_expires_and_a_changed_one_is_not() {
+    let issuer = issuer(RSA_JWKS).await;
+    let settings = AuthSettings {
+        jwks_refresh_min_seconds: 0,
+        ..oidc_settings(&issuer)
+    };
+    let authenticator = Authenticator::oidc(JwksClient::for_settings(&settings), &settings);
+    let token = signed(&claims(&settings), Algorithm::RS256, "rsa-1");
+    assert_eq!(
+        authenticator.validate(&token).await.unwrap().subject,
+        "client-1"
+    );
+    // The issuer drops the key (seen at the next refresh, which an unknown kid causes): a
+    // token not seen before cannot be checked any more ...
+    *issuer.keys.lock().unwrap() = EC_JWKS.to_owned();
+    let es = signed(&claims(&settings), Algorithm::ES256, "ec-1");
+    assert!(authenticator.validate(&es).await.is_ok());
+    let fresh = signed(
+        &Claims {
+            sub: "client-2".into(),
+            ..claims(&settings)
+        },
+        Algorithm::RS256,
+        "rsa-1",
+    );
+    assert_eq!(
+        authenticator.validate(&fresh).await,
+        Err(AuthError::UnknownKey)
+    );
+    // ... while the one verified before is still good until its exp, without a look at
+    // the keys (as an RS256 check per request would cost).
+    let fetches = issuer.fetches.load(Ordering::SeqCst);
+    assert_eq!(
+        authenticator.validate(&token).await.unwrap().subject,
+        "client-1"
+    );
+    assert_eq!(issuer.fetches.load(Ordering::SeqCst), fetches);
+    // Remembered by its whole text: the same claims with another signature are checked.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(authenticator.validate(&forged).await.is_err());
+}
+
+#[tokio::test]
 async fn unknown_kids_do_not_hammer_the_issuer() {
     let issuer = issuer(RSA_JWKS).await;
     let settings = AuthSettings {
