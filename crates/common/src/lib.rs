@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod file_guard;
 pub mod files;
 pub mod http;
 pub mod metrics;

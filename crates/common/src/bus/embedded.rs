@@ -19,6 +19,8 @@ use tokio::sync::watch;
 use crate::clock::{millis, now_ms};
 use crate::usage::{Counted, count};
 
+use crate::file_guard::FileGuard;
+
 use super::{
     BusError, CloudEvent, DeadLetter, Delivery, EventBus, LockToken, Message, SubscriptionCounts,
     SubscriptionOptions,
@@ -88,6 +90,9 @@ pub struct EmbeddedBus {
 
 struct Inner {
     connection: Mutex<Connection>,
+    path: std::path::PathBuf,
+    /// Whether the file is still the one at the path (see [`FileGuard`]).
+    guard: FileGuard,
     duplicate_window: Duration,
     published: watch::Sender<u64>,
     /// Operations through this connection that may have changed what a subscription holds.
@@ -179,6 +184,21 @@ impl EmbeddedBus {
                 .connection
                 .lock()
                 .map_err(|_| BusError::Backend(("bus connection poisoned").into()))?;
+            inner.guard.check(
+                |path| {
+                    BusError::Unavailable(
+                        (format!("the bus file {} is missing", path.display())).into(),
+                    )
+                },
+                || {
+                    *connection = open_connection(&inner.path)?;
+                    // What was known of the old file says nothing of this one.
+                    if let Ok(mut idle) = inner.idle.lock() {
+                        idle.clear();
+                    }
+                    Ok(())
+                },
+            )?;
             let result = work(&mut connection, &inner);
             // Counted once done, the connection still held: a receive that reads the count
             // afterwards also sees what was written.
@@ -218,8 +238,25 @@ impl EmbeddedBus {
 fn connect(path: &Path, duplicate_window: Duration) -> Result<Inner, BusError> {
     crate::private_files::ensure_private_file(path)
         .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))?;
-    let connection = Connection::open(path)
-        .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))?;
+    let connection = open_connection(path)?;
+    migrate(&connection)?;
+    Ok(Inner {
+        connection: Mutex::new(connection),
+        path: path.to_owned(),
+        guard: FileGuard::new("bus", path),
+        duplicate_window,
+        published: watch::channel(0).0,
+        changes: AtomicU64::new(0),
+        idle: Mutex::new(HashMap::new()),
+    })
+}
+
+fn open_connection(path: &Path) -> Result<Connection, BusError> {
+    let connection = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))?;
     connection
         .busy_timeout(Duration::from_secs(10))
         .map_err(backend)?;
@@ -229,14 +266,7 @@ fn connect(path: &Path, duplicate_window: Duration) -> Result<Inner, BusError> {
     connection
         .pragma_update(None, "synchronous", "NORMAL")
         .map_err(backend)?;
-    migrate(&connection)?;
-    Ok(Inner {
-        connection: Mutex::new(connection),
-        duplicate_window,
-        published: watch::channel(0).0,
-        changes: AtomicU64::new(0),
-        idle: Mutex::new(HashMap::new()),
-    })
+    Ok(connection)
 }
 
 fn data_version(connection: &Connection) -> rusqlite::Result<i64> {
@@ -826,6 +856,68 @@ impl EventBus for EmbeddedBus {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn thing(n: i64) -> Message {
+        Message::new(CloudEvent::new(
+            "tests",
+            "tests.thing.happened.v1",
+            "x",
+            serde_json::json!({"n": n}),
+        ))
+    }
+
+    /// As the store: a bus file moved away is refused rather than written where nobody
+    /// will find it, and one restored from a copy is opened again, without a restart.
+    #[tokio::test]
+    async fn a_bus_file_taken_away_is_refused_and_one_restored_from_a_copy_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.db");
+        let bus = EmbeddedBus::open(&path).unwrap();
+        bus.ensure_subscription("t", "s", SubscriptionOptions::default())
+            .await
+            .unwrap();
+        bus.publish("t", thing(1)).await.unwrap();
+        let with_suffix = |base: &Path, suffix: &str| {
+            std::path::PathBuf::from(format!("{}{suffix}", base.display()))
+        };
+        let backup = dir.path().join("backup.db");
+        for suffix in ["", "-wal"] {
+            if with_suffix(&path, suffix).exists() {
+                std::fs::copy(with_suffix(&path, suffix), with_suffix(&backup, suffix)).unwrap();
+            }
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(with_suffix(&path, suffix));
+        }
+        let refused = bus.publish("t", thing(2)).await;
+        assert!(
+            matches!(refused, Err(BusError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert!(bus.ping().await.is_err());
+        for suffix in ["", "-wal"] {
+            if with_suffix(&backup, suffix).exists() {
+                std::fs::copy(with_suffix(&backup, suffix), with_suffix(&path, suffix)).unwrap();
+            }
+        }
+        bus.ping().await.unwrap();
+        bus.publish("t", thing(3)).await.unwrap();
+        let received = bus.receive("t", "s", 10).await.unwrap();
+        let numbers: Vec<i64> = received
+            .iter()
+            .map(|d| d.message.event.data["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(numbers, [1, 3], "the restored message and the one after it");
+        drop(bus);
+        let reopened = EmbeddedBus {
+            inner: Arc::new(connect(&path, DEFAULT_DUPLICATE_WINDOW).unwrap()),
+        };
+        let counts = reopened.counts("t", "s").await.unwrap();
+        assert_eq!(
+            counts.waiting, 2,
+            "the publish after the restore went to the file at the path"
+        );
+    }
 
     /// A receive that found nothing is answered from memory only while nothing changed:
     /// a publish through another connection (another process) is seen at once.

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::clock::now_ms;
+use crate::file_guard::FileGuard;
 use crate::usage::{Counted, count};
 
 use super::{
@@ -101,12 +102,8 @@ struct Inner {
     /// Set when a write failed for lack of room or access, until a write succeeds again:
     /// readiness then tries a write itself, and reports why it fails.
     writes_failing: Arc<std::sync::atomic::AtomicBool>,
-    /// The file the connections have open (device, inode): a file put back at the path
-    /// from a copy is another one, and gets new connections.
-    file: Mutex<Option<(u64, u64)>>,
-    /// Set while the file is missing from its path: reads and writes answer unavailable
-    /// rather than go on with a file nobody will find again.
-    detached: std::sync::atomic::AtomicBool,
+    /// Whether the file is still the one at the path (see [`FileGuard`]).
+    guard: FileGuard,
 }
 
 /// What a queued write does once its transaction has ended: hands its result, or the
@@ -232,8 +229,7 @@ impl EmbeddedStore {
                 writer: Mutex::new(queue),
                 readers: Mutex::new(Vec::new()),
                 writes_failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-                file: Mutex::new(file_identity(path)),
-                detached: std::sync::atomic::AtomicBool::new(false),
+                guard: FileGuard::new("store", path),
             }),
         })
     }
@@ -242,36 +238,25 @@ impl EmbeddedStore {
     /// store is detached (unavailable) until it is back. Back as another file (restored
     /// from a copy): new connections are opened on it. Nothing needs a restart.
     fn check_attached(&self) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
         let inner = &self.inner;
-        let Some(found) = file_identity(&inner.path) else {
-            if !inner.detached.swap(true, Ordering::SeqCst) {
-                tracing::error!(path = %inner.path.display(), "the store file is missing: reads and writes are refused until it is back");
-            }
-            return Err(StoreError::Unavailable(
-                (format!("the store file {} is missing", inner.path.display())).into(),
-            ));
-        };
-        let mut known = inner
-            .file
-            .lock()
-            .map_err(|_| StoreError::Backend("the store's file record is poisoned".into()))?;
-        if *known != Some(found) {
-            let queue = start_writer(&inner.path, inner.durability)?;
-            if let Ok(mut writer) = inner.writer.lock() {
-                // The old writer thread ends once its queue is dropped.
-                *writer = queue;
-            }
-            if let Ok(mut readers) = inner.readers.lock() {
-                readers.clear();
-            }
-            *known = Some(found);
-            tracing::warn!(path = %inner.path.display(), "the store file was replaced: connections reopened on it");
-        }
-        if inner.detached.swap(false, Ordering::SeqCst) {
-            tracing::info!(path = %inner.path.display(), "the store file is back");
-        }
-        Ok(())
+        inner.guard.check(
+            |path| {
+                StoreError::Unavailable(
+                    (format!("the store file {} is missing", path.display())).into(),
+                )
+            },
+            || {
+                let queue = start_writer(&inner.path, inner.durability)?;
+                if let Ok(mut writer) = inner.writer.lock() {
+                    // The old writer thread ends once its queue is dropped.
+                    *writer = queue;
+                }
+                if let Ok(mut readers) = inner.readers.lock() {
+                    readers.clear();
+                }
+                Ok(())
+            },
+        )
     }
 
     /// Runs `work` on the writer thread, inside a transaction it may share with other writes
@@ -337,11 +322,7 @@ impl EmbeddedStore {
         work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         // Only while detached does a read look at the path: is the file back?
-        if self
-            .inner
-            .detached
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.inner.guard.is_detached() {
             self.check_attached()?;
         }
         let inner = self.inner.clone();
@@ -378,14 +359,6 @@ fn start_writer(
         .spawn(move || group_commit(writer, jobs))
         .map_err(|e| StoreError::Unavailable(Cause::new(e)))?;
     Ok(queue)
-}
-
-/// The (device, inode) of the file at `path`, if there is one.
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path)
-        .ok()
-        .map(|meta| (meta.dev(), meta.ino()))
 }
 
 async fn run_blocking<T: Send + 'static>(
