@@ -3,9 +3,9 @@
 //!
 //! Stock is partitioned by SKU, so an order of several SKUs cannot be reserved in one
 //! transaction. It is reserved as a saga of its own, safe to repeat at any step:
-//! 1. **Hold** each SKU, in SKU order: one batch in the SKU's partition takes the quantity
-//!    from its stock (ETag-guarded, so never oversold) and writes the order's
-//!    `hold-<order id>` (so a repeat holds nothing twice).
+//! 1. **Hold** every SKU at once: one batch in each SKU's partition takes the quantity from
+//!    its stock (ETag-guarded, so never oversold) and writes the order's `hold-<order id>`
+//!    (so a repeat holds nothing twice; a conflict on it means an earlier try held it).
 //! 2. **Decide** in the order's partition, in one batch with the record that the event was
 //!    handled and the event to publish: `reservation-<order id>` and `stock.reserved` when
 //!    every line is held, only `stock.reservation-failed` when one falls short. One decision
@@ -52,7 +52,7 @@ enum Held {
 /// What an order's lines came to once each was tried.
 enum Outcome {
     Reserved(Vec<ReservedLine>),
-    /// The SKUs that fall short, and those this delivery found held (to be released).
+    /// The SKUs that fall short, and those held (by this delivery or an earlier one).
     Refused {
         shortages: Vec<Shortage>,
         held: Vec<String>,
@@ -165,49 +165,50 @@ impl OrderEvents {
         order_id: &str,
         skus: impl IntoIterator<Item = &'a String>,
     ) -> Result<(), HandlerError> {
+        let releases = skus.into_iter().map(|sku| self.release(order_id, sku));
         let mut released = false;
-        for sku in skus {
-            released |= self.release(order_id, sku).await?;
+        let mut failure = None;
+        for outcome in futures::future::join_all(releases).await {
+            match outcome {
+                Ok(one) => released |= one,
+                Err(error) => failure = Some(error),
+            }
         }
         if released {
             self.consumer.notify_readers();
         }
+        if let Some(error) = failure {
+            return Err(error);
+        }
         Ok(())
     }
 
-    /// Holds each wanted SKU in turn; after the first that falls short, only looks at the
-    /// rest (to report every shortage, and to find holds an earlier try left).
+    /// Tries to hold every wanted SKU at once (each in its own partition, so they do not
+    /// wait on one another); what was held is released again when one falls short.
     async fn hold_lines(
         &self,
         order_id: &str,
         wanted: &BTreeMap<String, i64>,
     ) -> Result<Outcome, HandlerError> {
+        let tries = wanted.iter().map(|(sku, &quantity)| async move {
+            (sku, quantity, self.hold(order_id, sku, quantity).await)
+        });
         let (mut held, mut shortages) = (Vec::new(), Vec::new());
-        for (sku, &quantity) in wanted {
-            if shortages.is_empty() {
-                match self.hold(order_id, sku, quantity).await? {
-                    Held::Yes => held.push(sku.clone()),
-                    Held::Short { available } => shortages.push(Shortage {
-                        sku: sku.clone(),
-                        requested: quantity,
-                        available,
-                    }),
-                }
-                continue;
-            }
-            let (stock, hold) = self.stock_and_hold(sku, order_id).await?;
-            let own = hold.as_ref().map_or(0, |(hold, _)| hold.quantity);
-            if hold.is_some() {
-                held.push(sku.clone());
-            }
-            let available = stock.map_or(0, |(stock, _)| stock.available()) + own;
-            if quantity > available {
-                shortages.push(Shortage {
+        let mut failure = None;
+        for (sku, quantity, tried) in futures::future::join_all(tries).await {
+            match tried {
+                Ok(Held::Yes) => held.push(sku.clone()),
+                Ok(Held::Short { available }) => shortages.push(Shortage {
                     sku: sku.clone(),
                     requested: quantity,
                     available,
-                });
+                }),
+                // Holds already taken stay: the retry finds them (and a refusal releases them).
+                Err(error) => failure = Some(error),
             }
+        }
+        if let Some(error) = failure {
+            return Err(error);
         }
         if shortages.is_empty() {
             let lines = wanted
