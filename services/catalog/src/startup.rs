@@ -52,6 +52,7 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
             EventContract::of::<OrderCancelled>(),
         ]
     },
+    indexed_fields: &[],
 };
 
 /// The catalog service, as the platform hosts it.

@@ -73,6 +73,7 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
     outboxes: &[SUBSCRIPTIONS],
     publishes: || vec![EventContract::of::<EndpointDisabled>()],
     consumes: || common::events::contracts_of(&deliverable_event_types()),
+    indexed_fields: &[],
 };
 
 /// The notifications service, as the platform hosts it.

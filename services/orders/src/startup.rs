@@ -49,6 +49,7 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
             EventContract::of::<StockReservationFailed>(),
         ]
     },
+    indexed_fields: &["status"],
 };
 
 /// The orders service, as the platform hosts it.

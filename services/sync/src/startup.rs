@@ -74,6 +74,7 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
             EventContract::of::<StockChanged>(),
         ]
     },
+    indexed_fields: &[],
 };
 
 /// The sync service, as the platform hosts it.

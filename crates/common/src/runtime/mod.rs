@@ -59,6 +59,9 @@ pub struct ServiceDescriptor {
     pub publishes: fn() -> Vec<EventContract>,
     /// The events it consumes, with their schemas.
     pub consumes: fn() -> Vec<EventContract>,
+    /// Fields its queries filter on, beside `kind`, in containers that grow with history
+    /// (see [`crate::store::DocumentStore::index_field`]).
+    pub indexed_fields: &'static [&'static str],
 }
 
 impl ServiceDescriptor {
@@ -174,6 +177,9 @@ impl Runtime {
         let metrics = Metrics::new(descriptor.name, &settings.telemetry)?;
         let store =
             adapters::open_store(&settings, descriptor.name, &descriptor.all_containers()).await?;
+        for field in descriptor.indexed_fields {
+            store.index_field(field).await?;
+        }
         let store = adapters::measured_store(store, &settings, &metrics);
         let bus = match bus {
             Some(bus) => bus,

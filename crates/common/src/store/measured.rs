@@ -239,4 +239,8 @@ impl DocumentStore for MeasuredStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+
+    async fn index_field(&self, field: &str) -> Result<(), StoreError> {
+        self.inner.index_field(field).await
+    }
 }

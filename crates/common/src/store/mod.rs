@@ -171,13 +171,7 @@ impl Query {
             .map(|f| &f.field)
             .chain(self.order_by.iter().map(|o| &o.field));
         for field in fields {
-            let valid =
-                !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(StoreError::Backend(
-                    (format!("field {field:?} is not a plain identifier")).into(),
-                ));
-            }
+            plain_identifier(field)?;
         }
         for filter in &self.filters {
             if filter.comparison != Comparison::Eq
@@ -274,6 +268,18 @@ pub struct Checkpoint(pub String);
 pub struct ChangeBatch {
     pub documents: Vec<Document>,
     pub checkpoint: Checkpoint,
+}
+
+/// Field names end up inside SQL and JSON paths: only plain identifiers are taken.
+pub(crate) fn plain_identifier(field: &str) -> Result<(), StoreError> {
+    let valid = !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(
+            (format!("field {field:?} is not a plain identifier")).into(),
+        ))
+    }
 }
 
 /// One operation of an atomic batch; all operations of a batch share a container and a
@@ -560,6 +566,14 @@ pub trait DocumentStore: Send + Sync + 'static {
 
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Makes queries that filter on `kind` and on `field` by equality independent of how
+    /// many other documents the container holds (a service lists its orders by status among
+    /// every order it ever took). Cosmos DB indexes every path by default, so its adapter
+    /// has nothing to do; the embedded store keeps an index.
+    async fn index_field(&self, field: &str) -> Result<(), StoreError> {
+        plain_identifier(field)
+    }
 }
 
 pub type SharedStore = Arc<dyn DocumentStore>;

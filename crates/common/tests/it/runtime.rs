@@ -326,6 +326,7 @@ static TWO_TOPICS: ServiceDescriptor = ServiceDescriptor {
     outboxes: &["state"],
     publishes: Vec::new,
     consumes: || vec![EventContract::of::<Shipped>(), EventContract::of::<Paid>()],
+    indexed_fields: &[],
 };
 
 #[tokio::test]

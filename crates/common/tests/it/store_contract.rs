@@ -189,7 +189,38 @@ contract!(
     query_ranges_and_field_order_page_with_continuation,
     items_and_batches_over_two_megabytes_are_refused_alike,
     cross_partition_pages_never_skip_an_id_shared_by_two_partitions,
+    an_indexed_field_filters_as_any_field_does,
 );
+
+async fn an_indexed_field_filters_as_any_field_does(store: &SharedStore) {
+    store.index_field("state").await.unwrap();
+    store.index_field("state").await.unwrap();
+    assert!(store.index_field("state) --").await.is_err());
+    let kind = unique("kind");
+    let mut expected = Vec::new();
+    for n in 0..6 {
+        let id = unique(&format!("s{n}"));
+        let state = if n % 2 == 0 { "open" } else { "closed" };
+        store
+            .create(
+                THINGS,
+                &format!("pk-{n}"),
+                &id,
+                json!({"kind": kind, "state": state}),
+            )
+            .await
+            .unwrap();
+        if n % 2 == 0 {
+            expected.push(id);
+        }
+    }
+    expected.sort();
+    let query = Query::new(QueryScope::AllPartitions, 2)
+        .filter("kind", kind.as_str())
+        .filter("state", "open");
+    let (ids, _) = collect_pages(store, query).await;
+    assert_eq!(ids, expected);
+}
 
 async fn create_then_read_round_trips(store: &SharedStore) {
     let id = unique("a");

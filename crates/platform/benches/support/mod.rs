@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod saga;
+
 /// A number from the environment (a benchmark's knob), else `default`.
 pub fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
