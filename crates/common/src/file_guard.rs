@@ -68,6 +68,33 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
         .map(|meta| (meta.dev(), meta.ino()))
 }
 
+/// What the adapters' tests do to a SQLite file: back it up (with its write-ahead log), take
+/// it away, put the backup back.
+#[cfg(test)]
+pub(crate) mod files {
+    use std::path::{Path, PathBuf};
+
+    fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+        PathBuf::from(format!("{}{suffix}", base.display()))
+    }
+
+    /// Copies `from` (and its log) to `to`.
+    pub fn copy_database(from: &Path, to: &Path) {
+        for suffix in ["", "-wal"] {
+            if with_suffix(from, suffix).exists() {
+                std::fs::copy(with_suffix(from, suffix), with_suffix(to, suffix)).unwrap();
+            }
+        }
+    }
+
+    /// Removes the file and its log and shared memory.
+    pub fn take_away(path: &Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(with_suffix(path, suffix));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

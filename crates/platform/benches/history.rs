@@ -198,9 +198,7 @@ async fn main() -> anyhow::Result<()> {
     let total = env_number("SAGA_ORDERS", 2000);
     let concurrency = env_number("SAGA_CONCURRENCY", 32);
     let dir = tempfile::tempdir()?;
-    let mut telemetry = common::config::Settings::defaults().telemetry;
-    telemetry.log_level = "error".into();
-    let _telemetry = common::telemetry::init(&telemetry, "history-bench")?;
+    let _telemetry = support::quiet_telemetry("history-bench")?;
 
     let platform = SagaPlatform::start(dir.path(), &[], concurrency).await?;
     let (fresh, ids) = measure(&platform, total, concurrency, 0).await?;

@@ -20,9 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let total = env_number("SAGA_ORDERS", 2000);
     let concurrency = env_number("SAGA_CONCURRENCY", 32);
     let dir = tempfile::tempdir()?;
-    let mut telemetry = common::config::Settings::defaults().telemetry;
-    telemetry.log_level = "error".into();
-    let _telemetry = common::telemetry::init(&telemetry, "saga-bench")?;
+    let _telemetry = support::quiet_telemetry("saga-bench")?;
     // SAGA_ONLY=catalog,orders measures a subset; by default every service consumes as it
     // would in `platform up`.
     let only: Vec<String> = std::env::var("SAGA_ONLY")

@@ -866,6 +866,8 @@ mod tests {
         ))
     }
 
+    use crate::file_guard::files::{copy_database, take_away};
+
     /// As the store: a bus file moved away is refused rather than written where nobody
     /// will find it, and one restored from a copy is opened again, without a restart.
     #[tokio::test]
@@ -877,29 +879,16 @@ mod tests {
             .await
             .unwrap();
         bus.publish("t", thing(1)).await.unwrap();
-        let with_suffix = |base: &Path, suffix: &str| {
-            std::path::PathBuf::from(format!("{}{suffix}", base.display()))
-        };
         let backup = dir.path().join("backup.db");
-        for suffix in ["", "-wal"] {
-            if with_suffix(&path, suffix).exists() {
-                std::fs::copy(with_suffix(&path, suffix), with_suffix(&backup, suffix)).unwrap();
-            }
-        }
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(with_suffix(&path, suffix));
-        }
+        copy_database(&path, &backup);
+        take_away(&path);
         let refused = bus.publish("t", thing(2)).await;
         assert!(
             matches!(refused, Err(BusError::Unavailable(_))),
             "{refused:?}"
         );
         assert!(bus.ping().await.is_err());
-        for suffix in ["", "-wal"] {
-            if with_suffix(&backup, suffix).exists() {
-                std::fs::copy(with_suffix(&backup, suffix), with_suffix(&path, suffix)).unwrap();
-            }
-        }
+        copy_database(&backup, &path);
         bus.ping().await.unwrap();
         bus.publish("t", thing(3)).await.unwrap();
         let received = bus.receive("t", "s", 10).await.unwrap();

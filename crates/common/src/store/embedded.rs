@@ -1121,6 +1121,7 @@ mod tests {
 #[cfg(test)]
 mod full_disk {
     use super::*;
+    use crate::file_guard::files::{copy_database, take_away};
 
     #[tokio::test]
     async fn a_file_taken_away_is_refused_and_one_restored_from_a_copy_is_reopened() {
@@ -1132,17 +1133,9 @@ mod full_disk {
             .await
             .unwrap();
         // A backup (the file with its write-ahead log), then the file taken away.
-        let with_suffix =
-            |base: &Path, suffix: &str| PathBuf::from(format!("{}{suffix}", base.display()));
         let backup = dir.path().join("backup.db");
-        for suffix in ["", "-wal"] {
-            if with_suffix(&path, suffix).exists() {
-                std::fs::copy(with_suffix(&path, suffix), with_suffix(&backup, suffix)).unwrap();
-            }
-        }
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(with_suffix(&path, suffix));
-        }
+        copy_database(&path, &backup);
+        take_away(&path);
         let refused = store.upsert("c", "pk", "b", serde_json::json!({})).await;
         assert!(
             matches!(refused, Err(StoreError::Unavailable(_))),
@@ -1155,11 +1148,7 @@ mod full_disk {
         );
         assert!(store.ping().await.is_err());
         // Restored from the copy: another file, reopened without a restart.
-        for suffix in ["", "-wal"] {
-            if with_suffix(&backup, suffix).exists() {
-                std::fs::copy(with_suffix(&backup, suffix), with_suffix(&path, suffix)).unwrap();
-            }
-        }
+        copy_database(&backup, &path);
         store.ping().await.unwrap();
         let restored = store.read("c", "pk", "a").await.unwrap().unwrap();
         assert_eq!(restored.body["n"], 1);
