@@ -228,18 +228,16 @@ impl OrderEvents {
         }
     }
 
-    /// Whether the decision that stands for the order is a reservation.
-    async fn reserved(&self, order_id: &str) -> Result<bool, HandlerError> {
-        Ok(self
-            .store()
+    /// The order's reservation, when the decision that stands is one.
+    async fn reservation(&self, order_id: &str) -> Result<Option<Document>, HandlerError> {
+        self.store()
             .read(
                 STOCK,
                 &order_partition(order_id),
                 &Reservation::id_for(order_id),
             )
             .await
-            .map_err(transient)?
-            .is_some())
+            .map_err(transient)
     }
 
     async fn reserve(
@@ -319,7 +317,7 @@ impl OrderEvents {
         order_id: &str,
         wanted: &BTreeMap<String, i64>,
     ) -> Result<(), HandlerError> {
-        if self.reserved(order_id).await? {
+        if self.reservation(order_id).await?.is_some() {
             return Ok(());
         }
         self.release_all(order_id, wanted.keys()).await
@@ -327,13 +325,7 @@ impl OrderEvents {
 
     async fn plan_release(&self, cancelled: &OrderRefV1) -> Result<Effect, HandlerError> {
         let order_id = cancelled.order_id.as_str();
-        let reservation_id = Reservation::id_for(order_id);
-        let Some(document) = self
-            .store()
-            .read(STOCK, &order_partition(order_id), &reservation_id)
-            .await
-            .map_err(transient)?
-        else {
+        let Some(document) = self.reservation(order_id).await? else {
             // Nothing was reserved (refused, or released already): only record the event.
             return Ok(Effect::none());
         };
@@ -346,7 +338,7 @@ impl OrderEvents {
         self.release_all(order_id, &skus).await?;
         Effect::none()
             .write(BatchOp::Delete {
-                id: reservation_id,
+                id: Reservation::id_for(order_id),
                 if_match: Some(reservation_etag),
             })
             .publish::<StockReleased>(order_id, cancelled)

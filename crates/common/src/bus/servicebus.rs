@@ -530,24 +530,30 @@ impl ServiceBusBus {
         self.signer().request(&url, &url, method)
     }
 
-    /// An entity's Atom description, `None` when there is no such entity.
-    async fn entity_description(&self, path: &str) -> Result<Option<String>, BusError> {
+    /// An entity's Atom description, or the status the namespace answered instead.
+    async fn describe(&self, path: &str) -> Result<Result<String, StatusCode>, BusError> {
         let request = self.signed_request(path, Method::Get)?;
         let response = self.execute(&request).await?;
-        if response.status() == StatusCode::NotFound {
-            return Ok(None);
-        }
         if !response.status().is_success() {
-            return Err(BusError::Unavailable(
-                format!("the description of {path} answered {}", response.status()).into(),
-            ));
+            return Ok(Err(response.status()));
         }
         let description = response
             .into_body()
             .collect_string()
             .await
             .map_err(unavailable)?;
-        Ok(Some(description))
+        Ok(Ok(description))
+    }
+
+    /// An entity's Atom description, `None` when there is no such entity.
+    async fn entity_description(&self, path: &str) -> Result<Option<String>, BusError> {
+        match self.describe(path).await? {
+            Ok(description) => Ok(Some(description)),
+            Err(StatusCode::NotFound) => Ok(None),
+            Err(status) => Err(BusError::Unavailable(
+                format!("the description of {path} answered {status}").into(),
+            )),
+        }
     }
 
     /// Creates an entity (Atom entry); with `update`, replaces it when it exists already.
@@ -585,17 +591,10 @@ impl ServiceBusBus {
     /// subscribers twice. Handlers stay idempotent, but the promise of one delivery per
     /// event within the window is gone.
     async fn check_duplicate_detection(&self, topic: &str) -> Result<(), BusError> {
-        let request = self.signed_request(topic, Method::Get)?;
-        let response = self.execute(&request).await?;
         // Without rights to read the entity there is nothing to check.
-        if !response.status().is_success() {
+        let Ok(description) = self.describe(topic).await? else {
             return Ok(());
-        }
-        let description = response
-            .into_body()
-            .collect_string()
-            .await
-            .map_err(unavailable)?;
+        };
         if !description.contains("<RequiresDuplicateDetection>true</RequiresDuplicateDetection>") {
             tracing::warn!(
                 topic,

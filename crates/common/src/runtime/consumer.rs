@@ -119,11 +119,10 @@ impl IdempotentConsumer {
                 return Ok(());
             }
             let effect = plan().await?;
-            match self.try_commit(container, pk, event, effect).await? {
-                Some(_) => return Ok(()),
-                // Another delivery of the same event won, or what the plan read changed.
-                None => continue,
+            if self.try_commit(container, pk, event, effect).await? {
+                return Ok(());
             }
+            // Another delivery of the same event won, or what the plan read changed.
         }
         Err(HandlerError::Transient(
             "the partition kept changing under the handler; will retry".into(),
@@ -140,13 +139,15 @@ impl IdempotentConsumer {
         event: &CloudEvent,
         effect: Effect,
     ) -> Result<Commit, HandlerError> {
-        match self.try_commit(container, pk, event, effect).await? {
-            Some(commit) => Ok(commit),
-            None if self.handled(container, pk, event).await? => Ok(Commit::HandledBefore),
-            None => Err(HandlerError::Transient(
-                "what the handler planned on changed under it; will retry".into(),
-            )),
+        if self.try_commit(container, pk, event, effect).await? {
+            return Ok(Commit::Committed);
         }
+        if self.handled(container, pk, event).await? {
+            return Ok(Commit::HandledBefore);
+        }
+        Err(HandlerError::Transient(
+            "what the handler planned on changed under it; will retry".into(),
+        ))
     }
 
     /// Wakes the readers of the container (relay, views) after writes made outside a commit.
@@ -157,7 +158,7 @@ impl IdempotentConsumer {
         }
     }
 
-    /// One batch; `None` when it lost a race (the event was handled meanwhile, or a
+    /// One batch; false when it lost a race (the event was handled meanwhile, or a
     /// precondition of the plan no longer holds).
     async fn try_commit(
         &self,
@@ -165,7 +166,7 @@ impl IdempotentConsumer {
         pk: &str,
         event: &CloudEvent,
         effect: Effect,
-    ) -> Result<Option<Commit>, HandlerError> {
+    ) -> Result<bool, HandlerError> {
         let mut operations = effect.operations;
         operations.push(processed_op(&event.id, self.retention_seconds));
         for (topic, outgoing) in &effect.events {
@@ -182,10 +183,10 @@ impl IdempotentConsumer {
                 for (_, outgoing) in &effect.events {
                     tracing::info!(event_type = %outgoing.event_type, subject = ?outgoing.subject, "published with the effect");
                 }
-                Ok(Some(Commit::Committed))
+                Ok(true)
             }
             Err(StoreError::Conflict | StoreError::PreconditionFailed | StoreError::NotFound) => {
-                Ok(None)
+                Ok(false)
             }
             Err(other) => Err(transient(other)),
         }

@@ -126,14 +126,18 @@ async fn a_store_file_taken_away_and_put_back_heals_without_a_restart() {
 
     // Taken away: writes and reads are refused (nothing goes to a file nobody will find),
     // and readiness says why.
-    let ready = platform
-        .http
-        .get(format!("{}/health/ready", platform.catalog_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
-    let said: Value = ready.json().await.unwrap();
+    let catalog_readiness = || async {
+        let ready = platform
+            .http
+            .get(format!("{}/health/ready", platform.catalog_url))
+            .send()
+            .await
+            .unwrap();
+        let status = ready.status();
+        (status, ready.json::<Value>().await.unwrap())
+    };
+    let (status, said) = catalog_readiness().await;
+    assert_eq!(status, 503);
     assert!(
         said["detail"]
             .as_str()
@@ -185,13 +189,7 @@ async fn a_store_file_taken_away_and_put_back_heals_without_a_restart() {
     })
     .await;
     assert!(reserved, "{}", platform.stock("HEAL-1").await);
-    let ready = platform
-        .http
-        .get(format!("{}/health/ready", platform.catalog_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(catalog_readiness().await.0, 200);
     platform.count("HEAL-1", 12).await;
     assert!(
         bus.dead_letters(common::bus::topics::ORDERS, "catalog", 10)

@@ -345,21 +345,25 @@ async fn a_poison_event_lands_in_the_dead_letter_queue_and_the_cli_shows_it() {
     assert!(listed.contains(&poison.id), "{listed}");
     assert!(listed.contains("HandlerRejected"), "{listed}");
 
-    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_platform"))
-        .args([
-            "dlq",
-            "replay",
-            "--topic",
-            topics::ORDERS,
-            "--subscription",
-            "catalog",
-            "--id",
-            &poison.id,
-            "--data-dir",
-        ])
-        .arg(platform.dir.path())
-        .output()
-        .unwrap();
+    // `platform dlq <action>` on the poison event's letter.
+    let on_the_letter = |action: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_platform"))
+            .args([
+                "dlq",
+                action,
+                "--topic",
+                topics::ORDERS,
+                "--subscription",
+                "catalog",
+                "--id",
+                &poison.id,
+                "--data-dir",
+            ])
+            .arg(platform.dir.path())
+            .output()
+            .unwrap()
+    };
+    let replay = on_the_letter("replay");
     assert!(
         replay.status.success(),
         "{}",
@@ -380,23 +384,7 @@ async fn a_poison_event_lands_in_the_dead_letter_queue_and_the_cli_shows_it() {
     assert!(back);
 
     // Discarded, it is gone for good; a second discard says it is not there.
-    let discard = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_platform"))
-            .args([
-                "dlq",
-                "discard",
-                "--topic",
-                topics::ORDERS,
-                "--subscription",
-                "catalog",
-                "--id",
-                &poison.id,
-                "--data-dir",
-            ])
-            .arg(platform.dir.path())
-            .output()
-            .unwrap()
-    };
+    let discard = || on_the_letter("discard");
     let discarded = discard();
     assert!(
         discarded.status.success(),
