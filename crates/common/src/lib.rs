@@ -20,6 +20,7 @@ pub mod private_files;
 pub mod rate_limit;
 pub mod runtime;
 pub mod sku;
+mod sqlite;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -252,25 +252,14 @@ fn connect(path: &Path, duplicate_window: Duration) -> Result<Inner, BusError> {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, BusError> {
-    let connection = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))?;
-    connection
-        .busy_timeout(Duration::from_secs(10))
-        .map_err(backend)?;
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .map_err(backend)?;
-    connection
-        .pragma_update(None, "synchronous", "NORMAL")
-        .map_err(backend)?;
-    Ok(connection)
+    crate::sqlite::open(path, false, "NORMAL")
+        .map_err(|e| BusError::Unavailable((format!("{}: {e}", path.display())).into()))
 }
 
 fn data_version(connection: &Connection) -> rusqlite::Result<i64> {
-    connection.query_row("PRAGMA data_version", [], |row| row.get(0))
+    connection
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |row| row.get(0))
 }
 
 /// When the subscription's first locked or scheduled message becomes ready, bounded by
@@ -296,12 +285,16 @@ fn subscription_exists(
     subscription: &str,
 ) -> Result<(i64, i64), BusError> {
     connection
-        .query_row(
+        .prepare_cached(
             "SELECT max_delivery_count, lock_ms FROM subscriptions WHERE topic = ?1 AND name = ?2",
-            params![topic, subscription],
-            |row| Ok((row.get(0)?, row.get(1)?)),
         )
-        .optional()
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![topic, subscription], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+        })
         .map_err(backend)?
         .ok_or_else(|| BusError::UnknownSubscription {
             topic: topic.to_owned(),

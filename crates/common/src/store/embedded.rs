@@ -7,10 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::clock::now_ms;
 use crate::file_guard::FileGuard;
@@ -152,7 +151,7 @@ fn group_commit(connection: Connection, queue: std::sync::mpsc::Receiver<WriteJo
         let mut open = false;
         for job in jobs {
             if !open {
-                if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
+                if let Err(error) = run_cached(&connection, "BEGIN IMMEDIATE") {
                     let (_, deliver) = job(&connection);
                     deliver(Some(group_error(&error)()));
                     continue;
@@ -188,7 +187,8 @@ fn group_commit(connection: Connection, queue: std::sync::mpsc::Receiver<WriteJo
                 let _ = if ok {
                     run_cached(&connection, "RELEASE job")
                 } else {
-                    connection.execute_batch("ROLLBACK TO job; RELEASE job")
+                    run_cached(&connection, "ROLLBACK TO job")
+                        .and_then(|_| run_cached(&connection, "RELEASE job"))
                 };
             }
             waiting.push(deliver);
@@ -196,8 +196,7 @@ fn group_commit(connection: Connection, queue: std::sync::mpsc::Receiver<WriteJo
         if !open {
             continue;
         }
-        let commit = match purge_rows(&connection).and_then(|_| connection.execute_batch("COMMIT"))
-        {
+        let commit = match purge_rows(&connection).and_then(|_| run_cached(&connection, "COMMIT")) {
             Ok(()) => None,
             Err(error) => {
                 let _ = connection.execute_batch("ROLLBACK");
@@ -471,32 +470,16 @@ fn open_connection(
     durability: Durability,
     read_only: bool,
 ) -> Result<Connection, StoreError> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let connection = Connection::open_with_flags(path, flags).map_err(|e| {
-        StoreError::Unavailable((format!("cannot open {}: {e}", path.display())).into())
-    })?;
-    connection
-        .busy_timeout(Duration::from_secs(10))
-        .map_err(backend)?;
-    if !read_only {
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-    }
     let synchronous = match durability {
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
     };
-    connection
-        .pragma_update(None, "synchronous", synchronous)
-        .map_err(backend)?;
-    Ok(connection)
+    crate::sqlite::open(path, read_only, synchronous).map_err(|e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::CannotOpen) | None => {
+            StoreError::Unavailable((format!("cannot open {}: {e}", path.display())).into())
+        }
+        _ => backend(e),
+    })
 }
 
 fn backend(error: rusqlite::Error) -> StoreError {
@@ -607,11 +590,7 @@ fn current_seq(
     match found {
         Some((_, Some(expires_at))) if expires_at <= now_ms() => {
             // Expired but not purged yet: it is gone for every reader, so for writers too.
-            tx.execute(
-                "DELETE FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
-                params![container, pk, id],
-            )
-            .map_err(backend)?;
+            remove_row(tx, container, pk, id)?;
             Ok(None)
         }
         found => Ok(found.map(|(seq, _)| seq)),
@@ -654,11 +633,13 @@ fn delete_in(
     if if_match.is_some_and(|expected| *expected != etag_of(seq)) {
         return Err(StoreError::PreconditionFailed);
     }
-    tx.execute(
-        "DELETE FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3",
-        params![container, pk, id],
-    )
-    .map_err(backend)?;
+    remove_row(tx, container, pk, id)
+}
+
+fn remove_row(tx: &Connection, container: &str, pk: &str, id: &str) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3")
+        .and_then(|mut statement| statement.execute(params![container, pk, id]))
+        .map_err(backend)?;
     Ok(())
 }
 
