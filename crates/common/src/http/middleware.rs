@@ -34,7 +34,7 @@ pub async fn trace_request(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     // The route pattern (not the path) names the span: low cardinality, and known before
-    // routing from the application's resource map.
+    // routing from the application's resource map. Found once: each look walks the map.
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
@@ -55,13 +55,7 @@ pub async fn trace_request(
     let started = Instant::now();
     let method = req.method().clone();
     let mut response = next.call(req).instrument(span.clone()).await?;
-    let route = response
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
     let status = response.status().as_u16();
-    span.record("otel.name", format!("{method} {route}"));
-    span.record("http.route", route.as_str());
     span.record("http.status_code", status);
     let elapsed = started.elapsed();
     span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
