@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -20,6 +21,9 @@ pub const KIND_FIELD: &str = "kind";
 pub const OUTBOX_KIND: &str = "outbox";
 pub const PARKED_KIND: &str = "outbox-parked";
 pub const PROCESSED_KIND: &str = "processed";
+/// Deletes of published entries in flight at once: enough to share the embedded store's
+/// commits, few enough not to burst a Cosmos DB partition's request units.
+const DELETES_AT_ONCE: usize = 32;
 /// An event relayed this long after it happened is reported as late.
 const LATE: time::Duration = time::Duration::minutes(1);
 
@@ -101,52 +105,106 @@ impl OutboxRelay {
         }
     }
 
-    async fn relay(&self, document: &Document) -> Result<(), FeedError> {
-        let entry: OutboxEntry = match serde_json::from_value(document.body.clone()) {
-            Ok(entry) => entry,
+    /// The entry a change holds, or `None` once an unreadable one is parked.
+    async fn entry(&self, document: &Document) -> Result<Option<OutboxEntry>, FeedError> {
+        match serde_json::from_value::<OutboxEntry>(document.body.clone()) {
+            Ok(entry) => {
+                let waited = OffsetDateTime::now_utc() - entry.event.time;
+                if waited > LATE {
+                    // Alerts look for this line (docs/operations.md#runbook-outbox-or-view-lag).
+                    tracing::warn!(
+                        container = self.container,
+                        event = %entry.event.id,
+                        lag_seconds = waited.whole_seconds(),
+                        "outbox lag: an event is relayed more than a minute after it happened"
+                    );
+                }
+                Ok(Some(entry))
+            }
             Err(error) => {
-                return self
-                    .park(document, &format!("unreadable entry: {error}"))
-                    .await;
+                self.park(document, &format!("unreadable entry: {error}"))
+                    .await?;
+                Ok(None)
             }
-        };
-        let waited = OffsetDateTime::now_utc() - entry.event.time;
-        if waited > LATE {
-            // Alerts look for this line (docs/operations.md#runbook-outbox-or-view-lag).
-            tracing::warn!(
-                container = self.container,
-                event = %entry.event.id,
-                lag_seconds = waited.whole_seconds(),
-                "outbox lag: an event is relayed more than a minute after it happened"
-            );
         }
-        let message = Message::new(entry.event).with_correlation_id(document.partition_key.clone());
-        match self.bus.publish(&entry.topic, message).await {
-            Ok(()) => {}
-            Err(BusError::Rejected(reason)) => {
-                return self.park(document, &reason.to_string()).await;
-            }
-            Err(other) => return Err(FeedError::Transient(other.to_string())),
-        }
-        match self
-            .store
-            .delete(self.container, &document.partition_key, &document.id, None)
+    }
+
+    /// Publishes a run of entries for one topic in one call, in order; parks those the bus
+    /// refuses. Returns the entries published, to delete.
+    async fn publish_run<'a>(
+        &self,
+        topic: &str,
+        run: Vec<(&'a Document, OutboxEntry)>,
+    ) -> Result<Vec<&'a Document>, FeedError> {
+        let (documents, messages): (Vec<&Document>, Vec<Message>) = run
+            .into_iter()
+            .map(|(document, entry)| {
+                let message =
+                    Message::new(entry.event).with_correlation_id(document.partition_key.clone());
+                (document, message)
+            })
+            .unzip();
+        let outcomes = self
+            .bus
+            .publish_many(topic, messages)
             .await
-        {
-            Ok(()) | Err(StoreError::NotFound) => Ok(()),
-            Err(other) => Err(FeedError::Transient(other.to_string())),
+            .map_err(|error| FeedError::Transient(error.to_string()))?;
+        let mut published = Vec::with_capacity(documents.len());
+        for (document, outcome) in documents.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => published.push(document),
+                Err(BusError::Rejected(reason)) => {
+                    self.park(document, &reason.to_string()).await?;
+                }
+                Err(other) => return Err(FeedError::Transient(other.to_string())),
+            }
         }
+        Ok(published)
     }
 }
 
 #[async_trait]
 impl FeedHandler for OutboxRelay {
+    /// Publishes a page's entries with one bus call per run of one topic (in the page's
+    /// order), then deletes them all at once, so that their deletes share a commit. A
+    /// failure leaves the page to be handled again: what was published is published again,
+    /// and duplicate detection drops it.
     async fn handle(&self, changes: Vec<Document>) -> Result<(), FeedError> {
+        let mut runs: Vec<(String, Vec<(&Document, OutboxEntry)>)> = Vec::new();
         for document in changes
             .iter()
             .filter(|d| d.body.get(KIND_FIELD).and_then(|k| k.as_str()) == Some(OUTBOX_KIND))
         {
-            self.relay(document).await?;
+            let Some(entry) = self.entry(document).await? else {
+                continue;
+            };
+            match runs.last_mut() {
+                Some((topic, run)) if *topic == entry.topic => run.push((document, entry)),
+                _ => runs.push((entry.topic.clone(), vec![(document, entry)])),
+            }
+        }
+        let mut published = Vec::new();
+        for (topic, run) in runs {
+            published.extend(self.publish_run(&topic, run).await?);
+        }
+        let store = &self.store;
+        let container = self.container;
+        let keys: Vec<(String, String)> = published
+            .iter()
+            .map(|document| (document.partition_key.clone(), document.id.clone()))
+            .collect();
+        let deletes = keys
+            .into_iter()
+            .map(|(pk, id)| async move { store.delete(container, &pk, &id, None).await });
+        let deleted: Vec<Result<(), StoreError>> = futures::stream::iter(deletes)
+            .buffer_unordered(DELETES_AT_ONCE)
+            .collect()
+            .await;
+        for deleted in deleted {
+            match deleted {
+                Ok(()) | Err(StoreError::NotFound) => {}
+                Err(other) => return Err(FeedError::Transient(other.to_string())),
+            }
         }
         Ok(())
     }

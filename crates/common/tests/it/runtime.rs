@@ -159,6 +159,47 @@ async fn two_relays_one_killed_midway_relay_every_entry_once(store: SharedStore)
     survivor.abort();
 }
 
+/// A page holding entries for two topics, interleaved: each topic's subscribers get its
+/// events in the order they were written.
+async fn entries_reach_each_topic_in_the_order_written(store: SharedStore) {
+    let (bus, _dir) = bus();
+    let other = "relay-other-events";
+    for topic in [TOPIC, other] {
+        bus.ensure_subscription(topic, "sink", SubscriptionOptions::default())
+            .await
+            .unwrap();
+    }
+    let pk = unique("ordered");
+    let mut written: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for n in 0..12 {
+        let topic = if n % 3 == 0 { other } else { TOPIC };
+        let event = event(1_000 + n);
+        written.entry(topic).or_default().push(event.id.clone());
+        store
+            .batch(THINGS, &pk, vec![outbox_op(topic, &event)])
+            .await
+            .unwrap();
+    }
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let task = relay(&store, &bus, "only").spawn(stopped);
+    let done = eventually(Duration::from_secs(20), || async {
+        outbox_left(&store, "outbox").await == 0
+    })
+    .await;
+    assert!(done, "the relay got stuck");
+    for (topic, expected) in written {
+        let received: Vec<String> = bus
+            .receive(topic, "sink", 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|delivery| delivery.message.event.id)
+            .collect();
+        assert_eq!(received, expected, "{topic}");
+    }
+    task.abort();
+}
+
 async fn a_permanent_failure_is_parked_and_the_rest_go_on(store: SharedStore) {
     let (bus, _dir) = bus();
     bus.ensure_subscription(TOPIC, "sink", SubscriptionOptions::default())
@@ -226,6 +267,12 @@ mod embedded_store {
         let subject = super::embedded();
         super::a_permanent_failure_is_parked_and_the_rest_go_on(subject.store.clone()).await;
     }
+
+    #[tokio::test]
+    async fn entries_reach_each_topic_in_the_order_written() {
+        let subject = super::embedded();
+        super::entries_reach_each_topic_in_the_order_written(subject.store.clone()).await;
+    }
 }
 
 mod cosmos_store_on_in_memory_emulator {
@@ -239,6 +286,12 @@ mod cosmos_store_on_in_memory_emulator {
     async fn a_permanent_failure_is_parked_and_the_rest_go_on() {
         let subject = super::cosmos_emulator().await;
         super::a_permanent_failure_is_parked_and_the_rest_go_on(subject.store.clone()).await;
+    }
+
+    #[tokio::test]
+    async fn entries_reach_each_topic_in_the_order_written() {
+        let subject = super::cosmos_emulator().await;
+        super::entries_reach_each_topic_in_the_order_written(subject.store.clone()).await;
     }
 }
 
