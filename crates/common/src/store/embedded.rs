@@ -1,6 +1,6 @@
 //! The embedded adapter: one SQLite file per service (WAL mode), Cosmos-like semantics.
 //!
-//! Every write runs in an `IMMEDIATE` transaction that also bumps a per-file sequence; the
+//! Writes run in `IMMEDIATE` transactions (see [`writer`]) that also move a per-file sequence; the
 //! sequence is the document's position on the change feed and, formatted, its ETag. SQLite's
 //! file locks make the file safe for several processes; in WAL mode a committed transaction
 //! survives the process being killed.
@@ -16,6 +16,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::clock::now_ms;
 use crate::file_guard::FileGuard;
 use crate::usage::{Counted, count};
+
+mod writer;
+
+use writer::{Deliver, Ran, WriteJob, WriteTx, start_writer};
 
 use super::{
     BatchOp, Cause, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document,
@@ -110,110 +114,6 @@ struct Inner {
     guard: FileGuard,
 }
 
-/// What a queued write does once its transaction has ended: hands its result, or the
-/// commit's failure, to the caller.
-type Deliver = Box<dyn FnOnce(Option<StoreError>) + Send>;
-/// A write, run by the writer thread inside the group's transaction: how it went (a failed
-/// one's savepoint is rolled back), and how to deliver its outcome.
-type WriteJob = Box<dyn FnOnce(&Connection) -> (Ran, Deliver) + Send>;
-
-/// How a queued write went.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ran {
-    Ok,
-    Failed,
-    /// Failed for lack of room: when SQLite rolled the group back for it, the group's other
-    /// writes failed for the same reason.
-    OutOfRoom,
-}
-
-/// Writes queued at once share one transaction (each in its own savepoint, so one that
-/// fails leaves the others); one commit, one WAL append, for all of them.
-const GROUP_LIMIT: usize = 256;
-
-/// An error for every write of a group whose transaction did not commit.
-fn group_error(error: &rusqlite::Error) -> impl Fn() -> StoreError + '_ {
-    move || match error {
-        rusqlite::Error::SqliteFailure(code, message) => {
-            backend(rusqlite::Error::SqliteFailure(*code, message.clone()))
-        }
-        other => StoreError::Backend((format!("the write's transaction failed: {other}")).into()),
-    }
-}
-
-/// The writer thread: takes what is queued, runs it in one transaction, commits, and only
-/// then answers each write (so an answered write is committed).
-fn group_commit(connection: Connection, queue: std::sync::mpsc::Receiver<WriteJob>) {
-    while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < GROUP_LIMIT {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut waiting: Vec<Deliver> = Vec::with_capacity(jobs.len());
-        let mut open = false;
-        for job in jobs {
-            if !open {
-                if let Err(error) = run_cached(&connection, "BEGIN IMMEDIATE") {
-                    let (_, deliver) = job(&connection);
-                    deliver(Some(group_error(&error)()));
-                    continue;
-                }
-                open = true;
-            }
-            // Cached statements: the writer runs these for every job.
-            let savepoint = run_cached(&connection, "SAVEPOINT job");
-            let (ran, deliver) = job(&connection);
-            let ok = ran == Ran::Ok;
-            if connection.is_autocommit() {
-                // The failure rolled the whole transaction back (SQLite does on a full
-                // disk or an I/O error): the group's earlier writes are gone with it.
-                let error = rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                    Some("the transaction was rolled back by a failed write".into()),
-                );
-                let failure = || match ran {
-                    Ran::OutOfRoom => StoreError::Full(Cause::new(rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-                        Some("the group's transaction was rolled back: the store is full".into()),
-                    ))),
-                    _ => group_error(&error)(),
-                };
-                for earlier in waiting.drain(..) {
-                    earlier(Some(failure()));
-                }
-                deliver(if ok { Some(failure()) } else { None });
-                open = false;
-                continue;
-            }
-            if savepoint.is_ok() {
-                let _ = if ok {
-                    run_cached(&connection, "RELEASE job")
-                } else {
-                    run_cached(&connection, "ROLLBACK TO job")
-                        .and_then(|_| run_cached(&connection, "RELEASE job"))
-                };
-            }
-            waiting.push(deliver);
-        }
-        if !open {
-            continue;
-        }
-        let commit = match purge_rows(&connection).and_then(|_| run_cached(&connection, "COMMIT")) {
-            Ok(()) => None,
-            Err(error) => {
-                let _ = connection.execute_batch("ROLLBACK");
-                Some(error)
-            }
-        };
-        for deliver in waiting {
-            deliver(commit.as_ref().map(|error| group_error(error)()));
-        }
-    }
-}
-
 /// Whether a write's failure says the storage itself cannot take writes now.
 fn storage_failure(error: &StoreError) -> bool {
     matches!(error, StoreError::Full(_) | StoreError::Unavailable(_))
@@ -266,17 +166,17 @@ impl EmbeddedStore {
     }
 
     /// Runs `work` on the writer thread, inside a transaction it may share with other writes
-    /// queued at the same time (in a savepoint of its own), and answers once that has
-    /// committed.
+    /// queued at the same time, and answers once that has committed. `work` checks what
+    /// could refuse it before it changes anything (see [`writer`]).
     async fn with_writer<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        work: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.check_attached()?;
         let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
         let failing = self.inner.writes_failing.clone();
-        let job: WriteJob = Box::new(move |connection: &Connection| {
-            let result = work(connection);
+        let job: WriteJob = Box::new(move |tx: Result<&WriteTx<'_>, StoreError>| {
+            let result = tx.and_then(work);
             let ran = match &result {
                 Ok(_) => Ran::Ok,
                 Err(StoreError::Full(_)) => Ran::OutOfRoom,
@@ -399,25 +299,6 @@ struct ThreadReader {
     store: Weak<Inner>,
     generation: u64,
     connection: Connection,
-}
-
-/// Opens the writer connection on `path` (creating the schema when it is new) and starts the
-/// thread that runs its queue.
-fn start_writer(
-    path: &Path,
-    durability: Durability,
-) -> Result<std::sync::mpsc::Sender<WriteJob>, StoreError> {
-    let writer = open_connection(path, durability, false)?;
-    migrate(&writer)?;
-    let (queue, jobs) = std::sync::mpsc::channel::<WriteJob>();
-    std::thread::Builder::new()
-        .name(format!(
-            "store-writer-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("db")
-        ))
-        .spawn(move || group_commit(writer, jobs))
-        .map_err(|e| StoreError::Unavailable(Cause::new(e)))?;
-    Ok(queue)
 }
 
 /// An item by id in whichever partition holds it. Without the index named, SQLite walks the
@@ -613,14 +494,6 @@ fn serialize(body: &Json) -> Result<String, StoreError> {
     serde_json::to_string(body).map_err(|e| StoreError::Serialization(e.into()))
 }
 
-fn next_seq(tx: &Connection) -> Result<i64, StoreError> {
-    tx.prepare_cached(
-        "UPDATE sequence SET value = value + 1 WHERE name = 'documents' RETURNING value",
-    )
-    .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
-    .map_err(backend)
-}
-
 /// Runs a statement without parameters, kept prepared.
 fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
     connection
@@ -657,6 +530,62 @@ fn current_seq(
     }
 }
 
+/// What a batch's earlier operations left of an item, as its later ones see it.
+#[derive(Clone, Copy)]
+enum Version {
+    Stored(i64),
+    /// Written by the batch: an ETag the caller cannot have named yet.
+    Written,
+}
+
+/// Checks a batch's operations, in order, against what is stored and what the batch's
+/// earlier operations do: a batch that will be refused is refused before it changes
+/// anything. Sizes are checked before the batch is queued.
+fn check_batch(
+    tx: &Connection,
+    container: &str,
+    pk: &str,
+    operations: &[BatchOp],
+) -> Result<(), StoreError> {
+    let mut versions: std::collections::HashMap<&str, Option<Version>> =
+        std::collections::HashMap::new();
+    let names = |version: Version, if_match: &Option<ETag>| match (version, if_match) {
+        (_, None) => true,
+        (Version::Stored(seq), Some(expected)) => *expected == etag_of(seq),
+        (Version::Written, Some(_)) => false,
+    };
+    for operation in operations {
+        let id = operation.id();
+        let current = match versions.get(id) {
+            Some(version) => *version,
+            None => current_seq(tx, container, pk, id)?.map(Version::Stored),
+        };
+        let after = match (operation, current) {
+            (BatchOp::Create { .. } | BatchOp::CreateExpiring { .. }, Some(_)) => {
+                return Err(StoreError::Conflict);
+            }
+            (BatchOp::Replace { .. } | BatchOp::Delete { .. }, None) => {
+                return Err(StoreError::NotFound);
+            }
+            (BatchOp::Replace { if_match, .. }, Some(version)) => {
+                if !names(version, if_match) {
+                    return Err(StoreError::PreconditionFailed);
+                }
+                Some(Version::Written)
+            }
+            (BatchOp::Delete { if_match, .. }, Some(version)) => {
+                if !names(version, if_match) {
+                    return Err(StoreError::PreconditionFailed);
+                }
+                None
+            }
+            _ => Some(Version::Written),
+        };
+        versions.insert(id, after);
+    }
+    Ok(())
+}
+
 enum WriteMode<'a> {
     Create,
     CreateExpiring(u32),
@@ -665,7 +594,7 @@ enum WriteMode<'a> {
 }
 
 fn write(
-    connection: &Connection,
+    connection: &WriteTx<'_>,
     container: &str,
     pk: &str,
     id: &str,
@@ -682,7 +611,7 @@ fn write(
 }
 
 fn delete_in(
-    tx: &Connection,
+    tx: &WriteTx<'_>,
     container: &str,
     pk: &str,
     id: &str,
@@ -693,6 +622,7 @@ fn delete_in(
     if if_match.is_some_and(|expected| *expected != etag_of(seq)) {
         return Err(StoreError::PreconditionFailed);
     }
+    tx.changing();
     remove_row(tx, container, pk, id)
 }
 
@@ -704,7 +634,7 @@ fn remove_row(tx: &Connection, container: &str, pk: &str, id: &str) -> Result<()
 }
 
 fn write_in(
-    tx: &Connection,
+    tx: &WriteTx<'_>,
     container: &str,
     pk: &str,
     id: &str,
@@ -732,7 +662,8 @@ fn write_in(
         }
         _ => {}
     }
-    let seq = next_seq(tx)?;
+    tx.changing();
+    let seq = tx.next_seq();
     let expires_at = match mode {
         WriteMode::CreateExpiring(ttl_seconds) => {
             Some(now_ms().saturating_add(i64::from(ttl_seconds) * 1000))
@@ -895,8 +826,11 @@ impl DocumentStore for EmbeddedStore {
         check_batch_size(&operations)?;
         super::check_batch_bytes(&operations)?;
         let (container, pk) = (container.to_owned(), pk.to_owned());
-        // An early return fails the job, whose savepoint then rolls every operation back.
         self.with_writer(move |tx| {
+            // Refused before any operation changes anything (see [`writer`]).
+            if operations.len() > 1 {
+                check_batch(tx, &container, &pk, &operations)?;
+            }
             let mut etags = Vec::with_capacity(operations.len());
             for operation in &operations {
                 let etag = match operation {
@@ -1148,6 +1082,102 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// Writes that share a transaction: those refused leave nothing, even a batch refused
+    /// at its last operation, and do not stop the others.
+    #[tokio::test]
+    async fn refused_writes_in_a_shared_transaction_leave_nothing_and_stop_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.db"), Durability::Normal).unwrap();
+        for n in 0..20 {
+            store
+                .create(
+                    "c",
+                    "pk",
+                    &format!("taken-{n}"),
+                    serde_json::json!({"n": n}),
+                )
+                .await
+                .unwrap();
+        }
+        let writes = (0..20).map(|n| {
+            let store = store.clone();
+            async move {
+                // Refused at its last operation: its first two would have been written.
+                let refused = store.batch(
+                    "c",
+                    "pk",
+                    vec![
+                        BatchOp::Create {
+                            id: format!("half-{n}"),
+                            body: serde_json::json!({}),
+                        },
+                        BatchOp::Replace {
+                            id: format!("taken-{n}"),
+                            body: serde_json::json!({"n": -1}),
+                            if_match: None,
+                        },
+                        BatchOp::Create {
+                            id: format!("taken-{n}"),
+                            body: serde_json::json!({}),
+                        },
+                    ],
+                );
+                let written = store.batch(
+                    "c",
+                    "pk",
+                    vec![
+                        BatchOp::Create {
+                            id: format!("new-{n}"),
+                            body: serde_json::json!({"n": n}),
+                        },
+                        BatchOp::Delete {
+                            id: format!("new-{n}"),
+                            if_match: None,
+                        },
+                        BatchOp::Create {
+                            id: format!("new-{n}"),
+                            body: serde_json::json!({"n": n}),
+                        },
+                    ],
+                );
+                // At once: they share the writer's transaction.
+                futures::join!(refused, written)
+            }
+        });
+        for (refused, written) in futures::future::join_all(writes).await {
+            assert!(matches!(refused, Err(StoreError::Conflict)), "{refused:?}");
+            written.unwrap();
+        }
+        for n in 0..20 {
+            assert!(
+                store
+                    .read("c", "pk", &format!("half-{n}"))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            let taken = store
+                .read("c", "pk", &format!("taken-{n}"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(taken.body["n"], n, "the refused batch changed nothing");
+            assert!(
+                store
+                    .read("c", "pk", &format!("new-{n}"))
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        // Every committed change has its own place on the feed, in order.
+        let feed = store.changes("c", None, 1000).await.unwrap();
+        assert_eq!(feed.documents.len(), 40);
+        let mut etags: Vec<&str> = feed.documents.iter().map(|d| d.etag.as_str()).collect();
+        etags.dedup();
+        assert_eq!(etags.len(), 40);
     }
 }
 
