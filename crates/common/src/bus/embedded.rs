@@ -547,48 +547,54 @@ impl EventBus for EmbeddedBus {
             let version = data_version(&tx).map_err(backend)?;
             let (max_deliveries, lock_ms) = subscription_exists(&tx, &topic, &subscription)?;
             let now = now_ms();
-            let candidates: Vec<(i64, String, i64)> = {
+            // One statement locks the batch: each delivery's lock is the receive's token and
+            // its position.
+            let token = uuid::Uuid::new_v4().to_string();
+            let mut locked: Vec<(i64, i64, String, i64, String)> = {
                 let mut statement = tx
                     .prepare_cached(
-                        "SELECT seq, message, delivery_count FROM deliveries
-                         WHERE topic = ?1 AND subscription = ?2 AND dead = 0 AND available_at <= ?3
-                           AND (locked_until IS NULL OR locked_until <= ?3)
-                         ORDER BY available_at, seq LIMIT ?4",
+                        "UPDATE deliveries SET delivery_count = delivery_count + 1,
+                           lock_token = ?5 || '.' || seq, locked_until = ?6
+                         WHERE seq IN (SELECT seq FROM deliveries
+                           WHERE topic = ?1 AND subscription = ?2 AND dead = 0 AND available_at <= ?3
+                             AND (locked_until IS NULL OR locked_until <= ?3)
+                           ORDER BY available_at, seq LIMIT ?4)
+                         RETURNING available_at, seq, message, delivery_count, lock_token",
                     )
                     .map_err(backend)?;
                 let rows = statement
-                    .query_map(params![topic, subscription, now, max], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                    .query_map(params![topic, subscription, now, max, token, now + lock_ms], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+                    })
                     .map_err(backend)?;
                 rows.collect::<Result<_, _>>().map_err(backend)?
             };
-            let idle = if candidates.is_empty() {
+            locked.sort_by_key(|(available_at, seq, ..)| (*available_at, *seq));
+            let idle = if locked.is_empty() {
                 Some(idle_until(&tx, &topic, &subscription, now)?)
             } else {
                 None
             };
-            let mut deliveries = Vec::new();
-            for (seq, text, count) in candidates {
-                if count >= max_deliveries {
-                    tx.execute(
+            let mut deliveries = Vec::with_capacity(locked.len());
+            for (_, seq, text, count, lock) in locked {
+                if count > max_deliveries {
+                    // Delivered as often as the subscription allows: dead-lettered instead,
+                    // its count as it was.
+                    tx.prepare_cached(
                         "UPDATE deliveries SET dead = 1, lock_token = NULL, locked_until = NULL,
+                         delivery_count = delivery_count - 1,
                          dead_reason = 'MaxDeliveryCountExceeded',
-                         dead_description = 'delivered ' || delivery_count || ' times without being completed'
+                         dead_description = 'delivered ' || (delivery_count - 1) || ' times without being completed'
                          WHERE seq = ?1",
-                        params![seq],
                     )
+                    .and_then(|mut statement| statement.execute(params![seq]))
                     .map_err(backend)?;
                     continue;
                 }
-                let token = uuid::Uuid::new_v4().to_string();
-                tx.prepare_cached(
-                    "UPDATE deliveries SET delivery_count = delivery_count + 1, lock_token = ?2, locked_until = ?3 WHERE seq = ?1",
-                )
-                .and_then(|mut statement| statement.execute(params![seq, token, now + lock_ms]))
-                .map_err(backend)?;
                 deliveries.push(Delivery {
                     message: decode(&text)?,
-                    delivery_count: u32::try_from(count + 1).unwrap_or(u32::MAX),
-                    lock: LockToken(token),
+                    delivery_count: u32::try_from(count).unwrap_or(u32::MAX),
+                    lock: LockToken(lock),
                 });
             }
             tx.commit().map_err(backend)?;
