@@ -84,6 +84,25 @@ async fn drain(bus: &SharedBus, seen: &mut BTreeMap<String, usize>) {
     }
 }
 
+/// Starts one relay and waits until the outbox is empty; the relay goes on until the sender
+/// is dropped or the task aborted.
+async fn relay_everything(
+    store: &SharedStore,
+    bus: &SharedBus,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = relay(store, bus, "only").spawn(stopped);
+    let done = eventually(Duration::from_secs(20), || async {
+        outbox_left(store, "outbox").await == 0
+    })
+    .await;
+    assert!(done, "the relay got stuck");
+    (task, stop)
+}
+
 async fn outbox_left(store: &SharedStore, kind: &str) -> usize {
     store
         .query(
@@ -180,13 +199,7 @@ async fn entries_reach_each_topic_in_the_order_written(store: SharedStore) {
             .await
             .unwrap();
     }
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let task = relay(&store, &bus, "only").spawn(stopped);
-    let done = eventually(Duration::from_secs(20), || async {
-        outbox_left(&store, "outbox").await == 0
-    })
-    .await;
-    assert!(done, "the relay got stuck");
+    let (task, _stop) = relay_everything(&store, &bus).await;
     for (topic, expected) in written {
         let received: Vec<String> = bus
             .receive(topic, "sink", 100)
@@ -229,13 +242,7 @@ async fn a_permanent_failure_is_parked_and_the_rest_go_on(store: SharedStore) {
         )
         .await
         .unwrap();
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let task = relay(&store, &bus, "only").spawn(stopped);
-    let done = eventually(Duration::from_secs(20), || async {
-        outbox_left(&store, "outbox").await == 0
-    })
-    .await;
-    assert!(done, "the relay got stuck");
+    let (task, _stop) = relay_everything(&store, &bus).await;
     let mut seen = BTreeMap::new();
     drain(&bus, &mut seen).await;
     assert_eq!(seen.len(), 2);
