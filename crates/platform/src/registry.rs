@@ -60,6 +60,20 @@ pub fn load(
         .collect()
 }
 
+/// Services run together on one machine share its cores: a service whose `http.workers` is
+/// left at 0 (one per core) gets its share instead, at least one. Each worker wakes several
+/// times a second when idle (actix's date timer), so one per core per service made an idle
+/// platform's cost grow with the machine.
+pub fn share_cores(loaded: &mut [Box<dyn Loaded>], cores: usize) {
+    let share = (cores / loaded.len().max(1)).max(1);
+    for service in loaded {
+        let http = &mut service.settings().http;
+        if http.workers == 0 {
+            http.workers = share;
+        }
+    }
+}
+
 /// Binds each service's configured port, then starts them in order, each told where the
 /// others listen.
 pub async fn start(
@@ -108,4 +122,31 @@ pub fn url(handles: &[ServiceHandle], name: &str) -> Option<String> {
         .iter()
         .find(|h| h.name == name)
         .map(ServiceHandle::url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_together_share_the_cores_and_keep_what_is_configured() {
+        let folder = tempfile::tempdir().unwrap();
+        let sources = Sources {
+            config_dir: folder.path().to_owned(),
+            environment: false,
+            service_defaults: Vec::new(),
+            overrides: Vec::new(),
+        };
+        let mut loaded = load(&select(&[]).unwrap(), &sources).unwrap();
+        loaded[0].settings().http.workers = 3;
+        share_cores(&mut loaded, 8);
+        let workers: Vec<usize> = loaded
+            .iter_mut()
+            .map(|s| s.settings().http.workers)
+            .collect();
+        assert_eq!(workers, [3, 2, 2, 2]);
+        let mut few = load(&select(&[]).unwrap(), &sources).unwrap();
+        share_cores(&mut few, 2);
+        assert!(few.iter_mut().all(|s| s.settings().http.workers == 1));
+    }
 }
