@@ -22,6 +22,13 @@ pub fn adopt_functions_port(settings: &mut Settings) {
 pub async fn run_until_stopped(handles: Vec<ServiceHandle>) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("stopping");
+    // A second Ctrl-C (or SIGTERM) does not wait for a stop that hangs: what was committed
+    // is safe, and what was in flight is delivered again.
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("a second signal: stopping at once");
+        std::process::exit(130);
+    });
     for handle in handles {
         let name = handle.name;
         if let Err(error) = handle.stop(true).await {

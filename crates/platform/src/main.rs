@@ -402,7 +402,7 @@ async fn up(data_dir: Option<PathBuf>, only: Vec<String>, console_port: u16) -> 
         println!("operations console: {}", console.url);
     }
     println!();
-    println!("Ctrl-C stops every service cleanly.");
+    println!("Ctrl-C stops every service cleanly; a second Ctrl-C stops at once.");
     // Last started first, so that nothing new reaches a service that already stopped.
     let mut handles = handles;
     handles.reverse();
