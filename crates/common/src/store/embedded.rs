@@ -530,12 +530,61 @@ fn current_seq(
     }
 }
 
-/// What a batch's earlier operations left of an item, as its later ones see it.
+/// An item's version as a write sees it.
 #[derive(Clone, Copy)]
 enum Version {
     Stored(i64),
-    /// Written by the batch: an ETag the caller cannot have named yet.
+    /// Written earlier by the same batch: an ETag the caller cannot have named yet.
     Written,
+}
+
+/// What an operation needs of the item it names.
+#[derive(Clone, Copy)]
+enum Needs<'a> {
+    /// Created: it must not exist.
+    Absent,
+    /// Replaced or deleted: it must exist, at the version named when there is an ETag.
+    Present(Option<&'a ETag>),
+    /// Upserted.
+    Anything,
+}
+
+impl<'a> Needs<'a> {
+    fn of_mode(mode: &WriteMode<'a>) -> Self {
+        match mode {
+            WriteMode::Create | WriteMode::CreateExpiring(_) => Needs::Absent,
+            WriteMode::Replace(if_match) => Needs::Present(*if_match),
+            WriteMode::Upsert => Needs::Anything,
+        }
+    }
+
+    fn of_operation(operation: &'a BatchOp) -> Self {
+        match operation {
+            BatchOp::Create { .. } | BatchOp::CreateExpiring { .. } => Needs::Absent,
+            BatchOp::Replace { if_match, .. } | BatchOp::Delete { if_match, .. } => {
+                Needs::Present(if_match.as_ref())
+            }
+            BatchOp::Upsert { .. } => Needs::Anything,
+        }
+    }
+
+    /// Why the operation is refused with the item at `current`, if it is: the one rule of
+    /// every write, single or batched.
+    fn refusal(self, current: Option<Version>) -> Result<(), StoreError> {
+        match (self, current) {
+            (Needs::Absent, Some(_)) => Err(StoreError::Conflict),
+            (Needs::Present(_), None) => Err(StoreError::NotFound),
+            (Needs::Present(Some(expected)), Some(Version::Stored(seq)))
+                if *expected != etag_of(seq) =>
+            {
+                Err(StoreError::PreconditionFailed)
+            }
+            (Needs::Present(Some(_)), Some(Version::Written)) => {
+                Err(StoreError::PreconditionFailed)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Checks a batch's operations, in order, against what is stored and what the batch's
@@ -549,36 +598,15 @@ fn check_batch(
 ) -> Result<(), StoreError> {
     let mut versions: std::collections::HashMap<&str, Option<Version>> =
         std::collections::HashMap::new();
-    let names = |version: Version, if_match: &Option<ETag>| match (version, if_match) {
-        (_, None) => true,
-        (Version::Stored(seq), Some(expected)) => *expected == etag_of(seq),
-        (Version::Written, Some(_)) => false,
-    };
     for operation in operations {
         let id = operation.id();
         let current = match versions.get(id) {
             Some(version) => *version,
             None => current_seq(tx, container, pk, id)?.map(Version::Stored),
         };
-        let after = match (operation, current) {
-            (BatchOp::Create { .. } | BatchOp::CreateExpiring { .. }, Some(_)) => {
-                return Err(StoreError::Conflict);
-            }
-            (BatchOp::Replace { .. } | BatchOp::Delete { .. }, None) => {
-                return Err(StoreError::NotFound);
-            }
-            (BatchOp::Replace { if_match, .. }, Some(version)) => {
-                if !names(version, if_match) {
-                    return Err(StoreError::PreconditionFailed);
-                }
-                Some(Version::Written)
-            }
-            (BatchOp::Delete { if_match, .. }, Some(version)) => {
-                if !names(version, if_match) {
-                    return Err(StoreError::PreconditionFailed);
-                }
-                None
-            }
+        Needs::of_operation(operation).refusal(current)?;
+        let after = match operation {
+            BatchOp::Delete { .. } => None,
             _ => Some(Version::Written),
         };
         versions.insert(id, after);
@@ -618,10 +646,8 @@ fn delete_in(
     if_match: Option<&ETag>,
 ) -> Result<(), StoreError> {
     count(Counted::Writes, 1);
-    let seq = current_seq(tx, container, pk, id)?.ok_or(StoreError::NotFound)?;
-    if if_match.is_some_and(|expected| *expected != etag_of(seq)) {
-        return Err(StoreError::PreconditionFailed);
-    }
+    let existing = current_seq(tx, container, pk, id)?;
+    Needs::Present(if_match).refusal(existing.map(Version::Stored))?;
     tx.changing();
     remove_row(tx, container, pk, id)
 }
@@ -652,16 +678,7 @@ fn write_in(
         )));
     }
     let existing = current_seq(tx, container, pk, id)?;
-    match (&mode, existing) {
-        (WriteMode::Create | WriteMode::CreateExpiring(_), Some(_)) => {
-            return Err(StoreError::Conflict);
-        }
-        (WriteMode::Replace(_), None) => return Err(StoreError::NotFound),
-        (WriteMode::Replace(Some(expected)), Some(seq)) if etag_of(seq) != **expected => {
-            return Err(StoreError::PreconditionFailed);
-        }
-        _ => {}
-    }
+    Needs::of_mode(&mode).refusal(existing.map(Version::Stored))?;
     tx.changing();
     let seq = tx.next_seq();
     let expires_at = match mode {
