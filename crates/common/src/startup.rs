@@ -20,22 +20,45 @@ pub fn adopt_functions_port(settings: &mut Settings) {
 /// Waits for Ctrl-C or SIGTERM, then stops every service gracefully: requests in flight
 /// finish, nothing accepted is dropped.
 pub async fn run_until_stopped(handles: Vec<ServiceHandle>) -> anyhow::Result<()> {
+    wait_for_stop().await;
+    stop_all(handles).await;
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM. From then on a second one exits at once: a stop that hangs
+/// need not be waited for, since what was committed is safe and what was in flight is
+/// delivered again.
+pub async fn wait_for_stop() {
     shutdown_signal().await;
     tracing::info!("stopping");
-    // A second Ctrl-C (or SIGTERM) does not wait for a stop that hangs: what was committed
-    // is safe, and what was in flight is delivered again.
     tokio::spawn(async {
         shutdown_signal().await;
         tracing::warn!("a second signal: stopping at once");
         std::process::exit(130);
     });
+}
+
+/// Stops the services in the order given. A service whose stop hangs (each step is bounded,
+/// see [`ServiceHandle::stop`]) is reported by name with what hung, the others are still
+/// stopped, and then the process exits with status 1: waiting on would only hang the runtime's
+/// own shutdown, which waits for blocking work.
+pub async fn stop_all(handles: Vec<ServiceHandle>) {
+    let mut hung = false;
     for handle in handles {
         let name = handle.name;
-        if let Err(error) = handle.stop(true).await {
-            tracing::error!(service = name, %error, "stopped with an error");
+        match handle.stop(true).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                hung = true;
+                tracing::error!(service = name, %error, "the stop hung");
+                eprintln!("the stop hung: {error}");
+            }
+            Err(error) => tracing::error!(service = name, %error, "stopped with an error"),
         }
     }
-    Ok(())
+    if hung {
+        std::process::exit(1);
+    }
 }
 
 async fn shutdown_signal() {

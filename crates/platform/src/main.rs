@@ -406,11 +406,13 @@ async fn up(data_dir: Option<PathBuf>, only: Vec<String>, console_port: u16) -> 
     // Last started first, so that nothing new reaches a service that already stopped.
     let mut handles = handles;
     handles.reverse();
-    let stopped = common::startup::run_until_stopped(handles).await;
+    common::startup::wait_for_stop().await;
+    // The console first: it only reads the services.
     if let Some(console) = console {
         console.stop().await;
     }
-    stopped
+    common::startup::stop_all(handles).await;
+    Ok(())
 }
 
 async fn views(action: ViewsAction, data_dir: Option<PathBuf>) -> anyhow::Result<()> {

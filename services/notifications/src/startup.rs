@@ -140,11 +140,15 @@ pub async fn start(
         &runtime.settings.data_dir,
     )?);
     let scan = deliveries.clone();
-    runtime.run_beside(Box::new(move |stop| tokio::spawn(scan.run_scan(stop))));
+    runtime.run_beside(
+        "the webhook delivery scan",
+        Box::new(move |stop| tokio::spawn(scan.run_scan(stop))),
+    );
     let (store, retention_days) = (runtime.store.clone(), own.webhooks.retention_days);
-    runtime.run_beside(Box::new(move |stop| {
-        tokio::spawn(crate::retention::run(store, retention_days, stop))
-    }));
+    runtime.run_beside(
+        "the retention purge",
+        Box::new(move |stop| tokio::spawn(crate::retention::run(store, retention_days, stop))),
+    );
     // As a custom handler: due retries every minute, the purge every hour.
     runtime.on_timer(
         "webhook-retries",

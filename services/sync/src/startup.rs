@@ -184,7 +184,10 @@ pub async fn start(
         ImportMetrics::new(&runtime.metrics),
     );
     let runner = imports.clone();
-    runtime.run_beside(Box::new(move |stop| tokio::spawn(runner.run(stop))));
+    runtime.run_beside(
+        "the feed imports",
+        Box::new(move |stop| tokio::spawn(runner.run(stop))),
+    );
     let connectors = Connectors::new(
         runtime.store.clone(),
         own.connectors.clone(),
@@ -192,7 +195,10 @@ pub async fn start(
     )?;
     connector_gauges(&runtime.metrics, connectors.clone());
     let deliveries = connectors.clone();
-    runtime.run_beside(Box::new(move |stop| tokio::spawn(deliveries.run(stop))));
+    runtime.run_beside(
+        "the connector deliveries",
+        Box::new(move |stop| tokio::spawn(deliveries.run(stop))),
+    );
     // As a custom handler: imports when a feed is written to the container (and every
     // minute, for the watched prefix and imports waiting for the catalog); connector
     // retries every minute.
@@ -245,9 +251,12 @@ pub async fn start(
         let timer = Timer::parse("reconcile", &own.timers.reconcile)
             .map_err(|reason| anyhow::anyhow!("timers.reconcile: {reason}"))?;
         let (store, timed) = (runtime.store.clone(), reconciler.clone());
-        runtime.run_beside(Box::new(move |stop| {
-            tokio::spawn(crate::reconcile::run_timer(store, timer, timed, stop))
-        }));
+        runtime.run_beside(
+            "the reconcile timer",
+            Box::new(move |stop| {
+                tokio::spawn(crate::reconcile::run_timer(store, timer, timed, stop))
+            }),
+        );
         // NCRONTAB has six fields, seconds first.
         let schedule = own.timers.reconcile.trim();
         let schedule = if schedule.split_whitespace().count() == 5 {

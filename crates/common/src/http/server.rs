@@ -46,6 +46,8 @@ pub struct ServiceHandle {
     server: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     background: Option<Background>,
+    /// How long each step of a stop may take before it is reported as hung.
+    stop_limit: std::time::Duration,
     /// Its trigger functions, when it is an Azure Functions custom handler.
     pub triggers: Vec<crate::runtime::functions::TriggerSpec>,
 }
@@ -54,7 +56,8 @@ pub struct ServiceHandle {
 /// the server so that what requests committed is still published.
 pub struct Background {
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each task with what it is (`subscription orders/catalog`), named when it hangs a stop.
+    pub tasks: Vec<(String, tokio::task::JoinHandle<()>)>,
 }
 
 impl ServiceHandle {
@@ -68,6 +71,12 @@ impl ServiceHandle {
         self
     }
 
+    /// How long each step of its stop may take (by default the shutdown timeout plus 20 s).
+    pub fn with_stop_limit(mut self, limit: std::time::Duration) -> Self {
+        self.stop_limit = limit;
+        self
+    }
+
     /// Records its trigger functions (custom-handler mode).
     pub fn with_triggers(mut self, triggers: Vec<crate::runtime::functions::TriggerSpec>) -> Self {
         self.triggers = triggers;
@@ -76,20 +85,50 @@ impl ServiceHandle {
 
     /// Stops accepting connections and, when `graceful`, lets requests in flight finish;
     /// then stops the background work, which finishes the message in hand.
+    ///
+    /// Each step is bounded: one that has not finished within the service's shutdown timeout
+    /// plus a margin fails the stop with `TimedOut`, naming the service and what hung, so that
+    /// a stop never waits for ever.
     pub async fn stop(self, graceful: bool) -> std::io::Result<()> {
-        self.server.stop(graceful).await;
-        let served = match self.task.await {
-            Ok(result) => result,
-            Err(join) => Err(std::io::Error::other(join)),
-        };
+        let (name, limit) = (self.name, self.stop_limit);
+        let server = self.server;
+        let deadline = tokio::time::Instant::now() + limit;
+        let served = bounded(name, "its HTTP server", deadline, limit, async move {
+            server.stop(graceful).await;
+            match self.task.await {
+                Ok(result) => result,
+                Err(join) => Err(std::io::Error::other(join)),
+            }
+        })
+        .await
+        .and_then(|served| served);
         if let Some(background) = self.background {
             let _ = background.shutdown.send(true);
-            for task in background.tasks {
-                let _ = task.await;
+            let deadline = tokio::time::Instant::now() + limit;
+            for (what, task) in background.tasks {
+                if let Err(ended) = bounded(name, &what, deadline, limit, task).await? {
+                    tracing::error!(service = name, %ended, "{what} did not end cleanly");
+                }
             }
         }
         served
     }
+}
+
+/// Awaits `step` until `deadline` (`limit` after its stop began).
+async fn bounded<T>(
+    service: &str,
+    what: &str,
+    deadline: tokio::time::Instant,
+    limit: std::time::Duration,
+    step: impl std::future::Future<Output = T>,
+) -> std::io::Result<T> {
+    tokio::time::timeout_at(deadline, step).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{service}: {what} did not stop within {limit:?}"),
+        )
+    })
 }
 
 /// Starts a service on `listener`: the shared middleware, health and OpenAPI routes, plus
@@ -200,8 +239,15 @@ where
         server: handle,
         task,
         background: None,
+        stop_limit: stop_limit(&settings),
         triggers: Vec::new(),
     })
+}
+
+/// A graceful stop gives requests `http.shutdown_timeout_seconds`; the margin covers closing
+/// what they leave behind.
+fn stop_limit(settings: &Settings) -> std::time::Duration {
+    std::time::Duration::from_secs(settings.http.shutdown_timeout_seconds.saturating_add(20))
 }
 
 /// Binds `host:port` from the settings (port 0 picks a free one).

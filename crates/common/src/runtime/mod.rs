@@ -122,7 +122,7 @@ pub struct Runtime {
     /// The circuit breakers its outbound clients share (shown in readiness and metrics).
     pub breakers: Breakers,
     feeds: Vec<FeedReader>,
-    beside: Vec<BackgroundWork>,
+    beside: Vec<(String, BackgroundWork)>,
     /// What timer and blob triggers run in custom-handler mode.
     ticks: Vec<(String, functions::TriggerBinding, Arc<dyn functions::Tick>)>,
     streamed_uploads: Vec<&'static str>,
@@ -251,9 +251,10 @@ impl Runtime {
         self.feeds.push(reader);
     }
 
-    /// Runs `work` beside the workers once the service serves, stopped with them.
-    pub fn run_beside(&mut self, work: BackgroundWork) {
-        self.beside.push(work);
+    /// Runs `work` beside the workers once the service serves, stopped with them; `what` names
+    /// it (`the retention purge`) when it hangs a stop.
+    pub fn run_beside(&mut self, what: &str, work: BackgroundWork) {
+        self.beside.push((what.to_owned(), work));
     }
 
     /// In custom-handler mode, runs `tick` on a timer (`schedule`: NCRONTAB, six fields) as
@@ -309,28 +310,44 @@ impl Runtime {
         let (shutdown, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         for (subscription, dispatcher) in workers {
-            tasks.push(spawn_worker(
-                self.bus.clone(),
-                adapters::worker_settings(&self.settings, subscription.topic, subscription.name),
-                measure::measured(&self.metrics, &subscription, dispatcher),
-                stopped.clone(),
+            let what = format!(
+                "the worker of subscription {}/{}",
+                subscription.topic, subscription.name
+            );
+            tasks.push((
+                what,
+                spawn_worker(
+                    self.bus.clone(),
+                    adapters::worker_settings(
+                        &self.settings,
+                        subscription.topic,
+                        subscription.name,
+                    ),
+                    measure::measured(&self.metrics, &subscription, dispatcher),
+                    stopped.clone(),
+                ),
             ));
         }
         if let Some(work) = measure::sample_probes_while_pushing(&self.metrics, &self.settings) {
-            tasks.push(work(stopped.clone()));
+            tasks.push(("the probe sampler".to_owned(), work(stopped.clone())));
         }
         for container in self.descriptor.outboxes {
             let relay = OutboxRelay::new(self.store.clone(), self.bus.clone(), container);
             let reader =
                 self.feed_reader(container, RELAY_READER, self.outbox_signal.clone(), relay);
-            tasks.push(reader.spawn(stopped.clone()));
+            let what = format!("the outbox relay of {container}");
+            tasks.push((what, reader.spawn(stopped.clone())));
         }
         let context = self.http_context(openapi);
         for reader in self.feeds {
-            tasks.push(reader.spawn(stopped.clone()));
+            let what = format!(
+                "the change-feed reader {}.{}",
+                reader.container, reader.reader
+            );
+            tasks.push((what, reader.spawn(stopped.clone())));
         }
-        for work in self.beside {
-            tasks.push(work(stopped.clone()));
+        for (what, work) in self.beside {
+            tasks.push((what, work(stopped.clone())));
         }
         let handle = crate::http::serve(context, listener, configure)?;
         Ok(handle.with_background(Background { shutdown, tasks }))

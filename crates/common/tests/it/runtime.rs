@@ -484,6 +484,44 @@ async fn a_service_consumes_two_topics_through_typed_handlers() {
 }
 
 #[tokio::test]
+async fn a_stop_that_hangs_is_bounded_and_names_what_hung() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::defaults();
+    settings.data_dir = dir.path().to_owned();
+    let mut runtime = Runtime::open(&TWO_TOPICS, settings, None).await.unwrap();
+    // Work that never looks at its stop signal.
+    runtime.run_beside(
+        "the stubborn loop",
+        Box::new(|_stop| tokio::spawn(std::future::pending())),
+    );
+    let recorder = Arc::new(Recorder::default());
+    let handle = runtime
+        .serve(
+            vec![
+                (
+                    "two-topics",
+                    Dispatcher::new().on::<Shipped, _>(recorder.clone()),
+                ),
+                ("two-topics", Dispatcher::new().on::<Paid, _>(recorder)),
+            ],
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            || json!({}),
+            |_| {},
+        )
+        .unwrap()
+        .with_stop_limit(Duration::from_millis(300));
+    let url = handle.url();
+    let error = handle.stop(true).await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+    assert_eq!(
+        error.to_string(),
+        "two-topics: the stubborn loop did not stop within 300ms"
+    );
+    // What did stop stopped: the server no longer answers.
+    assert!(reqwest::get(format!("{url}/health/live")).await.is_err());
+}
+
+#[tokio::test]
 async fn a_handler_given_a_malformed_event_dead_letters_it() {
     let dispatcher = Dispatcher::new().on::<Paid, _>(Arc::new(Recorder::default()));
     let bad = CloudEvent::new("tests", Paid::TYPE, "i-9", json!({"invoice": 5}));

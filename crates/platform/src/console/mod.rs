@@ -54,11 +54,14 @@ pub struct ConsoleHandle {
 }
 
 impl ConsoleHandle {
+    /// Stops serving (pages in flight finish, within the server's shutdown timeout) and
+    /// sampling.
     pub async fn stop(self) {
-        for task in &self.tasks {
-            task.abort();
-        }
         self.server.stop(true).await;
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
@@ -80,6 +83,7 @@ pub fn serve(listener: TcpListener, options: ConsoleOptions) -> anyhow::Result<C
             .configure(pages::routes)
     })
     .workers(1)
+    .shutdown_timeout(5)
     .disable_signals()
     .listen(listener)?
     .run();
