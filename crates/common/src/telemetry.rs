@@ -103,10 +103,8 @@ pub fn init(
     .map_err(|e| TelemetryError::Filter(e.to_string()))?;
     // The log filter applies to the log output only: spans keep their trace ids (for
     // problem answers and propagation) whatever the log level.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(LevelFilter::INFO);
-    let registry = tracing_subscriber::registry().with(otel);
+    let exporting = otlp_url(&settings.otlp_endpoint, "traces").is_some();
+    let registry = tracing_subscriber::registry().with(otel_layer(tracer, exporting));
     let installed = match settings.log_format {
         LogFormat::Text => registry
             .with(tracing_subscriber::fmt::layer().with_filter(filter))
@@ -125,6 +123,24 @@ pub fn init(
     Ok(TelemetryGuard { provider })
 }
 
+/// The OpenTelemetry layer: spans at INFO and above get W3C trace ids.
+///
+/// With nothing exported a span needs only its ids: what the layer records besides (code
+/// location, thread, busy and idle times) and the OpenTelemetry context it attaches on every
+/// poll cost a tenth of a point read's CPU for nothing.
+fn otel_layer<S>(tracer: opentelemetry_sdk::trace::Tracer, exporting: bool) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(exporting)
+        .with_threads(exporting)
+        .with_tracked_inactivity(exporting)
+        .with_context_activation(exporting)
+        .with_filter(LevelFilter::INFO)
+}
+
 /// A quiet subscriber with trace ids, for test binaries; safe to call many times.
 pub fn init_for_tests() {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -132,11 +148,7 @@ pub fn init_for_tests() {
     let tracer = provider.tracer("tests");
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::registry()
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(LevelFilter::INFO),
-        )
+        .with(otel_layer(tracer, false))
         .with(
             tracing_subscriber::fmt::layer()
                 .with_test_writer()
