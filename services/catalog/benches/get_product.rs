@@ -111,22 +111,20 @@ fn print(name: &str, figure: &Figure) {
 async fn main() -> anyhow::Result<()> {
     let seconds = env_number("BENCH_SECONDS", 5);
     let connections = env_number("BENCH_CONNECTIONS", 32);
-    let workers = env_number("BENCH_WORKERS", 1) as usize;
-    let dir = tempfile::tempdir()?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    // One server worker shows the server's own cost (the minimal handler is then held back by
+    // the client); one per core is what a service on its own runs with (`http.workers = 0`).
+    let worker_counts = match std::env::var("BENCH_WORKERS") {
+        Ok(value) => vec![value.parse()?],
+        Err(_) if cores > 1 => vec![1, cores],
+        Err(_) => vec![1],
+    };
     let mut settings = common::config::Settings::defaults();
-    settings.data_dir = dir.path().to_owned();
-    settings.http.workers = workers;
     settings.auth.hs256_secret = Some(SecretString::from(SECRET.to_owned()));
     settings.rate_limit.per_second = 10_000_000;
     settings.rate_limit.burst = 10_000_000;
     settings.telemetry.log_level = "warn".into();
     let _telemetry = common::telemetry::init(&settings.telemetry, "catalog-bench")?;
-
-    let catalog = catalog::startup::start(
-        settings.clone(),
-        common::runtime::Launch::on(TcpListener::bind("127.0.0.1:0")?),
-    )
-    .await?;
     let token = common::auth::mint_dev_token(
         &SecretString::from(SECRET.to_owned()),
         &settings.auth,
@@ -137,52 +135,61 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections as usize)
         .build()?;
-    let created = client
-        .post(format!("{}/v1/products", catalog.url()))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({"sku": "BENCH-1", "name": "Bench widget", "description": "measured", "category": "bench", "price": 12.50, "currency": "EUR"}))
-        .send()
-        .await?;
-    anyhow::ensure!(created.status() == 201, "could not create the product");
-
-    let baseline_listener = TcpListener::bind("127.0.0.1:0")?;
-    let baseline_url = format!("http://{}/constant", baseline_listener.local_addr()?);
-    let baseline = HttpServer::new(|| {
-        App::new().route(
-            "/constant",
-            web::get().to(|| async {
-                HttpResponse::Ok().json(serde_json::json!({"sku": "BENCH-1", "name": "Bench widget", "price": 12.5, "currency": "EUR"}))
-            }),
-        )
-    })
-    .workers(workers)
-    .listen(baseline_listener)?
-    .disable_signals()
-    .run();
-    let baseline_handle = baseline.handle();
-    tokio::spawn(baseline);
-
-    println!(
-        "{connections} connections, {seconds} s each, {workers} server worker(s), client in the same process"
-    );
     let duration = Duration::from_secs(seconds);
-    let minimal = hammer(client.clone(), baseline_url, None, connections, duration).await?;
-    print("minimal actix handler (constant JSON)", &minimal);
-    let product = hammer(
-        client,
-        format!("{}/v1/products/BENCH-1", catalog.url()),
-        Some(token),
-        connections,
-        duration,
-    )
-    .await?;
-    print("GET /v1/products/{sku}", &product);
-    println!(
-        "catalog serves {:.0}% of the minimal handler's rate",
-        100.0 * (product.requests as f64 / product.seconds)
-            / (minimal.requests as f64 / minimal.seconds)
-    );
-    baseline_handle.stop(true).await;
-    catalog.stop(true).await?;
+    println!("{connections} connections, {seconds} s each, client in the same process");
+    for workers in worker_counts {
+        let dir = tempfile::tempdir()?;
+        settings.data_dir = dir.path().to_owned();
+        settings.http.workers = workers;
+        let catalog = catalog::startup::start(
+            settings.clone(),
+            common::runtime::Launch::on(TcpListener::bind("127.0.0.1:0")?),
+        )
+        .await?;
+        let created = client
+            .post(format!("{}/v1/products", catalog.url()))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"sku": "BENCH-1", "name": "Bench widget", "description": "measured", "category": "bench", "price": 12.50, "currency": "EUR"}))
+            .send()
+            .await?;
+        anyhow::ensure!(created.status() == 201, "could not create the product");
+
+        let baseline_listener = TcpListener::bind("127.0.0.1:0")?;
+        let baseline_url = format!("http://{}/constant", baseline_listener.local_addr()?);
+        let baseline = HttpServer::new(|| {
+            App::new().route(
+                "/constant",
+                web::get().to(|| async {
+                    HttpResponse::Ok().json(serde_json::json!({"sku": "BENCH-1", "name": "Bench widget", "price": 12.5, "currency": "EUR"}))
+                }),
+            )
+        })
+        .workers(workers)
+        .listen(baseline_listener)?
+        .disable_signals()
+        .run();
+        let baseline_handle = baseline.handle();
+        tokio::spawn(baseline);
+
+        println!("{workers} server worker(s):");
+        let minimal = hammer(client.clone(), baseline_url, None, connections, duration).await?;
+        print("minimal actix handler (constant JSON)", &minimal);
+        let product = hammer(
+            client.clone(),
+            format!("{}/v1/products/BENCH-1", catalog.url()),
+            Some(token.clone()),
+            connections,
+            duration,
+        )
+        .await?;
+        print("GET /v1/products/{sku}", &product);
+        println!(
+            "catalog serves {:.0}% of the minimal handler's rate ({workers} server worker(s))",
+            100.0 * (product.requests as f64 / product.seconds)
+                / (minimal.requests as f64 / minimal.seconds)
+        );
+        baseline_handle.stop(true).await;
+        catalog.stop(true).await?;
+    }
     Ok(())
 }
