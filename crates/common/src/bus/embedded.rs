@@ -99,13 +99,17 @@ struct Inner {
     changes: AtomicU64,
     /// Subscriptions a receive found nothing ready in, and until when that holds.
     idle: Mutex<HashMap<(String, String), Idle>>,
+    /// How often the file is looked at for what other processes commit (see
+    /// [`watch_other_processes`]), in milliseconds.
+    watch_every_ms: AtomicU64,
+    watching: std::sync::atomic::AtomicBool,
 }
 
 /// A subscription with nothing ready to deliver, as one receive saw it: while no operation
 /// ran through this connection (`changes`), no other connection committed (SQLite's
 /// `data_version`) and `until` (the first locked or scheduled message's time) has not come,
-/// a receive finds nothing again and is answered without a transaction. An idle platform
-/// polls every subscription several times a second: this is most of what it did.
+/// a receive finds nothing again and is answered without a transaction, and its worker
+/// need not look again before `until` unless woken.
 #[derive(Clone, Copy)]
 struct Idle {
     changes: u64,
@@ -114,7 +118,10 @@ struct Idle {
 }
 
 /// However a subscription looks, a receive runs in full at least this often.
-const IDLE_RECHECK_MS: i64 = 5_000;
+const IDLE_RECHECK_MS: i64 = 30_000;
+
+/// How often another process's commits are looked for, unless set ([`EmbeddedBus::watch_every`]).
+const DEFAULT_WATCH_EVERY: Duration = Duration::from_secs(1);
 
 impl Inner {
     fn wake(&self) {
@@ -163,6 +170,13 @@ impl EmbeddedBus {
         let inner = Arc::new(connect(path, duplicate_window)?);
         open.insert(key, Arc::downgrade(&inner));
         Ok(Self { inner })
+    }
+
+    /// How often commits by other processes are looked for (`bus.poll_interval_ms`): how
+    /// late a receiver here learns of a message published there.
+    pub fn watch_every(&self, every: Duration) {
+        let millis = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.inner.watch_every_ms.store(millis, Ordering::Relaxed);
     }
 
     /// Runs `work` on the connection; it counts as a change of what subscriptions hold.
@@ -248,7 +262,48 @@ fn connect(path: &Path, duplicate_window: Duration) -> Result<Inner, BusError> {
         published: watch::channel(0).0,
         changes: AtomicU64::new(0),
         idle: Mutex::new(HashMap::new()),
+        watch_every_ms: AtomicU64::new(
+            u64::try_from(DEFAULT_WATCH_EVERY.as_millis()).unwrap_or(1000),
+        ),
+        watching: std::sync::atomic::AtomicBool::new(false),
     })
+}
+
+/// Wakes the receivers of this process when another process committed to the bus file.
+/// Publishes through this process wake them at once; what another process publishes (the
+/// services of `docker compose` share one file) is seen here within `watch_every_ms`.
+/// SQLite's `data_version` moves only for other connections' commits, so this process's
+/// own traffic wakes nobody twice. One look per bus, however many subscriptions wait:
+/// each waiting worker looking for itself was most of an idle platform's wake-ups.
+async fn watch_other_processes(inner: Weak<Inner>) {
+    let mut seen: Option<i64> = None;
+    loop {
+        let every = match inner.upgrade() {
+            Some(inner) => Duration::from_millis(inner.watch_every_ms.load(Ordering::Relaxed)),
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        // A connection in use cannot be asked: the receivers look for themselves.
+        let version = inner
+            .connection
+            .try_lock()
+            .ok()
+            .and_then(|connection| data_version(&connection).ok());
+        match version {
+            Some(version) if seen == Some(version) => {}
+            Some(version) => {
+                seen = Some(version);
+                inner.wake();
+            }
+            None => {
+                seen = None;
+                inner.wake();
+            }
+        }
+    }
 }
 
 fn open_connection(path: &Path) -> Result<Connection, BusError> {
@@ -847,6 +902,16 @@ impl EventBus for EmbeddedBus {
     }
 
     fn wake_ups(&self) -> Option<watch::Receiver<u64>> {
+        if !self.inner.watching.swap(true, Ordering::SeqCst) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(watch_other_processes(Arc::downgrade(&self.inner)));
+                }
+                // Outside a runtime nobody could wait on a wake-up anyway; the next caller
+                // inside one starts the watch.
+                Err(_) => self.inner.watching.store(false, Ordering::SeqCst),
+            }
+        }
         Some(self.inner.published.subscribe())
     }
 }
@@ -944,6 +1009,44 @@ mod tests {
         assert!(here.receive("t", "s", 10).await.unwrap().is_empty());
         here.publish("t", Message::new(event)).await.unwrap();
         assert_eq!(here.receive("t", "s", 10).await.unwrap().len(), 1);
+    }
+
+    /// Receivers wait on wake-ups rather than looking for themselves: what another process
+    /// publishes must wake them too, and this process's own publishes only once.
+    #[tokio::test]
+    async fn what_another_process_publishes_wakes_the_receivers_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.db");
+        let here = EmbeddedBus::open(&path).unwrap();
+        here.watch_every(Duration::from_millis(20));
+        let elsewhere = EmbeddedBus {
+            inner: Arc::new(connect(&path, DEFAULT_DUPLICATE_WINDOW).unwrap()),
+        };
+        here.ensure_subscription("t", "s", SubscriptionOptions::default())
+            .await
+            .unwrap();
+        let mut wake_ups = here.wake_ups().unwrap();
+        // The watch's first look wakes once, knowing nothing yet.
+        tokio::time::timeout(Duration::from_secs(10), wake_ups.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(here.receive("t", "s", 10).await.unwrap().is_empty());
+        wake_ups.borrow_and_update();
+        elsewhere.publish("t", thing(1)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), wake_ups.changed())
+            .await
+            .expect("a publish by another process woke nobody")
+            .unwrap();
+        assert_eq!(here.receive("t", "s", 10).await.unwrap().len(), 1);
+        // Quiet again: the watch keeps looking, and wakes nobody.
+        wake_ups.borrow_and_update();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), wake_ups.changed())
+                .await
+                .is_err(),
+            "woken with nothing published"
+        );
     }
 
     /// A worker that found its subscription empty sleeps until a backed-off message comes

@@ -263,9 +263,10 @@ pub trait EventBus: Send + Sync + 'static {
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> Result<(), BusError>;
 
-    /// A counter that moves whenever a message may have become available; receivers wait
-    /// on it instead of polling tightly. Taking the value before a receive and waiting for a
-    /// change after it loses no wake-up. `None` for adapters that cannot tell.
+    /// A counter that moves whenever a message may have become available, whoever
+    /// published it (another process's publish within the bus's own polling interval);
+    /// receivers wait on it instead of polling. Taking the value before a receive and waiting
+    /// for a change after it loses no wake-up. `None` for adapters that cannot tell.
     fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }

@@ -98,7 +98,7 @@ pub fn spawn_worker(
                     complete_all(&bus, &settings, &handled).await;
                 }
                 Ok(_) => {
-                    // Another process may publish too: the poll interval bounds the wait.
+                    let woken = wake_ups.is_some();
                     let published = async {
                         match wake_ups.as_mut() {
                             Some(wake_ups) => {
@@ -107,12 +107,16 @@ pub fn spawn_worker(
                             None => std::future::pending::<()>().await,
                         }
                     };
-                    // A message locked or backed off here comes due on its own time.
-                    let wait = bus
-                        .ready_in(&settings.topic, &settings.subscription)
-                        .map_or(settings.poll_interval, |due| {
+                    // A message locked or backed off here comes due on its own time; a bus
+                    // that wakes for every publisher needs no look before then. Without
+                    // wake-ups the poll interval bounds the wait.
+                    let due = bus.ready_in(&settings.topic, &settings.subscription);
+                    let wait = match (woken, due) {
+                        (true, Some(due)) => due,
+                        (_, due) => due.map_or(settings.poll_interval, |due| {
                             due.min(settings.poll_interval)
-                        });
+                        }),
+                    };
                     tokio::select! {
                         _ = published => {}
                         _ = tokio::time::sleep(wait) => {}

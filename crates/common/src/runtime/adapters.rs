@@ -48,10 +48,14 @@ pub fn measured_store(store: SharedStore, settings: &Settings, metrics: &Metrics
 /// Opens the bus the settings ask for.
 pub fn open_bus(settings: &Settings) -> Result<SharedBus, BusError> {
     match settings.bus.kind {
-        BusKind::Embedded => Ok(Arc::new(EmbeddedBus::open_with_window(
-            &settings.bus_file(),
-            Duration::from_secs(settings.bus.duplicate_window_seconds),
-        )?)),
+        BusKind::Embedded => {
+            let bus = EmbeddedBus::open_with_window(
+                &settings.bus_file(),
+                Duration::from_secs(settings.bus.duplicate_window_seconds),
+            )?;
+            bus.watch_every(Duration::from_millis(settings.bus.poll_interval_ms));
+            Ok(Arc::new(bus))
+        }
         BusKind::Servicebus => {
             use crate::bus::servicebus::{EntraTransport, ReqwestTransport, ServiceBusBus};
             use crate::config::ServiceBusCredentialKind;
