@@ -332,8 +332,6 @@ fn start_console(
 async fn up(data_dir: Option<PathBuf>, only: Vec<String>, console_port: u16) -> anyhow::Result<()> {
     let selected = platform::registry::select(&only)?;
     let mut loaded = platform::registry::load(&selected, &sources(data_dir.as_ref()))?;
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    platform::registry::share_cores(&mut loaded, cores);
     let first = loaded
         .first_mut()
         .context("no service selected")?

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use anyhow::Context;
 use common::bus::SharedBus;
 use common::config::Sources;
-use common::http::ServiceHandle;
+use common::http::{ServiceHandle, SharedHttp};
 use common::runtime::{Host, Hosted, Launch, Loaded, Peers, ServiceDescriptor};
 
 static CATALOG: Host<catalog::startup::CatalogService> = Host::new();
@@ -60,26 +60,32 @@ pub fn load(
         .collect()
 }
 
-/// Services run together on one machine share its cores: a service whose `http.workers` is
-/// left at 0 (one per core) gets its share instead, at least one. Each worker wakes several
-/// times a second when idle (actix's date timer), so one per core per service made an idle
-/// platform's cost grow with the machine.
-pub fn share_cores(loaded: &mut [Box<dyn Loaded>], cores: usize) {
-    let share = (cores / loaded.len().max(1)).max(1);
-    for service in loaded {
-        let http = &mut service.settings().http;
-        if http.workers == 0 {
-            http.workers = share;
-        }
-    }
+/// How many worker threads the one HTTP server of services run together gets: the most any
+/// of them asks for, `http.workers = 0` (the default) meaning one per core. One server for
+/// all rather than one each: each idle worker wakes several times a second (actix's date
+/// timer), so a server per service made an idle platform's cost grow with the number of
+/// services and, at one worker per core each, with the machine's cores.
+pub fn shared_workers(loaded: &mut [Box<dyn Loaded>], cores: usize) -> usize {
+    loaded
+        .iter_mut()
+        .map(|service| match service.settings().http.workers {
+            0 => cores,
+            asked => asked,
+        })
+        .max()
+        .unwrap_or(cores)
+        .max(1)
 }
 
 /// Binds each service's configured port, then starts them in order, each told where the
-/// others listen.
+/// others listen, and serves them all from one HTTP server ([`shared_workers`]).
 pub async fn start(
     mut loaded: Vec<Box<dyn Loaded>>,
     bus: Option<SharedBus>,
 ) -> anyhow::Result<Vec<ServiceHandle>> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let workers = shared_workers(&mut loaded, cores);
+    let server = SharedHttp::new();
     let mut listeners: Vec<TcpListener> = Vec::new();
     let mut peers = Peers::default();
     for service in &mut loaded {
@@ -103,16 +109,20 @@ pub async fn start(
     for (service, listener) in loaded.into_iter().zip(listeners) {
         let name = service.descriptor().name;
         let launch = Launch {
-            listener,
+            listener: listener.into(),
             peers: peers.clone(),
             bus: bus.clone(),
-        };
+        }
+        .sharing(&server);
         let handle = service
             .start(launch)
             .await
             .with_context(|| format!("{name}: start"))?;
         handles.push(handle);
     }
+    server
+        .run(workers)
+        .context("starting the HTTP server of the services")?;
     Ok(handles)
 }
 
@@ -129,7 +139,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn services_together_share_the_cores_and_keep_what_is_configured() {
+    fn services_together_get_the_workers_the_most_demanding_asks_for() {
         let folder = tempfile::tempdir().unwrap();
         let sources = Sources {
             config_dir: folder.path().to_owned(),
@@ -138,15 +148,12 @@ mod tests {
             overrides: Vec::new(),
         };
         let mut loaded = load(&select(&[]).unwrap(), &sources).unwrap();
-        loaded[0].settings().http.workers = 3;
-        share_cores(&mut loaded, 8);
-        let workers: Vec<usize> = loaded
-            .iter_mut()
-            .map(|s| s.settings().http.workers)
-            .collect();
-        assert_eq!(workers, [3, 2, 2, 2]);
-        let mut few = load(&select(&[]).unwrap(), &sources).unwrap();
-        share_cores(&mut few, 2);
-        assert!(few.iter_mut().all(|s| s.settings().http.workers == 1));
+        assert_eq!(shared_workers(&mut loaded, 2), 2, "one per core by default");
+        assert_eq!(shared_workers(&mut loaded, 8), 8);
+        for service in &mut loaded {
+            service.settings().http.workers = 1;
+        }
+        loaded[1].settings().http.workers = 3;
+        assert_eq!(shared_workers(&mut loaded, 8), 3);
     }
 }

@@ -17,4 +17,4 @@ pub use health::{BusReadiness, ReadinessCheck, StoreReadiness};
 pub use metrics::OPERATOR_SCOPE;
 pub use middleware::{LazyDocument, problem_fallback, trace_request};
 pub use openapi::{BearerAuth, complete as complete_openapi};
-pub use server::{Background, HttpContext, ServiceHandle, bind, serve};
+pub use server::{Background, HttpContext, Listener, ServiceHandle, SharedHttp, bind, serve};

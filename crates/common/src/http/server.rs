@@ -43,8 +43,7 @@ pub struct HttpContext {
 pub struct ServiceHandle {
     pub name: &'static str,
     pub addr: SocketAddr,
-    server: actix_web::dev::ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    serving: Serving,
     background: Option<Background>,
     /// How long each step of a stop may take before it is reported as hung.
     stop_limit: std::time::Duration,
@@ -58,6 +57,150 @@ pub struct Background {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Each task with what it is (`subscription orders/catalog`), named when it hangs a stop.
     pub tasks: Vec<(String, tokio::task::JoinHandle<()>)>,
+}
+
+/// Where a service's requests are served.
+enum Serving {
+    /// A server of its own (a service on its own, and the tests).
+    Own {
+        server: actix_web::dev::ServerHandle,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
+    /// One server shared with the other services of the process ([`SharedHttp`]).
+    Shared(SharedHttp),
+}
+
+/// Adds one service's listener to a server being built.
+type Listen = Box<
+    dyn FnOnce(actix_server::ServerBuilder) -> std::io::Result<actix_server::ServerBuilder> + Send,
+>;
+
+/// One HTTP server for every service of a process (`platform up`): each service keeps its
+/// own listener, routes and middleware, and the worker threads are shared. An idle actix
+/// worker wakes several times a second (actix-http's date timer, which has no switch), so a
+/// server per service made an idle platform's cost grow with the number of services.
+/// Services are served from [`SharedHttp::run`] on, once all of them are added; stopping any
+/// of them stops them all (a process stops as a whole).
+#[derive(Clone, Default)]
+pub struct SharedHttp {
+    state: Arc<std::sync::Mutex<SharedState>>,
+}
+
+#[derive(Default)]
+enum SharedState {
+    #[default]
+    Idle,
+    Gathering {
+        listens: Vec<Listen>,
+        shutdown_timeout: u64,
+    },
+    Running {
+        server: actix_web::dev::ServerHandle,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
+    Stopped,
+}
+
+impl SharedHttp {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&self, listen: Listen, shutdown_timeout: u64) -> std::io::Result<()> {
+        let mut state = self.lock()?;
+        match &mut *state {
+            SharedState::Idle => {
+                *state = SharedState::Gathering {
+                    listens: vec![listen],
+                    shutdown_timeout,
+                };
+                Ok(())
+            }
+            SharedState::Gathering {
+                listens,
+                shutdown_timeout: longest,
+            } => {
+                listens.push(listen);
+                *longest = (*longest).max(shutdown_timeout);
+                Ok(())
+            }
+            SharedState::Running { .. } | SharedState::Stopped => Err(std::io::Error::other(
+                "the shared HTTP server already runs: a service is added before it starts",
+            )),
+        }
+    }
+
+    fn lock(&self) -> std::io::Result<std::sync::MutexGuard<'_, SharedState>> {
+        self.state
+            .lock()
+            .map_err(|_| std::io::Error::other("the shared HTTP server's state is poisoned"))
+    }
+
+    /// Serves every service added so far on `workers` threads (0: one per core).
+    pub fn run(&self, workers: usize) -> std::io::Result<()> {
+        let mut state = self.lock()?;
+        let SharedState::Gathering {
+            listens,
+            shutdown_timeout,
+        } = std::mem::take(&mut *state)
+        else {
+            return Err(std::io::Error::other(
+                "the shared HTTP server has no service to serve, or runs already",
+            ));
+        };
+        let mut builder = builder(shutdown_timeout, workers);
+        for listen in listens {
+            builder = listen(builder)?;
+        }
+        let server = builder.run();
+        *state = SharedState::Running {
+            server: server.handle(),
+            task: tokio::spawn(server),
+        };
+        Ok(())
+    }
+
+    /// Stops serving every service (the first call does; later ones find it stopped).
+    async fn stop(&self, graceful: bool) -> std::io::Result<()> {
+        let running = std::mem::replace(&mut *self.lock()?, SharedState::Stopped);
+        match running {
+            SharedState::Running { server, task } => {
+                server.stop(graceful).await;
+                match task.await {
+                    Ok(result) => result,
+                    Err(join) => Err(std::io::Error::other(join)),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A server builder as every service's server is built: signals left to the caller (one
+/// process may host several services).
+fn builder(shutdown_timeout: u64, workers: usize) -> actix_server::ServerBuilder {
+    let builder = actix_server::Server::build()
+        .disable_signals()
+        .backlog(1024)
+        .shutdown_timeout(shutdown_timeout);
+    if workers > 0 {
+        builder.workers(workers)
+    } else {
+        builder
+    }
+}
+
+/// A service's listener, and the server it is served from: its own unless a
+/// [`SharedHttp`] is given.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub shared: Option<SharedHttp>,
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Self {
+        Self { tcp, shared: None }
+    }
 }
 
 impl ServiceHandle {
@@ -91,13 +234,17 @@ impl ServiceHandle {
     /// a stop never waits for ever.
     pub async fn stop(self, graceful: bool) -> std::io::Result<()> {
         let (name, limit) = (self.name, self.stop_limit);
-        let server = self.server;
         let deadline = tokio::time::Instant::now() + limit;
         let served = bounded(name, "its HTTP server", deadline, limit, async move {
-            server.stop(graceful).await;
-            match self.task.await {
-                Ok(result) => result,
-                Err(join) => Err(std::io::Error::other(join)),
+            match self.serving {
+                Serving::Own { server, task } => {
+                    server.stop(graceful).await;
+                    match task.await {
+                        Ok(result) => result,
+                        Err(join) => Err(std::io::Error::other(join)),
+                    }
+                }
+                Serving::Shared(host) => host.stop(graceful).await,
             }
         })
         .await
@@ -135,12 +282,16 @@ async fn bounded<T>(
 /// whatever `configure` adds. Signals are left to the caller (one process may host several).
 pub fn serve<F>(
     context: HttpContext,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     configure: F,
 ) -> std::io::Result<ServiceHandle>
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
+    let Listener {
+        tcp: listener,
+        shared,
+    } = listener.into();
     let addr = listener.local_addr()?;
     let settings = context.settings.clone();
     let authenticator = web::Data::new(context.authenticator.clone());
@@ -194,50 +345,58 @@ where
     };
     // What `HttpServer::listen` builds, with the connection wrapped so that the decoder's own
     // answers are problem+json too (`HttpServer` has no way to wrap a connection).
-    let mut server = actix_server::Server::build()
-        .disable_signals()
-        .backlog(1024)
-        .shutdown_timeout(settings.http.shutdown_timeout_seconds);
-    if settings.http.workers > 0 {
-        server = server.workers(settings.http.workers);
-    }
-    let shutdown = server.graceful_shutdown_signal();
-    let server = server.listen(format!("{name}-http"), listener, move || {
-        let shutdown = shutdown.clone();
-        let http = HttpService::build()
-            .graceful_shutdown_signal(move || {
-                let shutdown = shutdown.clone();
-                async move { shutdown.notified().await }
+    let listen = move |server: actix_server::ServerBuilder| {
+        let shutdown = server.graceful_shutdown_signal();
+        server.listen(format!("{name}-http"), listener, move || {
+            let shutdown = shutdown.clone();
+            let http = HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.notified().await }
+                })
+                .client_request_timeout(request_timeout)
+                .client_disconnect_timeout(std::time::Duration::from_secs(1))
+                .h1_allow_half_closed(true)
+                .local_addr(addr)
+                .finish(map_config(
+                    app()
+                        .into_factory()
+                        .map_err(|error: actix_web::Error| error.error_response()),
+                    |_| AppConfig::default(),
+                ));
+            fn_service(|stream: TcpStream| async move {
+                // Nagle's algorithm holds the tail of a large answer until the client's delayed
+                // ACK (40 ms on Linux): every bulk answer paid it. actix-http would set this on
+                // its own listener; this one is ours.
+                let _ = stream.set_nodelay(true);
+                let peer = stream.peer_addr().ok();
+                Ok((ProblemConnection::new(stream), Protocol::Http1, peer))
             })
-            .client_request_timeout(request_timeout)
-            .client_disconnect_timeout(std::time::Duration::from_secs(1))
-            .h1_allow_half_closed(true)
-            .local_addr(addr)
-            .finish(map_config(
-                app()
-                    .into_factory()
-                    .map_err(|error: actix_web::Error| error.error_response()),
-                |_| AppConfig::default(),
-            ));
-        fn_service(|stream: TcpStream| async move {
-            // Nagle's algorithm holds the tail of a large answer until the client's delayed
-            // ACK (40 ms on Linux): every bulk answer paid it. actix-http would set this on
-            // its own listener; this one is ours.
-            let _ = stream.set_nodelay(true);
-            let peer = stream.peer_addr().ok();
-            Ok((ProblemConnection::new(stream), Protocol::Http1, peer))
+            .and_then(http)
         })
-        .and_then(http)
-    })?;
-    let server = server.run();
-    let handle = server.handle();
-    let task = tokio::spawn(server);
+    };
+    let serving = match shared {
+        Some(host) => {
+            host.add(Box::new(listen), settings.http.shutdown_timeout_seconds)?;
+            Serving::Shared(host)
+        }
+        None => {
+            let server = listen(builder(
+                settings.http.shutdown_timeout_seconds,
+                settings.http.workers,
+            ))?
+            .run();
+            Serving::Own {
+                server: server.handle(),
+                task: tokio::spawn(server),
+            }
+        }
+    };
     tracing::info!(service = name, %addr, "listening");
     Ok(ServiceHandle {
         name,
         addr,
-        server: handle,
-        task,
+        serving,
         background: None,
         stop_limit: stop_limit(&settings),
         triggers: Vec::new(),

@@ -25,7 +25,7 @@ use crate::bus::outbox::{OutboxRelay, RELAY_READER};
 use crate::bus::worker::spawn_worker;
 use crate::config::Settings;
 use crate::events::EventContract;
-use crate::http::{Background, HttpContext, LazyDocument, ServiceHandle};
+use crate::http::{Background, HttpContext, LazyDocument, Listener, ServiceHandle, SharedHttp};
 use crate::metrics::Metrics;
 use crate::outbound::Breakers;
 use crate::store::SharedStore;
@@ -90,7 +90,8 @@ impl Peers {
 
 /// What a service is started with besides its settings.
 pub struct Launch {
-    pub listener: TcpListener,
+    /// Its listener, served by a server of its own unless shared ([`Launch::sharing`]).
+    pub listener: Listener,
     pub peers: Peers,
     /// Replaces the configured bus (tests that run the services on another broker).
     pub bus: Option<SharedBus>,
@@ -99,10 +100,16 @@ pub struct Launch {
 impl Launch {
     pub fn on(listener: TcpListener) -> Self {
         Self {
-            listener,
+            listener: listener.into(),
             peers: Peers::default(),
             bus: None,
         }
+    }
+
+    /// Served by `server` with the other services of the process, once it runs.
+    pub fn sharing(mut self, server: &SharedHttp) -> Self {
+        self.listener.shared = Some(server.clone());
+        self
     }
 }
 
@@ -291,7 +298,7 @@ impl Runtime {
     pub fn serve<F>(
         self,
         handlers: Vec<(&'static str, Dispatcher)>,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         openapi: fn() -> serde_json::Value,
         configure: F,
     ) -> anyhow::Result<ServiceHandle>
@@ -358,7 +365,7 @@ impl Runtime {
     fn serve_functions<F>(
         self,
         workers: Vec<(SubscriptionSpec, Dispatcher)>,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         openapi: fn() -> serde_json::Value,
         configure: F,
     ) -> anyhow::Result<ServiceHandle>

@@ -13,7 +13,8 @@ use common::bus::{CloudEvent, SharedBus, SubscriptionOptions};
 use common::config::{ChangeFeedSettings, Settings};
 use common::events::{EventContract, EventType};
 use common::runtime::{
-    Dispatcher, FeedReader, FeedSignal, Handles, Runtime, ServiceDescriptor, SubscriptionSpec,
+    Dispatcher, FeedReader, FeedSignal, Handles, Launch, Runtime, ServiceDescriptor,
+    SubscriptionSpec,
 };
 use common::store::{Query, QueryScope, SharedStore};
 use common::testing::eventually;
@@ -519,6 +520,77 @@ async fn a_stop_that_hangs_is_bounded_and_names_what_hung() {
     );
     // What did stop stopped: the server no longer answers.
     assert!(reqwest::get(format!("{url}/health/live")).await.is_err());
+}
+
+/// `platform up` serves every service from one HTTP server: each keeps its own listener and
+/// routes, nothing answers before the server runs, and stopping one stops them all.
+#[tokio::test]
+async fn services_on_one_shared_server_each_answer_on_their_own_listener() {
+    let shared = common::http::SharedHttp::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut handles = Vec::new();
+    for (n, route) in ["/first", "/second"].into_iter().enumerate() {
+        let mut settings = Settings::defaults();
+        settings.data_dir = dir.path().join(n.to_string());
+        let runtime = Runtime::open(&TWO_TOPICS, settings, None).await.unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let launch =
+            Launch::on(std::net::TcpListener::bind("127.0.0.1:0").unwrap()).sharing(&shared);
+        let handle = runtime
+            .serve(
+                vec![
+                    (
+                        "two-topics",
+                        Dispatcher::new().on::<Shipped, _>(recorder.clone()),
+                    ),
+                    ("two-topics", Dispatcher::new().on::<Paid, _>(recorder)),
+                ],
+                launch.listener,
+                || json!({}),
+                move |config| {
+                    config.route(
+                        route,
+                        actix_web::web::get().to(move || async move { route }),
+                    );
+                },
+            )
+            .unwrap();
+        handles.push(handle);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    // Bound, not yet served.
+    assert!(
+        client
+            .get(format!("{}/first", handles[0].url()))
+            .send()
+            .await
+            .is_err()
+    );
+    shared.run(1).unwrap();
+    for (handle, route, other) in [
+        (&handles[0], "/first", "/second"),
+        (&handles[1], "/second", "/first"),
+    ] {
+        let answer = reqwest::get(format!("{}{route}", handle.url()))
+            .await
+            .unwrap();
+        assert_eq!(answer.text().await.unwrap(), route);
+        let elsewhere = reqwest::get(format!("{}{other}", handle.url()))
+            .await
+            .unwrap();
+        assert_eq!(elsewhere.status(), 404, "{route}'s listener serves {other}");
+    }
+    let urls: Vec<String> = handles.iter().map(|h| h.url()).collect();
+    let mut handles = handles.into_iter();
+    handles.next().unwrap().stop(true).await.unwrap();
+    for url in &urls {
+        assert!(reqwest::get(format!("{url}/health/live")).await.is_err());
+    }
+    // The other finds the server stopped, and stops its own work.
+    handles.next().unwrap().stop(true).await.unwrap();
 }
 
 #[tokio::test]
