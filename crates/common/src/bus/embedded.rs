@@ -276,6 +276,16 @@ fn connect(path: &Path, duplicate_window: Duration) -> Result<Inner, BusError> {
 /// own traffic wakes nobody twice. One look per bus, however many subscriptions wait:
 /// each waiting worker looking for itself was most of an idle platform's wake-ups.
 async fn watch_other_processes(inner: Weak<Inner>) {
+    /// A watch dropped with its runtime lets the next receiver start another.
+    struct Watching(Weak<Inner>);
+    impl Drop for Watching {
+        fn drop(&mut self) {
+            if let Some(inner) = self.0.upgrade() {
+                inner.watching.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+    let _watching = Watching(inner.clone());
     let mut seen: Option<i64> = None;
     loop {
         let every = match inner.upgrade() {

@@ -484,6 +484,18 @@ async fn a_service_consumes_two_topics_through_typed_handlers() {
     handle.stop(true).await.unwrap();
 }
 
+/// Handlers for both of `TWO_TOPICS`' subscriptions, recording what they are given.
+fn recording_handlers() -> Vec<(&'static str, Dispatcher)> {
+    let recorder = Arc::new(Recorder::default());
+    vec![
+        (
+            "two-topics",
+            Dispatcher::new().on::<Shipped, _>(recorder.clone()),
+        ),
+        ("two-topics", Dispatcher::new().on::<Paid, _>(recorder)),
+    ]
+}
+
 #[tokio::test]
 async fn a_stop_that_hangs_is_bounded_and_names_what_hung() {
     let dir = tempfile::tempdir().unwrap();
@@ -495,16 +507,9 @@ async fn a_stop_that_hangs_is_bounded_and_names_what_hung() {
         "the stubborn loop",
         Box::new(|_stop| tokio::spawn(std::future::pending())),
     );
-    let recorder = Arc::new(Recorder::default());
     let handle = runtime
         .serve(
-            vec![
-                (
-                    "two-topics",
-                    Dispatcher::new().on::<Shipped, _>(recorder.clone()),
-                ),
-                ("two-topics", Dispatcher::new().on::<Paid, _>(recorder)),
-            ],
+            recording_handlers(),
             std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
             || json!({}),
             |_| {},
@@ -533,18 +538,11 @@ async fn services_on_one_shared_server_each_answer_on_their_own_listener() {
         let mut settings = Settings::defaults();
         settings.data_dir = dir.path().join(n.to_string());
         let runtime = Runtime::open(&TWO_TOPICS, settings, None).await.unwrap();
-        let recorder = Arc::new(Recorder::default());
         let launch =
             Launch::on(std::net::TcpListener::bind("127.0.0.1:0").unwrap()).sharing(&shared);
         let handle = runtime
             .serve(
-                vec![
-                    (
-                        "two-topics",
-                        Dispatcher::new().on::<Shipped, _>(recorder.clone()),
-                    ),
-                    ("two-topics", Dispatcher::new().on::<Paid, _>(recorder)),
-                ],
+                recording_handlers(),
                 launch.listener,
                 || json!({}),
                 move |config| {
