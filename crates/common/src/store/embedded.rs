@@ -23,7 +23,7 @@ use writer::{Deliver, Ran, WriteJob, WriteTx, start_writer};
 
 use super::{
     BatchOp, Cause, ChangeBatch, Checkpoint, Comparison, ContinuationToken, Document,
-    DocumentStore, ETag, Json, Page, Query, QueryScope, StoreError,
+    DocumentStore, ETag, Json, Page, Query, QueryScope, StoreError, StoredText,
 };
 
 const SCHEMA: &str = "
@@ -475,6 +475,26 @@ fn to_document(
     })
 }
 
+/// A live item's stored body and version.
+fn stored_body(
+    connection: &Connection,
+    container: &str,
+    pk: &str,
+    id: &str,
+) -> Result<Option<(String, i64)>, StoreError> {
+    connection
+        .prepare_cached(
+            "SELECT body, seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3
+             AND (expires_at IS NULL OR expires_at > ?4)",
+        )
+        .map_err(backend)?
+        .query_row(params![container, pk, id, now_ms()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()
+        .map_err(backend)
+}
+
 /// A JSON scalar as the SQL value `json_extract` yields for it.
 fn sql_value(value: &Json) -> Result<rusqlite::types::Value, StoreError> {
     use rusqlite::types::Value;
@@ -707,19 +727,26 @@ impl DocumentStore for EmbeddedStore {
     ) -> Result<Option<Document>, StoreError> {
         count(Counted::PointReads, 1);
         self.read_here(|connection| {
-            let row = connection
-                .prepare_cached(
-                    "SELECT body, seq FROM documents WHERE container = ?1 AND pk = ?2 AND id = ?3
-                     AND (expires_at IS NULL OR expires_at > ?4)",
-                )
-                .map_err(backend)?
-                .query_row(params![container, pk, id, now_ms()], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                })
-                .optional()
-                .map_err(backend)?;
-            row.map(|(body, seq)| to_document(pk.to_owned(), id.to_owned(), body, seq))
+            stored_body(connection, container, pk, id)?
+                .map(|(body, seq)| to_document(pk.to_owned(), id.to_owned(), body, seq))
                 .transpose()
+        })
+    }
+
+    async fn read_text(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+    ) -> Result<Option<StoredText>, StoreError> {
+        count(Counted::PointReads, 1);
+        self.read_here(|connection| {
+            Ok(
+                stored_body(connection, container, pk, id)?.map(|(text, seq)| StoredText {
+                    text,
+                    etag: etag_of(seq),
+                }),
+            )
         })
     }
 

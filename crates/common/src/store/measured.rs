@@ -11,7 +11,7 @@ use opentelemetry::KeyValue;
 
 use super::{
     BatchOp, ChangeBatch, Checkpoint, Document, DocumentStore, ETag, Json, Page, Query,
-    SharedStore, StoreError,
+    SharedStore, StoreError, StoredText,
 };
 use crate::metrics::{Counter, DURATION_BUCKETS, Histogram, Metrics};
 
@@ -117,6 +117,16 @@ impl DocumentStore for MeasuredStore {
         id: &str,
     ) -> Result<Option<Document>, StoreError> {
         self.measure("read", container, self.inner.read(container, pk, id))
+            .await
+    }
+
+    async fn read_text(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+    ) -> Result<Option<StoredText>, StoreError> {
+        self.measure("read", container, self.inner.read_text(container, pk, id))
             .await
     }
 

@@ -54,6 +54,21 @@ impl Document {
     }
 }
 
+/// A stored body as JSON text, with its version ([`DocumentStore::read_text`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredText {
+    pub text: String,
+    pub etag: ETag,
+}
+
+impl StoredText {
+    pub fn into_model<T: serde::de::DeserializeOwned>(self) -> Result<(T, ETag), StoreError> {
+        let model = serde_json::from_str(&self.text)
+            .map_err(|error| StoreError::Serialization(error.into()))?;
+        Ok((model, self.etag))
+    }
+}
+
 /// Which partitions a query reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryScope {
@@ -481,6 +496,27 @@ pub trait DocumentStore: Send + Sync + 'static {
         pk: &str,
         id: &str,
     ) -> Result<Option<Document>, StoreError>;
+
+    /// Point read of the body as JSON text, for a caller that decodes it straight into its
+    /// model: one decoding in place of two (into a `Value`, then from it). The text holds
+    /// what [`DocumentStore::read`] gives as the body.
+    async fn read_text(
+        &self,
+        container: &str,
+        pk: &str,
+        id: &str,
+    ) -> Result<Option<StoredText>, StoreError> {
+        self.read(container, pk, id)
+            .await?
+            .map(|document| {
+                Ok(StoredText {
+                    text: serde_json::to_string(&document.body)
+                        .map_err(|error| StoreError::Serialization(error.into()))?,
+                    etag: document.etag,
+                })
+            })
+            .transpose()
+    }
 
     /// Point reads of many items at once (`(pk, id)` each), answered in the order asked;
     /// `None` where an item does not exist. Not a snapshot: each read is a point read.

@@ -233,6 +233,13 @@ async fn create_then_read_round_trips(store: &SharedStore) {
     assert_eq!(read.id, id);
     assert_eq!(read.partition_key, "p1");
     assert_eq!(read.etag, created.etag);
+    // As text, for decoding straight into a model: the same body and version.
+    let text = store.read_text(THINGS, "p1", &id).await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text.text).unwrap(),
+        body
+    );
+    assert_eq!(text.etag, created.etag);
 }
 
 async fn create_twice_conflicts(store: &SharedStore) {
@@ -253,6 +260,13 @@ async fn create_twice_conflicts(store: &SharedStore) {
 async fn read_of_missing_is_none(store: &SharedStore) {
     assert_eq!(
         store.read(THINGS, "p1", &unique("missing")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .read_text(THINGS, "p1", &unique("missing"))
+            .await
+            .unwrap(),
         None
     );
 }
