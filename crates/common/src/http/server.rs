@@ -125,7 +125,7 @@ impl SharedHttp {
                 Ok(())
             }
             SharedState::Running { .. } | SharedState::Stopped => Err(std::io::Error::other(
-                "the shared HTTP server already runs: a service is added before it starts",
+                "the shared HTTP server already runs; services join it before it starts",
             )),
         }
     }
