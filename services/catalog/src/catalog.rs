@@ -473,6 +473,20 @@ mod tests {
         }
     }
 
+    fn draft_of(sku: Sku) -> ProductDraft {
+        ProductDraft {
+            sku,
+            name: "r".into(),
+            description: String::new(),
+            category: "c".into(),
+            price: crate::domain::Money::parse(
+                "1.00",
+                common::money::parse_currency("EUR").unwrap(),
+            )
+            .unwrap(),
+        }
+    }
+
     /// The point read decodes the stored text straight into a product; a deleted product's
     /// tombstone is no product, and a body that is neither is an error, not a 404.
     #[test]
@@ -483,17 +497,7 @@ mod tests {
             etag: etag.clone(),
         };
         let product = Product::create(
-            ProductDraft {
-                sku: Sku::parse("SKU-1").unwrap(),
-                name: "Widget".into(),
-                description: String::new(),
-                category: "tools".into(),
-                price: common::money::Money::parse(
-                    "12.50",
-                    common::money::parse_currency("EUR").unwrap(),
-                )
-                .unwrap(),
-            },
+            draft_of(Sku::parse("SKU-1").unwrap()),
             OffsetDateTime::UNIX_EPOCH,
         );
         let (decoded, decoded_etag) = product_of(stored(serde_json::to_value(&product).unwrap()))
@@ -515,18 +519,7 @@ mod tests {
             FeedSignal::default(),
         );
         let sku = Sku::parse("R-1").unwrap();
-        let draft = crate::domain::ProductDraft {
-            sku: sku.clone(),
-            name: "r".into(),
-            description: String::new(),
-            category: "c".into(),
-            price: crate::domain::Money::parse(
-                "1.00",
-                common::money::parse_currency("EUR").unwrap(),
-            )
-            .unwrap(),
-        };
-        catalog.create_product(draft).await.unwrap();
+        catalog.create_product(draft_of(sku.clone())).await.unwrap();
         catalog.count_stock(&sku, 5, None).await.unwrap();
         let refused = catalog.delete_product(&sku, None).await;
         assert!(
