@@ -32,8 +32,13 @@ pub const CONTAINERS: &[&str] = &[PRODUCTS, STOCK, PRODUCT_VIEWS];
 const TOMBSTONE: &str = "tombstone";
 
 pub(crate) fn is_tombstone(document: &Document) -> bool {
-    document.body.get("kind").and_then(|k| k.as_str()) == Some(TOMBSTONE)
+    is_tombstone_body(&document.body)
 }
+
+fn is_tombstone_body(body: &Value) -> bool {
+    body.get("kind").and_then(Value::as_str) == Some(TOMBSTONE)
+}
+
 /// A stored product decoded straight from its text (the point read is the catalog's
 /// hottest path); `None` for a deleted one's tombstone, which is no product.
 fn product_of(stored: StoredText) -> Result<Option<(Product, ETag)>, StoreError> {
@@ -42,7 +47,7 @@ fn product_of(stored: StoredText) -> Result<Option<(Product, ETag)>, StoreError>
         Err(error) => {
             let body: Value = serde_json::from_str(&stored.text)
                 .map_err(|error| StoreError::Serialization(error.into()))?;
-            if body.get("kind").and_then(Value::as_str) == Some(TOMBSTONE) {
+            if is_tombstone_body(&body) {
                 Ok(None)
             } else {
                 Err(StoreError::Serialization(error.into()))

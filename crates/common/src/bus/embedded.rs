@@ -121,7 +121,7 @@ struct Idle {
 const IDLE_RECHECK_MS: i64 = 30_000;
 
 /// How often another process's commits are looked for, unless set ([`EmbeddedBus::watch_every`]).
-const DEFAULT_WATCH_EVERY: Duration = Duration::from_secs(1);
+const DEFAULT_WATCH_EVERY_MS: u64 = 1_000;
 
 impl Inner {
     fn wake(&self) {
@@ -262,9 +262,7 @@ fn connect(path: &Path, duplicate_window: Duration) -> Result<Inner, BusError> {
         published: watch::channel(0).0,
         changes: AtomicU64::new(0),
         idle: Mutex::new(HashMap::new()),
-        watch_every_ms: AtomicU64::new(
-            u64::try_from(DEFAULT_WATCH_EVERY.as_millis()).unwrap_or(1000),
-        ),
+        watch_every_ms: AtomicU64::new(DEFAULT_WATCH_EVERY_MS),
         watching: std::sync::atomic::AtomicBool::new(false),
     })
 }

@@ -62,12 +62,33 @@ pub struct Background {
 /// Where a service's requests are served.
 enum Serving {
     /// A server of its own (a service on its own, and the tests).
-    Own {
-        server: actix_web::dev::ServerHandle,
-        task: tokio::task::JoinHandle<std::io::Result<()>>,
-    },
+    Own(RunningServer),
     /// One server shared with the other services of the process ([`SharedHttp`]).
     Shared(SharedHttp),
+}
+
+/// A server running on its own task.
+struct RunningServer {
+    server: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    fn start(server: actix_server::Server) -> Self {
+        Self {
+            server: server.handle(),
+            task: tokio::spawn(server),
+        }
+    }
+
+    /// Stops it (letting requests in flight finish when `graceful`) and waits until it has.
+    async fn stop(self, graceful: bool) -> std::io::Result<()> {
+        self.server.stop(graceful).await;
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(std::io::Error::other(join)),
+        }
+    }
 }
 
 /// Adds one service's listener to a server being built.
@@ -94,10 +115,7 @@ enum SharedState {
         listens: Vec<Listen>,
         shutdown_timeout: u64,
     },
-    Running {
-        server: actix_web::dev::ServerHandle,
-        task: tokio::task::JoinHandle<std::io::Result<()>>,
-    },
+    Running(RunningServer),
     Stopped,
 }
 
@@ -124,7 +142,7 @@ impl SharedHttp {
                 *longest = (*longest).max(shutdown_timeout);
                 Ok(())
             }
-            SharedState::Running { .. } | SharedState::Stopped => Err(std::io::Error::other(
+            SharedState::Running(_) | SharedState::Stopped => Err(std::io::Error::other(
                 "the shared HTTP server already runs; services join it before it starts",
             )),
         }
@@ -152,11 +170,7 @@ impl SharedHttp {
         for listen in listens {
             builder = listen(builder)?;
         }
-        let server = builder.run();
-        *state = SharedState::Running {
-            server: server.handle(),
-            task: tokio::spawn(server),
-        };
+        *state = SharedState::Running(RunningServer::start(builder.run()));
         Ok(())
     }
 
@@ -164,13 +178,7 @@ impl SharedHttp {
     async fn stop(&self, graceful: bool) -> std::io::Result<()> {
         let running = std::mem::replace(&mut *self.lock()?, SharedState::Stopped);
         match running {
-            SharedState::Running { server, task } => {
-                server.stop(graceful).await;
-                match task.await {
-                    Ok(result) => result,
-                    Err(join) => Err(std::io::Error::other(join)),
-                }
-            }
+            SharedState::Running(running) => running.stop(graceful).await,
             _ => Ok(()),
         }
     }
@@ -237,13 +245,7 @@ impl ServiceHandle {
         let deadline = tokio::time::Instant::now() + limit;
         let served = bounded(name, "its HTTP server", deadline, limit, async move {
             match self.serving {
-                Serving::Own { server, task } => {
-                    server.stop(graceful).await;
-                    match task.await {
-                        Ok(result) => result,
-                        Err(join) => Err(std::io::Error::other(join)),
-                    }
-                }
+                Serving::Own(running) => running.stop(graceful).await,
                 Serving::Shared(host) => host.stop(graceful).await,
             }
         })
@@ -380,17 +382,13 @@ where
             host.add(Box::new(listen), settings.http.shutdown_timeout_seconds)?;
             Serving::Shared(host)
         }
-        None => {
-            let server = listen(builder(
+        None => Serving::Own(RunningServer::start(
+            listen(builder(
                 settings.http.shutdown_timeout_seconds,
                 settings.http.workers,
             ))?
-            .run();
-            Serving::Own {
-                server: server.handle(),
-                task: tokio::spawn(server),
-            }
-        }
+            .run(),
+        )),
     };
     tracing::info!(service = name, %addr, "listening");
     Ok(ServiceHandle {

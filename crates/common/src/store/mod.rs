@@ -61,14 +61,6 @@ pub struct StoredText {
     pub etag: ETag,
 }
 
-impl StoredText {
-    pub fn into_model<T: serde::de::DeserializeOwned>(self) -> Result<(T, ETag), StoreError> {
-        let model = serde_json::from_str(&self.text)
-            .map_err(|error| StoreError::Serialization(error.into()))?;
-        Ok((model, self.etag))
-    }
-}
-
 /// Which partitions a query reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryScope {
