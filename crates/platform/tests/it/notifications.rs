@@ -537,17 +537,24 @@ async fn a_receiver_that_keeps_failing_is_disabled_and_its_failed_messages_are_s
         .await,
         "the second order's message did not arrive after recover"
     );
-    let attempts = platform
-        .get_json(format!(
-            "{}/v1/messages/{}/attempts",
-            platform.notifications_url,
-            failed["id"].as_str().unwrap()
-        ))
-        .await;
-    assert_eq!(
-        attempts["items"].as_array().unwrap().last().unwrap()["trigger"],
-        "manual"
+    // The attempt is recorded after the receiver has answered: wait for the record.
+    let attempts_url = format!(
+        "{}/v1/messages/{}/attempts",
+        platform.notifications_url,
+        failed["id"].as_str().unwrap()
     );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let attempts = platform.get_json(attempts_url.clone()).await;
+            attempts["items"].as_array().is_some_and(|items| items.len() >= 3)
+        })
+        .await,
+        "the retried attempt was not recorded"
+    );
+    let attempts = platform.get_json(attempts_url).await;
+    let items = attempts["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{attempts}");
+    assert_eq!(items[2]["trigger"], "manual", "{attempts}");
     platform.stop().await;
 }
 
