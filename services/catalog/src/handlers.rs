@@ -33,6 +33,7 @@ use common::store::{BatchOp, Document, ETag, StoreError};
 use crate::catalog::{STOCK, order_partition};
 use crate::domain::stock::{Hold, Reservation, ReservedLine, Shortage, wanted_quantities};
 use crate::domain::{Sku, Stock};
+use crate::stock_gate::StockGate;
 
 /// How often one SKU's hold or release is tried again after losing a race on its stock.
 const STOCK_ATTEMPTS: usize = 32;
@@ -41,6 +42,7 @@ pub struct OrderEvents {
     pub consumer: IdempotentConsumer,
     /// Records of events handled before stock was partitioned by SKU remain (see `legacy`).
     pub legacy_records: bool,
+    pub gate: StockGate,
 }
 
 /// What holding one line came to.
@@ -87,6 +89,7 @@ impl OrderEvents {
 
     /// Takes `quantity` of `sku` for the order, unless the order holds it already.
     async fn hold(&self, order_id: &str, sku: &str, quantity: i64) -> Result<Held, HandlerError> {
+        let _turn = self.gate.turn(sku).await;
         for _ in 0..STOCK_ATTEMPTS {
             let stock = self
                 .store()
@@ -133,6 +136,7 @@ impl OrderEvents {
 
     /// Gives back what the order holds of `sku`, if anything; true when something was.
     async fn release(&self, order_id: &str, sku: &str) -> Result<bool, HandlerError> {
+        let _turn = self.gate.turn(sku).await;
         for _ in 0..STOCK_ATTEMPTS {
             let (stock, hold) = self.stock_and_hold(sku, order_id).await?;
             let Some((hold, hold_etag)) = hold else {
@@ -390,20 +394,24 @@ mod tests {
         _dir: tempfile::TempDir,
         store: SharedStore,
         events: OrderEvents,
+        /// Another instance of the service on the same store: its own turns at the stock.
+        peer: OrderEvents,
     }
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store: SharedStore =
             Arc::new(EmbeddedStore::open(&dir.path().join("c.db"), Durability::Normal).unwrap());
-        let consumer = IdempotentConsumer::new(store.clone(), FeedSignal::default(), 3600);
+        let instance = || OrderEvents {
+            consumer: IdempotentConsumer::new(store.clone(), FeedSignal::default(), 3600),
+            legacy_records: false,
+            gate: StockGate::default(),
+        };
         Fixture {
+            events: instance(),
+            peer: instance(),
             _dir: dir,
             store,
-            events: OrderEvents {
-                consumer,
-                legacy_records: false,
-            },
         }
     }
 
@@ -440,8 +448,16 @@ mod tests {
         }
 
         async fn place(&self, event: &CloudEvent) -> Result<(), HandlerError> {
+            self.place_on(&self.events, event).await
+        }
+
+        async fn place_on(
+            &self,
+            instance: &OrderEvents,
+            event: &CloudEvent,
+        ) -> Result<(), HandlerError> {
             let placed: OrderPlacedV1 = serde_json::from_value(event.data.clone()).unwrap();
-            Handles::<OrderPlaced>::handle(&self.events, event, placed).await
+            Handles::<OrderPlaced>::handle(instance, event, placed).await
         }
 
         async fn cancel(&self, order_id: &str) {
@@ -565,11 +581,13 @@ mod tests {
         let f = Arc::new(fixture());
         f.count("A", 10).await;
         f.count("B", 10).await;
+        // Two instances, so that turns within one and ETag races between them both happen.
         let tries = (0..30).map(|n| {
             let f = f.clone();
             tokio::spawn(async move {
                 let event = placed(&format!("o-{n}"), &[("A", 1), ("B", 1 + n % 2)]);
-                while f.place(&event).await.is_err() {}
+                let instance = if n % 3 == 0 { &f.peer } else { &f.events };
+                while f.place_on(instance, &event).await.is_err() {}
             })
         });
         for done in futures::future::join_all(tries).await {

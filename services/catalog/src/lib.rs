@@ -8,4 +8,5 @@ pub mod domain;
 pub mod handlers;
 pub mod legacy;
 pub mod startup;
+pub mod stock_gate;
 pub mod views;

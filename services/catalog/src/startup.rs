@@ -120,6 +120,7 @@ pub async fn start(settings: Settings, launch: Launch) -> anyhow::Result<Service
     let moved = crate::legacy::move_legacy_stock(&runtime.store).await?;
     let order_events = Arc::new(OrderEvents {
         legacy_records: moved.processed_remain,
+        gate: crate::stock_gate::StockGate::default(),
         consumer: runtime
             .consumer()
             .also_notify(view_signal.clone())
