@@ -546,7 +546,9 @@ async fn a_receiver_that_keeps_failing_is_disabled_and_its_failed_messages_are_s
     assert!(
         eventually(Duration::from_secs(20), || async {
             let attempts = platform.get_json(attempts_url.clone()).await;
-            attempts["items"].as_array().is_some_and(|items| items.len() >= 3)
+            attempts["items"]
+                .as_array()
+                .is_some_and(|items| items.len() >= 3)
         })
         .await,
         "the retried attempt was not recorded"
