@@ -1,6 +1,7 @@
 //! Webhook subscriptions in the store: container `subscriptions`, one partition per
 //! subscription (its document, and the outbox entry of its `endpoint.disabled` event).
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::bus::outbox::outbox_op;
@@ -72,7 +73,10 @@ pub struct Subscriptions {
     outbox: FeedSignal,
     cache: Arc<Mutex<Option<Listed>>>,
     /// Counts the changes made here: a list read while one was made is not kept.
-    generation: Arc<std::sync::atomic::AtomicU64>,
+    generation: Arc<AtomicU64>,
+    /// Changes under way here. While one is, the list is read from the store: a change may
+    /// be committed (and seen by a reader of the store) before its writer forgets the list.
+    writing: Arc<AtomicUsize>,
     /// Called after every change made here (wakes the deliveries).
     changed: Arc<tokio::sync::Notify>,
 }
@@ -85,6 +89,7 @@ impl Subscriptions {
             outbox,
             cache: Arc::default(),
             generation: Arc::default(),
+            writing: Arc::default(),
             changed: Arc::default(),
         }
     }
@@ -94,9 +99,15 @@ impl Subscriptions {
         self.changed.clone()
     }
 
+    /// Marks a change under way until the guard drops; then the list is forgotten.
+    fn writing(&self) -> Writing<'_> {
+        self.writing.fetch_add(1, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Writing(self)
+    }
+
     fn forget(&self) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut cache) = self.cache.lock() {
             *cache = None;
         }
@@ -126,6 +137,7 @@ impl Subscriptions {
             created_at: now,
             updated_at: now,
         };
+        let writing = self.writing();
         let written = self
             .store
             .create(
@@ -135,7 +147,7 @@ impl Subscriptions {
                 to_body(&subscription)?,
             )
             .await?;
-        self.forget();
+        drop(writing);
         tracing::info!(subscription = %subscription.id, url = %subscription.url, "webhook subscription created");
         Ok((subscription, written.etag))
     }
@@ -172,13 +184,14 @@ impl Subscriptions {
     /// them).
     pub async fn current(&self) -> Result<Arc<Vec<Subscription>>, SubscriptionError> {
         let now = now_ms();
-        if let Ok(cache) = self.cache.lock()
+        if self.writing.load(Ordering::SeqCst) == 0
+            && let Ok(cache) = self.cache.lock()
             && let Some((at, listed)) = cache.as_ref()
             && now - at < LIST_FRESH_MS
         {
             return Ok(listed.clone());
         }
-        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let generation = self.generation.load(Ordering::SeqCst);
         let mut all = Vec::new();
         let mut continuation = None;
         loop {
@@ -191,7 +204,8 @@ impl Subscriptions {
         }
         let listed = Arc::new(all);
         if let Ok(mut cache) = self.cache.lock()
-            && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
+            && self.generation.load(Ordering::SeqCst) == generation
+            && self.writing.load(Ordering::SeqCst) == 0
         {
             *cache = Some((now, listed.clone()));
         }
@@ -221,6 +235,7 @@ impl Subscriptions {
         }
         change(&mut subscription);
         subscription.updated_at = now_ms();
+        let writing = self.writing();
         let written = self
             .store
             .replace(
@@ -232,7 +247,7 @@ impl Subscriptions {
             )
             .await
             .map_err(|error| SubscriptionError::writing(id, error))?;
-        self.forget();
+        drop(writing);
         Ok((subscription, written.etag))
     }
 
@@ -258,11 +273,12 @@ impl Subscriptions {
         if expected.is_some_and(|e| *e != current) {
             return Err(SubscriptionError::Stale);
         }
+        let writing = self.writing();
         self.store
             .delete(SUBSCRIPTIONS, id, DOCUMENT_ID, Some(&current))
             .await
             .map_err(|error| SubscriptionError::writing(id, error))?;
-        self.forget();
+        drop(writing);
         tracing::info!(subscription = %id, "webhook subscription deleted");
         Ok(())
     }
@@ -355,6 +371,7 @@ impl Subscriptions {
             },
         )
         .map_err(|e| StoreError::Serialization(e.into()))?;
+        let writing = self.writing();
         self.store
             .batch(
                 SUBSCRIPTIONS,
@@ -374,8 +391,69 @@ impl Subscriptions {
                 other => other.into(),
             })?;
         self.outbox.notify();
-        self.forget();
+        drop(writing);
         tracing::warn!(subscription = %id, url = %subscription.url, %reason, "webhook endpoint disabled after failing too long");
         Ok(())
+    }
+}
+
+/// A change under way (see [`Subscriptions::writing`]).
+struct Writing<'a>(&'a Subscriptions);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.forget();
+        self.0.writing.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::store::embedded::{Durability, EmbeddedStore};
+
+    #[tokio::test]
+    async fn a_change_is_listed_as_soon_as_the_store_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore =
+            Arc::new(EmbeddedStore::open(&dir.path().join("n.db"), Durability::Normal).unwrap());
+        let subscriptions = Subscriptions::new(store.clone(), true, FeedSignal::default());
+        let (created, _) = subscriptions
+            .create(SubscriptionInput {
+                url: "http://127.0.0.1:9/hooks".into(),
+                event_types: vec!["orders.*".into()],
+                description: String::new(),
+                rate_limit: None,
+                ordered: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            subscriptions.current().await.unwrap()[0].status,
+            SubscriptionStatus::Active
+        );
+        // A change committed, its writer not yet done: the list must not be the one before.
+        let writing = subscriptions.writing();
+        let (mut disabled, etag) = subscriptions.get(&created.id).await.unwrap();
+        disabled.status = SubscriptionStatus::Disabled;
+        store
+            .replace(
+                SUBSCRIPTIONS,
+                &created.id,
+                DOCUMENT_ID,
+                to_body(&disabled).unwrap(),
+                Some(&etag),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            subscriptions.current().await.unwrap()[0].status,
+            SubscriptionStatus::Disabled
+        );
+        drop(writing);
+        assert_eq!(
+            subscriptions.current().await.unwrap()[0].status,
+            SubscriptionStatus::Disabled
+        );
     }
 }
