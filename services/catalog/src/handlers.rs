@@ -385,7 +385,6 @@ mod tests {
 
     use common::events::{EventType, OrderLineV1};
     use common::runtime::FeedSignal;
-    use common::store::embedded::{Durability, EmbeddedStore};
     use common::store::{Query, QueryScope, SharedStore};
 
     use super::*;
@@ -399,9 +398,7 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let store: SharedStore =
-            Arc::new(EmbeddedStore::open(&dir.path().join("c.db"), Durability::Normal).unwrap());
+        let (dir, store) = common::testing::embedded_store();
         let instance = || OrderEvents {
             consumer: IdempotentConsumer::new(store.clone(), FeedSignal::default(), 3600),
             legacy_records: false,

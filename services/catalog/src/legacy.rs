@@ -123,18 +123,13 @@ async fn remove(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use common::store::embedded::{Durability, EmbeddedStore};
     use serde_json::json;
 
     use super::*;
 
     #[tokio::test]
     async fn stock_and_reservations_move_to_their_own_partitions_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: SharedStore =
-            Arc::new(EmbeddedStore::open(&dir.path().join("c.db"), Durability::Normal).unwrap());
+        let (_dir, store) = common::testing::embedded_store();
         assert_eq!(move_legacy_stock(&store).await.unwrap(), Moved::default());
         let old = |id: &str, body| {
             let store = store.clone();

@@ -410,13 +410,10 @@ impl Drop for Writing<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::store::embedded::{Durability, EmbeddedStore};
 
     #[tokio::test]
     async fn a_change_is_listed_as_soon_as_the_store_has_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: SharedStore =
-            Arc::new(EmbeddedStore::open(&dir.path().join("n.db"), Durability::Normal).unwrap());
+        let (_dir, store) = common::testing::embedded_store();
         let subscriptions = Subscriptions::new(store.clone(), true, FeedSignal::default());
         let (created, _) = subscriptions
             .create(SubscriptionInput {

@@ -27,6 +27,14 @@ where
     false
 }
 
+/// An embedded store in a temporary folder, which lives as long as the folder it comes with.
+pub fn embedded_store() -> (tempfile::TempDir, crate::store::SharedStore) {
+    use crate::store::embedded::{Durability, EmbeddedStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("store.db"), Durability::Normal).unwrap();
+    (dir, std::sync::Arc::new(store))
+}
+
 /// A port nothing listens on right now, for a child process to bind.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
