@@ -99,10 +99,11 @@ impl Subscriptions {
         self.changed.clone()
     }
 
-    /// Marks a change under way until the guard drops; then the list is forgotten.
+    /// Marks a change under way until the guard drops; then the list is forgotten. A list
+    /// read meanwhile is not kept: it ends while the change is under way (`writing`) or
+    /// after it was forgotten (`generation`).
     fn writing(&self) -> Writing<'_> {
         self.writing.fetch_add(1, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
         Writing(self)
     }
 
