@@ -397,13 +397,12 @@ mod tests {
     use std::sync::Arc;
 
     use async_trait::async_trait;
-    use common::store::embedded::{Durability, EmbeddedStore};
     use common::store::{BatchOp, ChangeBatch, Checkpoint, Document, DocumentStore, Json, Page};
 
     use super::*;
 
     /// A store on which a reservation commits just before the catalog deletes stock.
-    struct ReservationInBetween(EmbeddedStore);
+    struct ReservationInBetween(SharedStore);
 
     #[async_trait]
     impl DocumentStore for ReservationInBetween {
@@ -517,8 +516,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reservation_committed_during_a_delete_is_never_lost() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("c.db"), Durability::Normal).unwrap();
+        let (_dir, store) = common::testing::embedded_store();
         let catalog = Catalog::new(
             Arc::new(ReservationInBetween(store.clone())),
             FeedSignal::default(),

@@ -42,6 +42,7 @@ pub struct OrderEvents {
     pub consumer: IdempotentConsumer,
     /// Records of events handled before stock was partitioned by SKU remain (see `legacy`).
     pub legacy_records: bool,
+    /// This instance's turns at each SKU's stock.
     pub gate: StockGate,
 }
 
