@@ -33,6 +33,7 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
     subscriptions: &[SubscriptionSpec {
         topic: topics::ORDERS,
         name: SUBSCRIPTION,
+        types_by_rule: false,
         event_types: &[OrderPlaced::TYPE, OrderCancelled::TYPE],
     }],
     outboxes: &[STOCK],

@@ -12,3 +12,4 @@ pub mod retention;
 pub mod settings;
 pub mod startup;
 pub mod subscriptions;
+pub mod wanted;

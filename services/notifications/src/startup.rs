@@ -19,8 +19,10 @@ use crate::deliveries::{Deliveries, MESSAGES};
 use crate::handlers::{Fanout, dispatchers};
 use crate::mail::{EMAILS, Mailer};
 use crate::measure::WebhookMetrics;
+use crate::settings::EmailKind;
 use crate::settings::{DEFAULTS, NotificationsSettings};
 use crate::subscriptions::{SUBSCRIPTIONS, Subscriptions};
+use crate::wanted::{ReconcileTick, WantedEvents};
 
 pub const SERVICE: &str = "notifications";
 
@@ -57,16 +59,19 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
         SubscriptionSpec {
             topic: topics::ORDERS,
             name: ORDERS_SUBSCRIPTION,
+            types_by_rule: true,
             event_types: ORDER_EVENTS,
         },
         SubscriptionSpec {
             topic: topics::CATALOG,
             name: CATALOG_SUBSCRIPTION,
+            types_by_rule: true,
             event_types: CATALOG_EVENTS,
         },
         SubscriptionSpec {
             topic: topics::NOTIFICATIONS,
             name: OWN_SUBSCRIPTION,
+            types_by_rule: true,
             event_types: OWN_EVENTS,
         },
     ],
@@ -121,10 +126,34 @@ pub async fn start(
     launch: Launch,
 ) -> anyhow::Result<ServiceHandle> {
     let mut runtime = Runtime::open(&DESCRIPTOR, settings, launch.bus).await?;
+    let wanted = WantedEvents::new(runtime.bus.clone(), own.email.kind != EmailKind::Off);
     let subscriptions = Subscriptions::new(
         runtime.store.clone(),
         own.webhooks.allow_private_targets,
         runtime.outbox_signal.clone(),
+    )
+    .asking(wanted.clone());
+    // Before serving: the endpoints' and the mail's events are let in (a new release may
+    // deliver more types than the one that added the rules); only then do the subscriptions,
+    // which took every type meanwhile, keep to the rules.
+    crate::wanted::reconcile_now(&wanted, &subscriptions)
+        .await
+        .map_err(|error| anyhow::anyhow!("matching the bus rules to the endpoints: {error}"))?;
+    runtime.keep_to_type_rules().await?;
+    let (kept_wanted, kept_subscriptions) = (wanted.clone(), subscriptions.clone());
+    runtime.run_beside(
+        "the bus rules",
+        Box::new(move |stop| {
+            tokio::spawn(crate::wanted::run(kept_wanted, kept_subscriptions, stop))
+        }),
+    );
+    runtime.on_timer(
+        "bus-rules",
+        "0 */5 * * * *",
+        Arc::new(ReconcileTick {
+            wanted,
+            subscriptions: subscriptions.clone(),
+        }),
     );
     let deliveries = Deliveries::new(
         runtime.store.clone(),

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::domain::signature::new_secret;
 use crate::domain::subscription::{Health, Secret, Subscription, SubscriptionStatus};
+use crate::wanted::{Asking, WantedEvents};
 
 pub const SUBSCRIPTIONS: &str = "subscriptions";
 const DOCUMENT_ID: &str = "subscription";
@@ -31,6 +32,8 @@ pub enum SubscriptionError {
     Target(#[from] TargetError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the bus could not be asked for the endpoint's events: {0}")]
+    Bus(#[from] common::bus::BusError),
 }
 
 impl SubscriptionError {
@@ -79,6 +82,8 @@ pub struct Subscriptions {
     writing: Arc<AtomicUsize>,
     /// Called after every change made here (wakes the deliveries).
     changed: Arc<tokio::sync::Notify>,
+    /// Asked for the events an endpoint wants before it is created or changed.
+    wanted: Option<WantedEvents>,
 }
 
 impl Subscriptions {
@@ -91,6 +96,26 @@ impl Subscriptions {
             generation: Arc::default(),
             writing: Arc::default(),
             changed: Arc::default(),
+            wanted: None,
+        }
+    }
+
+    /// Asks the bus for the events each endpoint wants, as it is created or changed.
+    pub fn asking(mut self, wanted: WantedEvents) -> Self {
+        self.wanted = Some(wanted);
+        self
+    }
+
+    async fn ask(&self, filters: &[String]) -> Result<Option<Asking>, SubscriptionError> {
+        match &self.wanted {
+            Some(wanted) => Ok(Some(wanted.ask(filters).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn asked(&self, asking: Option<Asking>) {
+        if let (Some(wanted), Some(asking)) = (&self.wanted, asking) {
+            wanted.asked(asking).await;
         }
     }
 
@@ -138,6 +163,7 @@ impl Subscriptions {
             created_at: now,
             updated_at: now,
         };
+        let asking = self.ask(&subscription.event_types).await?;
         let writing = self.writing();
         let written = self
             .store
@@ -149,6 +175,7 @@ impl Subscriptions {
             )
             .await?;
         drop(writing);
+        self.asked(asking).await;
         tracing::info!(subscription = %subscription.id, url = %subscription.url, "webhook subscription created");
         Ok((subscription, written.etag))
     }
@@ -193,17 +220,7 @@ impl Subscriptions {
             return Ok(listed.clone());
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let mut all = Vec::new();
-        let mut continuation = None;
-        loop {
-            let (items, next) = self.page(100, continuation).await?;
-            all.extend(items.into_iter().map(|(s, _)| s));
-            match next {
-                Some(next) => continuation = Some(next),
-                None => break,
-            }
-        }
-        let listed = Arc::new(all);
+        let listed = Arc::new(self.from_store().await?);
         if let Ok(mut cache) = self.cache.lock()
             && self.generation.load(Ordering::SeqCst) == generation
             && self.writing.load(Ordering::SeqCst) == 0
@@ -211,6 +228,20 @@ impl Subscriptions {
             *cache = Some((now, listed.clone()));
         }
         Ok(listed)
+    }
+
+    /// Every subscription, read from the store now.
+    pub async fn from_store(&self) -> Result<Vec<Subscription>, SubscriptionError> {
+        let mut all = Vec::new();
+        let mut continuation = None;
+        loop {
+            let (items, next) = self.page(100, continuation).await?;
+            all.extend(items.into_iter().map(|(s, _)| s));
+            match next {
+                Some(next) => continuation = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// The subscription as last listed (changes made here are seen at once, another
@@ -259,14 +290,18 @@ impl Subscriptions {
         expected: &ETag,
     ) -> Result<(Subscription, ETag), SubscriptionError> {
         targets::check_target(&input.url, self.allow_private_targets).await?;
-        self.change(id, Some(expected), |s| {
-            s.url = input.url;
-            s.event_types = input.event_types;
-            s.description = input.description;
-            s.rate_limit = input.rate_limit;
-            s.ordered = input.ordered;
-        })
-        .await
+        let asking = self.ask(&input.event_types).await?;
+        let changed = self
+            .change(id, Some(expected), |s| {
+                s.url = input.url;
+                s.event_types = input.event_types;
+                s.description = input.description;
+                s.rate_limit = input.rate_limit;
+                s.ordered = input.ordered;
+            })
+            .await?;
+        self.asked(asking).await;
+        Ok(changed)
     }
 
     pub async fn delete(&self, id: &str, expected: Option<&ETag>) -> Result<(), SubscriptionError> {

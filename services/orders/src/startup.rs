@@ -32,6 +32,7 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
     subscriptions: &[SubscriptionSpec {
         topic: topics::CATALOG,
         name: SUBSCRIPTION,
+        types_by_rule: false,
         event_types: &[StockReserved::TYPE, StockReservationFailed::TYPE],
     }],
     outboxes: &[ORDERS],

@@ -44,6 +44,7 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
         SubscriptionSpec {
             topic: topics::ORDERS,
             name: ORDERS_SUBSCRIPTION,
+            types_by_rule: false,
             event_types: &[
                 OrderPlaced::TYPE,
                 OrderConfirmed::TYPE,
@@ -54,6 +55,7 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
         SubscriptionSpec {
             topic: topics::CATALOG,
             name: CATALOG_SUBSCRIPTION,
+            types_by_rule: false,
             event_types: &[
                 ProductChanged::TYPE,
                 ProductDeleted::TYPE,

@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_ready ON deliveries (topic, subscription, dead, available_at);
 CREATE INDEX IF NOT EXISTS deliveries_lock ON deliveries (lock_token);
+-- Event types let into a subscription besides its own filter (EventBus::add_type_rule).
+CREATE TABLE IF NOT EXISTS type_rules (
+    topic TEXT NOT NULL,
+    subscription TEXT NOT NULL,
+    name TEXT NOT NULL,
+    event_types TEXT NOT NULL,
+    PRIMARY KEY (topic, subscription, name)
+);
 ";
 
 /// Added after the first release: a subscription's event-type filter (a JSON array; NULL
@@ -480,7 +488,9 @@ fn publish_in(
     tx.prepare_cached(
         "INSERT OR IGNORE INTO deliveries (topic, subscription, message_id, message, available_at)
          SELECT topic, name, ?2, ?3, ?4 FROM subscriptions WHERE topic = ?1
-           AND (event_types IS NULL OR EXISTS (SELECT 1 FROM json_each(event_types) WHERE value = ?5))",
+           AND (event_types IS NULL OR EXISTS (SELECT 1 FROM json_each(event_types) WHERE value = ?5)
+             OR EXISTS (SELECT 1 FROM type_rules AS r, json_each(r.event_types) AS t
+                        WHERE r.topic = ?1 AND r.subscription = subscriptions.name AND t.value = ?5))",
     )
     .and_then(|mut statement| {
         statement.execute(params![
@@ -511,7 +521,7 @@ impl EventBus for EmbeddedBus {
         options: SubscriptionOptions,
     ) -> Result<(), BusError> {
         let (topic, subscription) = (topic.to_owned(), subscription.to_owned());
-        let event_types = if options.event_types.is_empty() {
+        let event_types = if options.event_types.is_empty() && !options.types_by_rule {
             None
         } else {
             Some(
@@ -526,6 +536,70 @@ impl EventBus for EmbeddedBus {
                      ON CONFLICT (topic, name) DO UPDATE SET max_delivery_count = excluded.max_delivery_count,
                        lock_ms = excluded.lock_ms, event_types = excluded.event_types",
                     params![topic, subscription, options.max_delivery_count, millis(options.lock_duration), event_types],
+                )
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_type_rule(
+        &self,
+        topic: &str,
+        subscription: &str,
+        name: &str,
+        event_types: &[String],
+    ) -> Result<(), BusError> {
+        super::type_rules::check_rule(name, event_types)?;
+        let types = serde_json::to_string(event_types)
+            .map_err(|e| BusError::Backend(e.to_string().into()))?;
+        let (topic, subscription, name) =
+            (topic.to_owned(), subscription.to_owned(), name.to_owned());
+        self.run(move |connection, _| {
+            subscription_exists(connection, &topic, &subscription)?;
+            connection
+                .execute(
+                    "INSERT OR IGNORE INTO type_rules (topic, subscription, name, event_types) VALUES (?1, ?2, ?3, ?4)",
+                    params![topic, subscription, name, types],
+                )
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn type_rules(&self, topic: &str, subscription: &str) -> Result<Vec<String>, BusError> {
+        let (topic, subscription) = (topic.to_owned(), subscription.to_owned());
+        self.run_counted(false, move |connection, _| {
+            subscription_exists(connection, &topic, &subscription)?;
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT name FROM type_rules WHERE topic = ?1 AND subscription = ?2 ORDER BY name",
+                )
+                .map_err(backend)?;
+            let names = statement
+                .query_map(params![topic, subscription], |row| row.get(0))
+                .map_err(backend)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(backend)?;
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn remove_type_rule(
+        &self,
+        topic: &str,
+        subscription: &str,
+        name: &str,
+    ) -> Result<(), BusError> {
+        let (topic, subscription, name) =
+            (topic.to_owned(), subscription.to_owned(), name.to_owned());
+        self.run(move |connection, _| {
+            connection
+                .execute(
+                    "DELETE FROM type_rules WHERE topic = ?1 AND subscription = ?2 AND name = ?3",
+                    params![topic, subscription, name],
                 )
                 .map_err(backend)?;
             Ok(())

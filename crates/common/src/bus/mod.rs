@@ -13,6 +13,7 @@ pub mod embedded;
 mod event;
 pub mod outbox;
 pub mod servicebus;
+pub mod type_rules;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -119,9 +120,12 @@ pub struct SubscriptionOptions {
     pub max_delivery_count: u32,
     pub lock_duration: Duration,
     /// The event types (CloudEvents `type`) the subscription receives; empty takes every
-    /// message of the topic. Applied by the broker (a rule on Service Bus), so that what a
-    /// subscriber does not handle never reaches it.
+    /// message of the topic (none, with `types_by_rule`). Applied by the broker (a rule on
+    /// Service Bus), so that what a subscriber does not handle never reaches it.
     pub event_types: Vec<String>,
+    /// The subscription takes `event_types` and whatever its type rules let in
+    /// ([`EventBus::add_type_rule`]): for a subscriber whose wants change at run time.
+    pub types_by_rule: bool,
 }
 
 impl Default for SubscriptionOptions {
@@ -130,6 +134,7 @@ impl Default for SubscriptionOptions {
             max_delivery_count: 10,
             lock_duration: Duration::from_secs(30),
             event_types: Vec::new(),
+            types_by_rule: false,
         }
     }
 }
@@ -137,6 +142,12 @@ impl Default for SubscriptionOptions {
 impl SubscriptionOptions {
     pub fn for_event_types<S: AsRef<str>>(mut self, event_types: &[S]) -> Self {
         self.event_types = event_types.iter().map(|t| t.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// Only `event_types` (none when empty) and what type rules add.
+    pub fn with_type_rules(mut self) -> Self {
+        self.types_by_rule = true;
         self
     }
 }
@@ -150,6 +161,30 @@ pub trait EventBus: Send + Sync + 'static {
         topic: &str,
         subscription: &str,
         options: SubscriptionOptions,
+    ) -> Result<(), BusError>;
+
+    /// Lets `event_types` into a subscription made `types_by_rule`, besides what it takes
+    /// already, under the rule `name` (letters, digits, `-`, `.`, `_`; at most 50). A rule's
+    /// types never change: when a rule of that name exists, nothing is done. A message
+    /// published before the rule was added is not let in.
+    async fn add_type_rule(
+        &self,
+        topic: &str,
+        subscription: &str,
+        name: &str,
+        event_types: &[String],
+    ) -> Result<(), BusError>;
+
+    /// The names of the subscription's type rules (not its own filter). Empty when the
+    /// credentials may not manage rules (Service Bus: the rules are then provisioned).
+    async fn type_rules(&self, topic: &str, subscription: &str) -> Result<Vec<String>, BusError>;
+
+    /// Removes a type rule; nothing when there is none of that name.
+    async fn remove_type_rule(
+        &self,
+        topic: &str,
+        subscription: &str,
+        name: &str,
     ) -> Result<(), BusError>;
 
     /// Publishes to every subscription of the topic; a repeated message id within the

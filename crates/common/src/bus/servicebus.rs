@@ -234,20 +234,47 @@ fn quoted(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// A subscription's one rule: messages of its event types (the publisher sets `Label` to
-/// the CloudEvents type; every type when none is given) that are not replays, and the
-/// replays addressed to it.
-pub fn subscription_filter(subscription: &str, event_types: &[String]) -> String {
+/// A subscription's own rule: messages of its event types (the publisher sets `Label` to
+/// the CloudEvents type; every type when none is given, unless its type rules say which)
+/// that are not replays, and the replays addressed to it.
+pub fn subscription_filter(subscription: &str, options: &SubscriptionOptions) -> String {
     let own = format!("user.{REPLAY_TO} = {}", quoted(subscription));
-    if event_types.is_empty() {
-        return format!("user.{REPLAY_TO} IS NULL OR {own}");
+    match (options.event_types.is_empty(), options.types_by_rule) {
+        (true, true) => own,
+        (true, false) => format!("user.{REPLAY_TO} IS NULL OR {own}"),
+        (false, _) => format!("({}) OR {own}", types_filter(&options.event_types)),
     }
+}
+
+/// Messages of these types that are not replays (a type rule).
+fn types_filter(event_types: &[String]) -> String {
     let types: Vec<String> = event_types.iter().map(|t| quoted(t)).collect();
     format!(
-        "(sys.Label IN ({}) AND user.{REPLAY_TO} IS NULL) OR {own}",
+        "sys.Label IN ({}) AND user.{REPLAY_TO} IS NULL",
         types.join(", ")
     )
 }
+
+/// The names in a feed of rules (`<entry>`s, each titled with its rule's name).
+fn rule_names(feed: &str) -> Vec<String> {
+    feed.split("<entry")
+        .skip(1)
+        .filter_map(|entry| {
+            let after = &entry[entry.find("<title")?..];
+            let start = after.find('>')? + 1;
+            let end = after.find("</title>")?;
+            (start <= end).then(|| {
+                after[start..end]
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&amp;", "&")
+            })
+        })
+        .collect()
+}
+
+/// Rules listed per page.
+const RULES_PAGE: usize = 100;
 
 fn xml_text(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -545,6 +572,28 @@ impl ServiceBusBus {
         Ok(Ok(description))
     }
 
+    /// A page of a subscription's rules (an Atom feed), from the `skip`th.
+    async fn rules_page(
+        &self,
+        topic: &str,
+        subscription: &str,
+        skip: usize,
+    ) -> Result<Result<String, StatusCode>, BusError> {
+        let resource = format!("{}/{topic}/subscriptions/{subscription}/rules", self.base());
+        let url = format!("{resource}?$skip={skip}&$top={RULES_PAGE}");
+        let request = self.signer().request(&url, &resource, Method::Get)?;
+        let response = self.execute(&request).await?;
+        if !response.status().is_success() {
+            return Ok(Err(response.status()));
+        }
+        let feed = response
+            .into_body()
+            .collect_string()
+            .await
+            .map_err(unavailable)?;
+        Ok(Ok(feed))
+    }
+
     /// An entity's Atom description, `None` when there is no such entity.
     async fn entity_description(&self, path: &str) -> Result<Option<String>, BusError> {
         match self.describe(path).await? {
@@ -643,12 +692,12 @@ impl ServiceBusBus {
         &self,
         topic: &str,
         subscription: &str,
-        event_types: &[String],
+        options: &SubscriptionOptions,
     ) -> Result<(), BusError> {
         let rules = format!("{topic}/subscriptions/{subscription}/rules");
         self.put_entity_with(
             &format!("{rules}/{EVENT_TYPES_RULE}"),
-            &rule_description(&subscription_filter(subscription, event_types)),
+            &rule_description(&subscription_filter(subscription, options)),
             true,
         )
         .await?;
@@ -742,8 +791,7 @@ impl EventBus for ServiceBusBus {
             ),
         )
         .await?;
-        self.ensure_rules(topic, subscription, &options.event_types)
-            .await?;
+        self.ensure_rules(topic, subscription, &options).await?;
         if let Ok(mut parked) = self.parked_queues.lock() {
             parked.insert(dead_letter_queue(topic, subscription));
         }
@@ -757,6 +805,70 @@ impl EventBus for ServiceBusBus {
             ),
             true,
         )
+        .await
+    }
+
+    async fn add_type_rule(
+        &self,
+        topic: &str,
+        subscription: &str,
+        name: &str,
+        event_types: &[String],
+    ) -> Result<(), BusError> {
+        super::type_rules::check_rule(name, event_types)?;
+        // Created once: a rule of that name has these types already.
+        self.put_entity(
+            &format!("{topic}/subscriptions/{subscription}/rules/{name}"),
+            &rule_description(&types_filter(event_types)),
+        )
+        .await
+    }
+
+    async fn type_rules(&self, topic: &str, subscription: &str) -> Result<Vec<String>, BusError> {
+        let mut names = Vec::new();
+        loop {
+            let page = match self.rules_page(topic, subscription, names.len()).await? {
+                Ok(feed) => rule_names(&feed),
+                Err(StatusCode::NotFound) => {
+                    return Err(BusError::UnknownSubscription {
+                        topic: topic.to_owned(),
+                        subscription: subscription.to_owned(),
+                    });
+                }
+                Err(StatusCode::Unauthorized | StatusCode::Forbidden) => {
+                    tracing::debug!(
+                        topic,
+                        subscription,
+                        "no rights to list rules; they are provisioned"
+                    );
+                    return Ok(Vec::new());
+                }
+                Err(status) => {
+                    return Err(BusError::Unavailable(
+                        format!("listing the rules of {topic}/{subscription} answered {status}")
+                            .into(),
+                    ));
+                }
+            };
+            let full = page.len() == RULES_PAGE;
+            names.extend(page);
+            if !full {
+                break;
+            }
+        }
+        names.retain(|name| name != EVENT_TYPES_RULE && name != "$Default");
+        Ok(names)
+    }
+
+    async fn remove_type_rule(
+        &self,
+        topic: &str,
+        subscription: &str,
+        name: &str,
+    ) -> Result<(), BusError> {
+        self.delete_entity(&format!(
+            "{topic}/subscriptions/{subscription}/rules/{name}"
+        ))
         .await
     }
 
@@ -1208,7 +1320,21 @@ impl HttpClient for RetryingTransport {
 
 #[cfg(test)]
 mod tests {
-    use super::count_detail;
+    use super::{count_detail, rule_names};
+
+    #[test]
+    fn rule_names_are_read_from_a_feed_of_rules() {
+        // The shape Service Bus answers a GET of a subscription's rules with (trimmed).
+        let feed = r#"<feed xmlns="http://www.w3.org/2005/Atom"><title type="text">Rules</title><id>https://ns.servicebus.windows.net/t/subscriptions/s/rules</id><entry><id>https://ns.servicebus.windows.net/t/subscriptions/s/rules/event-types</id><title type="text">event-types</title><content type="application/xml"><RuleDescription><Filter i:type="SqlFilter"><SqlExpression>user.ReplayTo = 's'</SqlExpression></Filter><CreatedAt>2026-11-27T12:00:00.1234567Z</CreatedAt><Name>event-types</Name></RuleDescription></content></entry><entry><title type="text">wants-0a1b2c3d4e5f-2990000</title><content/></entry></feed>"#;
+        assert_eq!(
+            rule_names(feed),
+            vec![
+                "event-types".to_owned(),
+                "wants-0a1b2c3d4e5f-2990000".to_owned()
+            ]
+        );
+        assert!(rule_names("<feed/>").is_empty());
+    }
 
     #[test]
     fn the_counts_are_read_from_a_subscription_description() {

@@ -100,6 +100,7 @@ pub fn subscription_options(settings: &Settings) -> SubscriptionOptions {
         max_delivery_count: settings.bus.max_delivery_count,
         lock_duration: Duration::from_secs(settings.bus.lock_seconds),
         event_types: Vec::new(),
+        types_by_rule: false,
     }
 }
 

@@ -43,6 +43,9 @@ pub struct SubscriptionSpec {
     pub name: &'static str,
     /// The event types it takes; the broker filters out the rest.
     pub event_types: &'static [&'static str],
+    /// The broker lets in only those of `event_types` the service asks for at run time
+    /// ([`crate::bus::type_rules`]), for a service whose wants change while it runs.
+    pub types_by_rule: bool,
 }
 
 /// What a service is, as the platform sees it.
@@ -193,6 +196,8 @@ impl Runtime {
             None => adapters::open_bus(&settings)?,
         };
         for subscription in descriptor.subscriptions {
+            // Every declared type, even where type rules are to say which: until the service
+            // has added its rules ([`Runtime::keep_to_type_rules`]), nothing it wants is lost.
             bus.ensure_subscription(
                 subscription.topic,
                 subscription.name,
@@ -223,6 +228,22 @@ impl Runtime {
             ticks: Vec::new(),
             streamed_uploads: Vec::new(),
         })
+    }
+
+    /// Narrows each subscription made `types_by_rule` to its type rules: call once the
+    /// service has added the rules for what it wants now.
+    pub fn keep_to_type_rules(
+        &self,
+    ) -> impl Future<Output = Result<(), crate::bus::BusError>> + Send + 'static {
+        let (subscriptions, bus) = (self.descriptor.subscriptions, self.bus.clone());
+        let options = adapters::subscription_options(&self.settings).with_type_rules();
+        async move {
+            for subscription in subscriptions.iter().filter(|s| s.types_by_rule) {
+                bus.ensure_subscription(subscription.topic, subscription.name, options.clone())
+                    .await?;
+            }
+            Ok(())
+        }
     }
 
     /// The idempotent-consumer helper over this service's store.

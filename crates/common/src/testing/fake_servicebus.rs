@@ -32,14 +32,17 @@ struct Stored {
     lock: Option<(String, Instant)>,
 }
 
-/// A subscription rule's filter: everything, or the forms the adapter writes (its event
-/// types, or all, when not a replay; replays addressed to the subscription).
+/// A subscription rule's filter: everything, or the forms the adapter writes: its own rule
+/// (its event types, all, or none, when not a replay; replays addressed to it) and type
+/// rules (their types, when not a replay).
 #[derive(Debug, Clone)]
 enum Filter {
     True,
     Subscription {
+        /// Types taken when not a replay; `None`: every one.
         labels: Option<Vec<String>>,
-        replay_to: String,
+        /// The subscription whose replays are taken.
+        replay_to: Option<String>,
     },
 }
 
@@ -50,6 +53,13 @@ fn unquote(text: &str) -> Option<String> {
         .map(|inner| inner.replace("''", "'"))
 }
 
+fn labels(sql: &str) -> Option<Vec<String>> {
+    let list = sql
+        .strip_prefix("sys.Label IN (")?
+        .strip_suffix(") AND user.ReplayTo IS NULL")?;
+    list.split(", ").map(unquote).collect()
+}
+
 impl Filter {
     /// The SQL filters the adapter writes; anything else is a bad request.
     fn parse(sql: &str) -> Option<Self> {
@@ -57,18 +67,27 @@ impl Filter {
         if sql == "1=1" {
             return Some(Filter::True);
         }
+        if let Some(labels) = labels(sql) {
+            return Some(Filter::Subscription {
+                labels: Some(labels),
+                replay_to: None,
+            });
+        }
+        if let Some(own) = sql.strip_prefix("user.ReplayTo = ") {
+            return Some(Filter::Subscription {
+                labels: Some(Vec::new()),
+                replay_to: Some(unquote(own)?),
+            });
+        }
         let (left, own) = sql.rsplit_once(" OR user.ReplayTo = ")?;
-        let replay_to = unquote(own)?;
+        let replay_to = Some(unquote(own)?);
         if left == "user.ReplayTo IS NULL" {
             return Some(Filter::Subscription {
                 labels: None,
                 replay_to,
             });
         }
-        let list = left
-            .strip_prefix("(sys.Label IN (")?
-            .strip_suffix(") AND user.ReplayTo IS NULL)")?;
-        let labels = list.split(", ").map(unquote).collect::<Option<Vec<_>>>()?;
+        let labels = labels(left.strip_prefix('(')?.strip_suffix(')')?)?;
         Some(Filter::Subscription {
             labels: Some(labels),
             replay_to,
@@ -82,7 +101,7 @@ impl Filter {
                 labels,
                 replay_to: own,
             } => match replay_to {
-                Some(target) => target == own,
+                Some(target) => own.as_deref() == Some(target),
                 None => labels
                     .as_ref()
                     .is_none_or(|labels| label.is_some_and(|l| labels.iter().any(|x| x == l))),
@@ -728,6 +747,38 @@ impl HttpClient for FakeServiceBus {
                     state.queues[*name].dead.len()
                 ),
             ),
+            (Method::Get, [topic, "subscriptions", subscription, "rules"]) => {
+                let query = |name: &str| {
+                    request
+                        .url()
+                        .query_pairs()
+                        .find(|(key, _)| key == name)
+                        .and_then(|(_, value)| value.parse::<usize>().ok())
+                };
+                let (skip, top) = (query("$skip").unwrap_or(0), query("$top").unwrap_or(100));
+                match state.subscription(topic, subscription) {
+                    Some(entity) => {
+                        let mut names: Vec<&String> = entity.rules.keys().collect();
+                        names.sort();
+                        let entries: String = names
+                            .into_iter()
+                            .skip(skip)
+                            .take(top)
+                            .map(|name| {
+                                format!("<entry><title type=\"text\">{name}</title><content type=\"application/xml\"><RuleDescription/></content></entry>")
+                            })
+                            .collect();
+                        respond(
+                            StatusCode::Ok,
+                            Headers::new(),
+                            format!(
+                                "<feed xmlns=\"http://www.w3.org/2005/Atom\"><title type=\"text\">Rules</title>{entries}</feed>"
+                            ),
+                        )
+                    }
+                    None => status(StatusCode::NotFound),
+                }
+            }
             (Method::Get, [topic, "subscriptions", subscription]) => {
                 match state.subscription(topic, subscription) {
                     Some(entity) => respond(

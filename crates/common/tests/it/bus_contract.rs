@@ -122,6 +122,7 @@ fn options(max_delivery_count: u32, lock: Duration) -> SubscriptionOptions {
         max_delivery_count,
         lock_duration: lock,
         event_types: Vec::new(),
+        types_by_rule: false,
     }
 }
 
@@ -172,6 +173,7 @@ contract!(
     properties_and_trace_context_travel,
     competing_receivers_never_share_a_message,
     a_subscription_takes_only_its_event_types,
+    type_rules_let_in_what_is_asked_for_and_replays_still_arrive,
     a_message_over_the_size_limit_is_rejected,
     replay_reaches_only_the_subscription_it_came_from,
     listing_dead_letters_does_not_consume_them,
@@ -327,6 +329,125 @@ async fn a_subscription_takes_only_its_event_types(bus: &SharedBus, topic: &str)
         .await
         .unwrap();
     assert_eq!(bus.receive(topic, "picky", 10).await.unwrap().len(), 1);
+}
+
+async fn type_rules_let_in_what_is_asked_for_and_replays_still_arrive(
+    bus: &SharedBus,
+    topic: &str,
+) {
+    let asks = options(1, Duration::from_secs(30)).with_type_rules();
+    bus.ensure_subscription(topic, "asks", asks.clone())
+        .await
+        .unwrap();
+    bus.ensure_subscription(topic, "all", options(10, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let received = |subscription: &'static str| async move {
+        let mut types = Vec::new();
+        for delivery in bus.receive(topic, subscription, 10).await.unwrap() {
+            types.push(delivery.message.event.event_type.clone());
+            bus.complete(topic, subscription, &delivery.lock)
+                .await
+                .unwrap();
+        }
+        types.sort();
+        types
+    };
+    // No rule yet: nothing is let in.
+    bus.publish(topic, typed("tests.thing.made.v1", 1))
+        .await
+        .unwrap();
+    assert!(received("asks").await.is_empty());
+    assert!(bus.type_rules(topic, "asks").await.unwrap().is_empty());
+
+    let made = vec!["tests.thing.made.v1".to_owned()];
+    let sold = vec![
+        "tests.thing.sold.v1".to_owned(),
+        "tests.thing.made.v1".to_owned(),
+    ];
+    bus.add_type_rule(topic, "asks", "wants-made", &made)
+        .await
+        .unwrap();
+    bus.add_type_rule(topic, "asks", "wants-sold", &sold)
+        .await
+        .unwrap();
+    // A rule never changes: adding one of the same name again keeps the first.
+    bus.add_type_rule(
+        topic,
+        "asks",
+        "wants-made",
+        &["tests.thing.lost.v1".to_owned()],
+    )
+    .await
+    .unwrap();
+    // The subscription's own filter stays as it is when it is ensured again at start.
+    bus.ensure_subscription(topic, "asks", asks).await.unwrap();
+    assert_eq!(
+        bus.type_rules(topic, "asks").await.unwrap(),
+        vec!["wants-made".to_owned(), "wants-sold".to_owned()]
+    );
+    for (n, event_type) in ["made", "sold", "lost"].into_iter().enumerate() {
+        bus.publish(
+            topic,
+            typed(&format!("tests.thing.{event_type}.v1"), 10 + n as i64),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        received("asks").await,
+        vec!["tests.thing.made.v1", "tests.thing.sold.v1"],
+        "each type once, however many rules name it"
+    );
+
+    bus.remove_type_rule(topic, "asks", "wants-sold")
+        .await
+        .unwrap();
+    bus.remove_type_rule(topic, "asks", "wants-sold")
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.type_rules(topic, "asks").await.unwrap(),
+        vec!["wants-made".to_owned()]
+    );
+    bus.publish(topic, typed("tests.thing.sold.v1", 20))
+        .await
+        .unwrap();
+    bus.publish(topic, typed("tests.thing.made.v1", 21))
+        .await
+        .unwrap();
+    assert_eq!(received("asks").await, vec!["tests.thing.made.v1"]);
+
+    // A dead letter replayed to the subscription arrives whatever its rules.
+    bus.remove_type_rule(topic, "asks", "wants-made")
+        .await
+        .unwrap();
+    assert_eq!(received("all").await.len(), 6);
+    bus.add_type_rule(topic, "asks", "wants-made", &made)
+        .await
+        .unwrap();
+    bus.publish(topic, typed("tests.thing.made.v1", 30))
+        .await
+        .unwrap();
+    let id = dead_letter_one(bus, topic, "asks").await;
+    bus.remove_type_rule(topic, "asks", "wants-made")
+        .await
+        .unwrap();
+    assert!(bus.replay(topic, "asks", &id).await.unwrap());
+    assert_eq!(received("asks").await, vec!["tests.thing.made.v1"]);
+    assert!(
+        received("all").await.len() == 1,
+        "a replay reaches only its subscription"
+    );
+
+    assert!(matches!(
+        bus.add_type_rule(topic, "asks", "not a name", &made).await,
+        Err(BusError::Rejected(_))
+    ));
+    assert!(matches!(
+        bus.type_rules(topic, "nobody").await,
+        Err(BusError::UnknownSubscription { .. })
+    ));
 }
 
 async fn a_message_over_the_size_limit_is_rejected(bus: &SharedBus, topic: &str) {

@@ -376,11 +376,13 @@ static TWO_TOPICS: ServiceDescriptor = ServiceDescriptor {
         SubscriptionSpec {
             topic: "parcels-events",
             name: "two-topics",
+            types_by_rule: false,
             event_types: &[Shipped::TYPE],
         },
         SubscriptionSpec {
             topic: "invoices-events",
             name: "two-topics",
+            types_by_rule: false,
             event_types: &[Paid::TYPE],
         },
     ],

@@ -1052,3 +1052,76 @@ async fn a_paused_endpoint_gets_what_waited_when_resumed_and_mail_is_written_as_
     assert!(mail.contains("A-1: 3 asked for, 1 available"), "{mail}");
     platform.stop().await;
 }
+
+/// Publishes an order event on the bus notifications shares, as the orders service would.
+async fn publish_order_event(bus: &common::bus::SharedBus, event_type: &str, order: &str) {
+    let mut data = json!({"orderId": order, "customerId": "c"});
+    if event_type == "orders.order.placed.v1" {
+        data["lines"] = json!([{"sku": "W-1", "quantity": 1}]);
+    } else {
+        data["contactEmail"] = json!("ann@example.com");
+    }
+    let event = common::bus::CloudEvent::new("orders", event_type, order, data);
+    bus.publish(
+        common::bus::topics::ORDERS,
+        common::bus::Message::new(event),
+    )
+    .await
+    .unwrap();
+}
+
+async fn consumed(platform: &Platform, subscription: &str) -> f64 {
+    let text = crate::metrics::scrape(platform, &platform.notifications_url).await;
+    crate::metrics::total(
+        &text,
+        "messaging_client_consumed_messages_total",
+        &[&format!(
+            r#"messaging_destination_subscription_name="{subscription}""#
+        )],
+    )
+}
+
+#[tokio::test]
+async fn notifications_receives_only_the_events_its_endpoints_and_its_mail_want() {
+    let receiver = WebhookReceiver::start();
+    let smtp = SmtpSink::start();
+    let platform = Platform::launch(
+        &["notifications"],
+        &overrides("[0, 50]", Some(&smtp)),
+        |_| {},
+        None,
+    )
+    .await;
+    let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
+    let mails = || {
+        smtp.messages()
+            .iter()
+            .filter(|m| m.contains("is confirmed"))
+            .count()
+    };
+
+    // No endpoint: of an order's events only the confirmation is let in, for its mail. The
+    // placement goes first on the same order, so it would have been handled first.
+    publish_order_event(&bus, "orders.order.placed.v1", "wanted-1").await;
+    publish_order_event(&bus, "orders.order.confirmed.v1", "wanted-1").await;
+    assert!(
+        eventually(Duration::from_secs(20), || async { mails() == 1 }).await,
+        "the confirmation was not mailed"
+    );
+    assert_eq!(consumed(&platform, "notifications-orders").await, 1.0);
+
+    // An endpoint that wants placements: from its creation on, they are let in too.
+    subscribe(&platform, &receiver.url, json!(["orders.order.placed.v1"])).await;
+    publish_order_event(&bus, "orders.order.placed.v1", "wanted-2").await;
+    publish_order_event(&bus, "orders.order.confirmed.v1", "wanted-2").await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            mails() == 2 && !receiver.about("wanted-2").is_empty()
+        })
+        .await,
+        "the placement was not delivered or the confirmation not mailed"
+    );
+    assert_eq!(consumed(&platform, "notifications-orders").await, 3.0);
+    assert!(receiver.about("wanted-1").is_empty());
+    platform.stop().await;
+}

@@ -31,6 +31,14 @@ impl From<SubscriptionError> for ApiError {
                 ApiError::validation(vec![FieldError::new("url", reason.to_string())])
             }
             SubscriptionError::Store(error) => error.into(),
+            SubscriptionError::Bus(error) => {
+                tracing::warn!(%error, "an endpoint's change was refused: the bus is unavailable");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the bus is unavailable; nothing was changed",
+                )
+                .with_retry_after(5)
+            }
         }
     }
 }
