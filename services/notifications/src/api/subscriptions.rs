@@ -174,7 +174,8 @@ fn read_input(body: JsonObject) -> Result<SubscriptionInput, ApiError> {
 /// Create a subscription; the answer holds its signing secret, shown this once.
 #[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionInputDoc,
     responses((status = 201, description = "Created; `ETag` and `Location` set", body = SubscriptionView),
-        (status = 422, body = Problem)),
+        (status = 422, body = Problem),
+        (status = 503, description = "The bus could not be asked for the endpoint's events; nothing was created", body = Problem)),
     security(("bearer" = ["notifications.admin"])))]
 pub async fn create(
     principal: Principal,
@@ -255,7 +256,8 @@ pub async fn get(
 #[utoipa::path(put, path = "/v1/subscriptions/{id}", tag = "subscriptions", request_body = SubscriptionInputDoc,
     params(("If-Match" = String, Header, description = "The subscription's ETag as last read, or `*`", pattern = "^(\\*|(W/)?\"[!#-~]*\")$")),
     responses((status = 200, body = SubscriptionView), (status = 404, body = Problem), (status = 412, body = Problem),
-        (status = 428, body = Problem), (status = 422, body = Problem)),
+        (status = 428, body = Problem), (status = 422, body = Problem),
+        (status = 503, description = "The bus could not be asked for the endpoint's events; nothing was changed", body = Problem)),
     security(("bearer" = ["notifications.admin"])))]
 pub async fn replace(
     req: HttpRequest,
