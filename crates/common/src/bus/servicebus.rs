@@ -559,17 +559,22 @@ impl ServiceBusBus {
 
     /// An entity's Atom description, or the status the namespace answered instead.
     async fn describe(&self, path: &str) -> Result<Result<String, StatusCode>, BusError> {
-        let request = self.signed_request(path, Method::Get)?;
-        let response = self.execute(&request).await?;
+        self.read_text(&self.signed_request(path, Method::Get)?)
+            .await
+    }
+
+    /// The body of a successful answer, or the status the namespace answered instead.
+    async fn read_text(&self, request: &Request) -> Result<Result<String, StatusCode>, BusError> {
+        let response = self.execute(request).await?;
         if !response.status().is_success() {
             return Ok(Err(response.status()));
         }
-        let description = response
+        let text = response
             .into_body()
             .collect_string()
             .await
             .map_err(unavailable)?;
-        Ok(Ok(description))
+        Ok(Ok(text))
     }
 
     /// A page of a subscription's rules (an Atom feed), from the `skip`th.
@@ -581,17 +586,8 @@ impl ServiceBusBus {
     ) -> Result<Result<String, StatusCode>, BusError> {
         let resource = format!("{}/{topic}/subscriptions/{subscription}/rules", self.base());
         let url = format!("{resource}?$skip={skip}&$top={RULES_PAGE}");
-        let request = self.signer().request(&url, &resource, Method::Get)?;
-        let response = self.execute(&request).await?;
-        if !response.status().is_success() {
-            return Ok(Err(response.status()));
-        }
-        let feed = response
-            .into_body()
-            .collect_string()
+        self.read_text(&self.signer().request(&url, &resource, Method::Get)?)
             .await
-            .map_err(unavailable)?;
-        Ok(Ok(feed))
     }
 
     /// An entity's Atom description, `None` when there is no such entity.

@@ -560,8 +560,8 @@ async fn a_receiver_that_keeps_failing_is_disabled_and_its_failed_messages_are_s
     platform.stop().await;
 }
 
-#[tokio::test]
-async fn a_duplicate_event_sends_no_second_webhook_or_mail() {
+/// Notifications alone, mailing to an SMTP server, with a webhook receiver at hand.
+async fn notifications_with_mail() -> (WebhookReceiver, SmtpSink, Platform) {
     let receiver = WebhookReceiver::start();
     let smtp = SmtpSink::start();
     let platform = Platform::launch(
@@ -571,6 +571,12 @@ async fn a_duplicate_event_sends_no_second_webhook_or_mail() {
         None,
     )
     .await;
+    (receiver, smtp, platform)
+}
+
+#[tokio::test]
+async fn a_duplicate_event_sends_no_second_webhook_or_mail() {
+    let (receiver, smtp, platform) = notifications_with_mail().await;
     let (_, _) = subscribe(
         &platform,
         &receiver.url,
@@ -1083,15 +1089,7 @@ async fn consumed(platform: &Platform, subscription: &str) -> f64 {
 
 #[tokio::test]
 async fn notifications_receives_only_the_events_its_endpoints_and_its_mail_want() {
-    let receiver = WebhookReceiver::start();
-    let smtp = SmtpSink::start();
-    let platform = Platform::launch(
-        &["notifications"],
-        &overrides("[0, 50]", Some(&smtp)),
-        |_| {},
-        None,
-    )
-    .await;
+    let (receiver, smtp, platform) = notifications_with_mail().await;
     let bus = common::runtime::adapters::open_bus(&platform.settings).unwrap();
     let mails = || {
         smtp.messages()
