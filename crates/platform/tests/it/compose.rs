@@ -77,20 +77,11 @@ async fn the_compose_files_command_lines_start_the_platform() {
         services.keys().collect::<Vec<_>>(),
         ["catalog", "notifications", "orders", "sync"]
     );
-    // The images' entrypoint is each service's own binary.
+    // The images' entrypoint is each service's own binary. Built with the workspace's test
+    // targets, so that features resolve as for `cargo test --workspace` and what that built
+    // is reused (`-p <service>` alone would build every crate again with fewer features).
     let built = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "catalog",
-            "-p",
-            "orders",
-            "-p",
-            "sync",
-            "-p",
-            "notifications",
-        ])
+        .args(["build", "--quiet", "--workspace", "--tests", "--bins"])
         .status()
         .unwrap();
     assert!(built.success());
