@@ -102,7 +102,8 @@ struct Inner {
     /// Whether the file is still the one at the path (see [`FileGuard`]).
     guard: FileGuard,
     duplicate_window: Duration,
-    published: watch::Sender<u64>,
+    /// Per subscription, moved whenever a message may have become ready in it.
+    wakers: Mutex<HashMap<(String, String), watch::Sender<u64>>>,
     /// Operations through this connection that may have changed what a subscription holds.
     changes: AtomicU64,
     /// Subscriptions a receive found nothing ready in, and until when that holds.
@@ -132,9 +133,22 @@ const IDLE_RECHECK_MS: i64 = 30_000;
 const DEFAULT_WATCH_EVERY_MS: u64 = 1_000;
 
 impl Inner {
-    fn wake(&self) {
-        self.published
-            .send_modify(|count| *count = count.wrapping_add(1));
+    /// Wakes the receivers of one subscription.
+    fn wake(&self, topic: &str, subscription: &str) {
+        if let Ok(wakers) = self.wakers.lock()
+            && let Some(waker) = wakers.get(&(topic.to_owned(), subscription.to_owned()))
+        {
+            waker.send_modify(|count| *count = count.wrapping_add(1));
+        }
+    }
+
+    /// Wakes every receiver (another process committed: to which subscription is unknown).
+    fn wake_all(&self) {
+        if let Ok(wakers) = self.wakers.lock() {
+            for waker in wakers.values() {
+                waker.send_modify(|count| *count = count.wrapping_add(1));
+            }
+        }
     }
 }
 
@@ -267,7 +281,7 @@ fn connect(path: &Path, duplicate_window: Duration) -> Result<Inner, BusError> {
         path: path.to_owned(),
         guard: FileGuard::new("bus", path),
         duplicate_window,
-        published: watch::channel(0).0,
+        wakers: Mutex::new(HashMap::new()),
         changes: AtomicU64::new(0),
         idle: Mutex::new(HashMap::new()),
         watch_every_ms: AtomicU64::new(DEFAULT_WATCH_EVERY_MS),
@@ -312,11 +326,11 @@ async fn watch_other_processes(inner: Weak<Inner>) {
             Some(version) if seen == Some(version) => {}
             Some(version) => {
                 seen = Some(version);
-                inner.wake();
+                inner.wake_all();
             }
             None => {
                 seen = None;
-                inner.wake();
+                inner.wake_all();
             }
         }
     }
@@ -458,14 +472,15 @@ impl Outgoing {
     }
 }
 
-/// Stores `outgoing` for every subscription of `topic` within `tx`; false when its id was
-/// published within the duplicate-detection window (it is dropped).
+/// Stores `outgoing` for every subscription of `topic` that takes it, within `tx`; returns
+/// those subscriptions (none when its id was published within the duplicate-detection
+/// window: it is dropped).
 fn publish_in(
     tx: &rusqlite::Transaction<'_>,
     inner: &Inner,
     topic: &str,
     outgoing: &Outgoing,
-) -> Result<bool, BusError> {
+) -> Result<Vec<String>, BusError> {
     let now = now_ms();
     let window_start = now - millis(inner.duplicate_window);
     let seen: Option<i64> = tx
@@ -477,7 +492,7 @@ fn publish_in(
         })
         .map_err(backend)?;
     if seen.is_some_and(|at| at > window_start) {
-        return Ok(false);
+        return Ok(Vec::new());
     }
     tx.prepare_cached(
         "INSERT INTO published (topic, message_id, published_at) VALUES (?1, ?2, ?3)
@@ -485,21 +500,28 @@ fn publish_in(
     )
     .and_then(|mut statement| statement.execute(params![topic, outgoing.id, now]))
     .map_err(backend)?;
-    tx.prepare_cached(
+    let taken = tx
+        .prepare_cached(
         "INSERT OR IGNORE INTO deliveries (topic, subscription, message_id, message, available_at)
          SELECT topic, name, ?2, ?3, ?4 FROM subscriptions WHERE topic = ?1
            AND (event_types IS NULL OR EXISTS (SELECT 1 FROM json_each(event_types) WHERE value = ?5)
              OR EXISTS (SELECT 1 FROM type_rules AS r, json_each(r.event_types) AS t
-                        WHERE r.topic = ?1 AND r.subscription = subscriptions.name AND t.value = ?5))",
+                        WHERE r.topic = ?1 AND r.subscription = subscriptions.name AND t.value = ?5))
+         RETURNING subscription",
     )
     .and_then(|mut statement| {
-        statement.execute(params![
-            topic,
-            outgoing.id,
-            outgoing.text,
-            outgoing.available_at,
-            outgoing.event_type
-        ])
+        statement
+            .query_map(
+                params![
+                    topic,
+                    outgoing.id,
+                    outgoing.text,
+                    outgoing.available_at,
+                    outgoing.event_type
+                ],
+                |row| row.get::<_, String>(0),
+            )?
+            .collect::<Result<Vec<_>, _>>()
     })
     .map_err(backend)?;
     count(Counted::Published, 1);
@@ -509,7 +531,7 @@ fn publish_in(
     )
     .and_then(|mut statement| statement.execute(params![window_start]))
     .map_err(backend)?;
-    Ok(true)
+    Ok(taken)
 }
 
 #[async_trait]
@@ -609,19 +631,19 @@ impl EventBus for EmbeddedBus {
 
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
         let outgoing = Outgoing::of(message)?;
-        let topic = topic.to_owned();
-        let published = self
+        let owned_topic = topic.to_owned();
+        let taken = self
             .run(move |connection, inner| {
                 let tx = connection
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                let published = publish_in(&tx, inner, &topic, &outgoing)?;
+                let taken = publish_in(&tx, inner, &owned_topic, &outgoing)?;
                 tx.commit().map_err(backend)?;
-                Ok(published)
+                Ok(taken)
             })
             .await?;
-        if published {
-            self.inner.wake();
+        for subscription in taken {
+            self.inner.wake(topic, &subscription);
         }
         Ok(())
     }
@@ -642,23 +664,23 @@ impl EventBus for EmbeddedBus {
                 Err(refused) => outcomes.push(Err(refused)),
             }
         }
-        let topic = topic.to_owned();
+        let owned_topic = topic.to_owned();
         // One transaction for the lot: one commit in place of one per message.
-        let published = self
+        let taken = self
             .run(move |connection, inner| {
                 let tx = connection
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                let mut any = false;
+                let mut taken = std::collections::BTreeSet::new();
                 for outgoing in &accepted {
-                    any |= publish_in(&tx, inner, &topic, outgoing)?;
+                    taken.extend(publish_in(&tx, inner, &owned_topic, outgoing)?);
                 }
                 tx.commit().map_err(backend)?;
-                Ok(any)
+                Ok(taken)
             })
             .await?;
-        if published {
-            self.inner.wake();
+        for subscription in taken {
+            self.inner.wake(topic, &subscription);
         }
         Ok(outcomes)
     }
@@ -802,21 +824,22 @@ impl EventBus for EmbeddedBus {
         lock: &LockToken,
         delay: Duration,
     ) -> Result<(), BusError> {
-        let (topic, subscription, lock) = (topic.to_owned(), subscription.to_owned(), lock.clone());
+        let (owned_topic, owned_subscription, lock) =
+            (topic.to_owned(), subscription.to_owned(), lock.clone());
         // One millisecond more: the clock is read in whole milliseconds; never come back early.
         let available_at = now_ms() + millis(delay) + i64::from(!delay.is_zero());
         self.run(move |connection, _| {
             settle(
                 connection,
-                &topic,
-                &subscription,
+                &owned_topic,
+                &owned_subscription,
                 &lock,
                 "UPDATE deliveries INDEXED BY deliveries_lock SET lock_token = NULL, locked_until = NULL, available_at = ?5",
                 &[&available_at],
             )
         })
         .await?;
-        self.inner.wake();
+        self.inner.wake(topic, subscription);
         Ok(())
     }
 
@@ -890,13 +913,14 @@ impl EventBus for EmbeddedBus {
         subscription: &str,
         message_id: &str,
     ) -> Result<bool, BusError> {
-        let (topic, subscription, message_id) = (
+        let (owned_topic, owned_subscription, message_id) = (
             topic.to_owned(),
             subscription.to_owned(),
             message_id.to_owned(),
         );
         let replayed = self
             .run(move |connection, _| {
+                let (topic, subscription) = (owned_topic, owned_subscription);
                 subscription_exists(connection, &topic, &subscription)?;
                 let changed = connection
                     .execute(
@@ -909,7 +933,7 @@ impl EventBus for EmbeddedBus {
             })
             .await?;
         if replayed {
-            self.inner.wake();
+            self.inner.wake(topic, subscription);
         }
         Ok(replayed)
     }
@@ -983,7 +1007,7 @@ impl EventBus for EmbeddedBus {
         Some(Duration::from_millis(u64::try_from(wait).unwrap_or(0)))
     }
 
-    fn wake_ups(&self) -> Option<watch::Receiver<u64>> {
+    fn wake_ups(&self, topic: &str, subscription: &str) -> Option<watch::Receiver<u64>> {
         if !self.inner.watching.swap(true, Ordering::SeqCst) {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
@@ -994,7 +1018,11 @@ impl EventBus for EmbeddedBus {
                 Err(_) => self.inner.watching.store(false, Ordering::SeqCst),
             }
         }
-        Some(self.inner.published.subscribe())
+        let mut wakers = self.inner.wakers.lock().ok()?;
+        let waker = wakers
+            .entry((topic.to_owned(), subscription.to_owned()))
+            .or_insert_with(|| watch::channel(0).0);
+        Some(waker.subscribe())
     }
 }
 
@@ -1093,6 +1121,60 @@ mod tests {
         assert_eq!(here.receive("t", "s", 10).await.unwrap().len(), 1);
     }
 
+    /// A publish wakes the receivers of the subscriptions it reaches, no others: every
+    /// worker of a process looking for nothing after each publish was most empty receives.
+    #[tokio::test]
+    async fn a_publish_wakes_only_the_subscriptions_it_reaches() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(&dir.path().join("bus.db")).unwrap();
+        // No look for other processes' commits during the test (its first wakes everyone).
+        bus.watch_every(Duration::from_secs(3600));
+        for (name, wanted) in [("a", "t.made.v1"), ("b", "t.sold.v1")] {
+            bus.ensure_subscription(
+                "t",
+                name,
+                SubscriptionOptions::default().for_event_types(&[wanted]),
+            )
+            .await
+            .unwrap();
+        }
+        let (mut a, mut b) = (
+            bus.wake_ups("t", "a").unwrap(),
+            bus.wake_ups("t", "b").unwrap(),
+        );
+        let made = Message::new(CloudEvent::new(
+            "tests",
+            "t.made.v1",
+            "x",
+            serde_json::json!({}),
+        ));
+        bus.publish("t", made).await.unwrap();
+        assert!(
+            a.has_changed().unwrap(),
+            "the subscription reached was not woken"
+        );
+        assert!(
+            !b.has_changed().unwrap(),
+            "a subscription the publish did not reach was woken"
+        );
+        a.borrow_and_update();
+        let sold = Message::new(CloudEvent::new(
+            "tests",
+            "t.sold.v1",
+            "y",
+            serde_json::json!({}),
+        ));
+        bus.publish_many("t", vec![sold]).await.unwrap();
+        assert!(b.has_changed().unwrap() && !a.has_changed().unwrap());
+        // Handing a message back wakes its own subscription.
+        b.borrow_and_update();
+        let delivery = bus.receive("t", "b", 1).await.unwrap().remove(0);
+        bus.abandon("t", "b", &delivery.lock, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(b.has_changed().unwrap() && !a.has_changed().unwrap());
+    }
+
     /// Receivers wait on wake-ups rather than looking for themselves: what another process
     /// publishes must wake them too, and this process's own publishes only once.
     #[tokio::test]
@@ -1107,7 +1189,7 @@ mod tests {
         here.ensure_subscription("t", "s", SubscriptionOptions::default())
             .await
             .unwrap();
-        let mut wake_ups = here.wake_ups().unwrap();
+        let mut wake_ups = here.wake_ups("t", "s").unwrap();
         // The watch's first look wakes once, knowing nothing yet.
         tokio::time::timeout(Duration::from_secs(10), wake_ups.changed())
             .await

@@ -298,11 +298,16 @@ pub trait EventBus: Send + Sync + 'static {
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> Result<(), BusError>;
 
-    /// A counter that moves whenever a message may have become available, whoever
-    /// published it (another process's publish within the bus's own polling interval);
-    /// receivers wait on it instead of polling. Taking the value before a receive and waiting
-    /// for a change after it loses no wake-up. `None` for adapters that cannot tell.
-    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    /// A counter that moves whenever a message may have become available in the
+    /// subscription, whoever published it (another process's publish within the bus's own
+    /// polling interval); receivers wait on it instead of polling, and a publish to another
+    /// subscription wakes nobody here. Taking the value before a receive and waiting for a
+    /// change after it loses no wake-up. `None` for adapters that cannot tell.
+    fn wake_ups(
+        &self,
+        _topic: &str,
+        _subscription: &str,
+    ) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
 

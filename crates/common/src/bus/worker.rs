@@ -80,7 +80,7 @@ pub fn spawn_worker(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut failures = 0u32;
-        let mut wake_ups = bus.wake_ups();
+        let mut wake_ups = bus.wake_ups(&settings.topic, &settings.subscription);
         while !*shutdown.borrow() {
             if let Some(wake_ups) = wake_ups.as_mut() {
                 wake_ups.borrow_and_update();
