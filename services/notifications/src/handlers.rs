@@ -94,6 +94,7 @@ macro_rules! fans_out_and_mails {
     };
 }
 
+// The bus lets these in for the mail even when no webhook wants them: `wanted::MAILED`.
 fans_out_and_mails!(OrderConfirmed, OrderRejected, OrderCancelled);
 
 /// The dispatchers of notifications' three subscriptions.

@@ -19,8 +19,7 @@ use crate::deliveries::{Deliveries, MESSAGES};
 use crate::handlers::{Fanout, dispatchers};
 use crate::mail::{EMAILS, Mailer};
 use crate::measure::WebhookMetrics;
-use crate::settings::EmailKind;
-use crate::settings::{DEFAULTS, NotificationsSettings};
+use crate::settings::{DEFAULTS, EmailKind, NotificationsSettings};
 use crate::subscriptions::{SUBSCRIPTIONS, Subscriptions};
 use crate::wanted::{ReconcileTick, WantedEvents};
 
