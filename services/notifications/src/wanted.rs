@@ -93,18 +93,14 @@ impl WantedEvents {
         endpoints: &[Subscription],
         read_at_ms: i64,
     ) -> Result<(), BusError> {
+        let mailed: Vec<String> = MAILED.iter().map(|t| (*t).to_owned()).collect();
+        let wishes = endpoints
+            .iter()
+            .map(|endpoint| endpoint.event_types.as_slice())
+            .chain(self.mail.then_some(mailed.as_slice()));
         let mut wanted: Vec<Vec<Vec<String>>> = vec![Vec::new(); DESCRIPTOR.subscriptions.len()];
-        for endpoint in endpoints {
-            for (index, (_, types)) in per_subscription(&endpoint.event_types)
-                .into_iter()
-                .enumerate()
-            {
-                wanted[index].push(types);
-            }
-        }
-        if self.mail {
-            let mailed: Vec<String> = MAILED.iter().map(|t| (*t).to_owned()).collect();
-            for (index, (_, types)) in per_subscription(&mailed).into_iter().enumerate() {
+        for filters in wishes {
+            for (index, (_, types)) in per_subscription(filters).into_iter().enumerate() {
                 wanted[index].push(types);
             }
         }

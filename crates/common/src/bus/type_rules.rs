@@ -71,9 +71,13 @@ fn hash(types: &[String]) -> String {
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn name(hash: &str, period: i64) -> String {
+    format!("{PREFIX}{hash}-{period}")
+}
+
 /// The rule that lets `event_types` in, as added at `at_ms`.
 pub fn rule_name(event_types: &[String], at_ms: i64) -> Option<String> {
-    normalized(event_types).map(|types| format!("{PREFIX}{}-{}", hash(&types), period(at_ms)))
+    normalized(event_types).map(|types| name(&hash(&types), period(at_ms)))
 }
 
 /// A rule's types hash and period, when it is one of these rules.
@@ -110,8 +114,7 @@ pub fn plan(present: &[String], wanted: &[Vec<String>], read_at_ms: i64) -> Plan
     let mut plan = Plan::default();
     for (hash, types) in &wanted {
         if newest(hash).is_none() {
-            plan.add
-                .push((format!("{PREFIX}{hash}-{now}"), types.clone()));
+            plan.add.push((name(hash, now), types.clone()));
         }
     }
     for (name, hash, period) in &ours {
